@@ -1,0 +1,30 @@
+# Two entry points a fresh machine needs: `make report` (the main job) and `make test`.
+PY ?= python3.11
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup report test test-fast fuzz bench mutation clean
+
+$(VPY):
+	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'" >&2; exit 2; }
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+report: $(STAMP)
+	$(VPY) -m tools.report
+
+test: $(STAMP)
+	$(VPY) -m tools.run_tests
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -x
+
+clean:
+	rm -rf $(VENV) reports .fuzz .tripwire_cache .coverage .coverage.*

@@ -1,0 +1,1 @@
+"""Regression-injection proofs, the invariant report, benchmarks and the test runner."""
