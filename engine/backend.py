@@ -1,0 +1,127 @@
+"""The mlx-lm backend: model loading and generation, always called on the engine's MLX worker thread.
+
+Tokenization (encode/decode) is not MLX work and runs on the event-loop thread, so the worker only
+ever does array work and the tokenizer is never shared between threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError
+from .guard import MLXEntryGuard
+from .types import GenerationJob
+
+log = logging.getLogger(__name__)
+_WEIGHT_GLOB = "*.safetensors"
+
+
+def validate_model_dir(model_path: str | Path) -> Path:
+    """Fail before any thread starts, naming the path and exactly what is missing."""
+    p = Path(model_path).expanduser()
+    if not p.exists():
+        raise ModelLoadError(f"model path {str(p)!r} does not exist", field="model")
+    if not p.is_dir():
+        raise ModelLoadError(f"model path {str(p)!r} is not a directory", field="model")
+    missing = []
+    if not (p / "config.json").is_file():
+        missing.append("config.json")
+    if not any(p.glob(_WEIGHT_GLOB)):
+        missing.append("weights (*.safetensors)")
+    if not ((p / "tokenizer.json").is_file() or (p / "tokenizer.model").is_file()):
+        missing.append("tokenizer (tokenizer.json)")
+    if missing:
+        raise ModelLoadError(f"model path {str(p)!r} is missing: {', '.join(missing)}", field="model")
+    try:
+        json.loads((p / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model path {str(p)!r} has an unreadable config.json: {exc}", field="model") from exc
+    return p
+
+
+class MlxLmBackend:
+    def __init__(self, model_path: str | Path, guard: MLXEntryGuard):
+        self.path = validate_model_dir(model_path)
+        self.guard = guard
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.eos_ids: set[int] = set()
+        cfg = json.loads((self.path / "config.json").read_text())
+        self.config = cfg
+        hidden = int(cfg.get("hidden_size", 0))
+        heads = int(cfg.get("num_attention_heads", 1))
+        self.info: dict[str, Any] = {
+            "name": self.path.name,
+            "path": str(self.path),
+            "context_length": int(cfg.get("max_position_embeddings", 2048)),
+            "num_hidden_layers": int(cfg.get("num_hidden_layers", 0)),
+            "num_attention_heads": heads,
+            "num_key_value_heads": int(cfg.get("num_key_value_heads", heads)),
+            "head_dim": int(cfg.get("head_dim") or (hidden // max(1, heads))),
+            "hidden_size": hidden,
+            "vocab_size": int(cfg.get("vocab_size", 0)),
+            "dtype_bytes": 2 if str(cfg.get("torch_dtype", "float32")) in ("float16", "bfloat16") else 4,
+        }
+
+    # -- worker thread ---------------------------------------------------------------------------
+    def load(self) -> None:
+        import mlx_lm
+
+        with self.guard.enter("load"):
+            try:
+                self.model, self.tokenizer = mlx_lm.load(str(self.path))
+            except Exception as exc:
+                raise ModelLoadError(f"could not load model from {str(self.path)!r}: {exc}", field="model") from exc
+        self.eos_ids = set(self.tokenizer.eos_token_ids or [])
+
+    def generate(self, job: GenerationJob) -> str:
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+        from mlx_lm.sample_utils import make_sampler
+
+        with self.guard.enter(job.request_id):
+            gen = generate_step(mx.array(job.prompt_ids), self.model, max_tokens=job.max_tokens,
+                                sampler=make_sampler(temp=job.temperature))
+            try:
+                produced = 0
+                while True:
+                    # Checked between tokens: an aborted request stops after at most the step in flight.
+                    if job.abort.is_set():
+                        return "cancelled"
+                    try:
+                        token, _ = next(gen)
+                    except StopIteration:
+                        return "length"
+                    token = int(token)
+                    if token in self.eos_ids:
+                        return "stop"
+                    job.emit(token)
+                    produced += 1
+                    if produced >= job.max_tokens:
+                        return "length"
+            finally:
+                gen.close()  # on this thread: MLX streams are thread-local
+
+    def close(self) -> None:
+        """Worker exit hook: without this the process may abort at exit after generating off the main thread."""
+        import mlx.core as mx
+
+        mx.synchronize()
+        mx.clear_streams()
+
+    # -- event-loop thread (tokenizer only) -------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids)
+
+    def detokenizer(self):
+        return self.tokenizer.detokenizer
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)

@@ -1,0 +1,63 @@
+"""Engine errors: each carries a machine-readable code, an HTTP status and whether a retry can succeed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    code = "engine_error"
+    http_status = 500
+    retryable = False
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "http_status": self.http_status,
+                "retryable": self.retryable, **self.details}
+
+
+class EngineBusy(EngineError):
+    """The generation slot is held: answer at once with a retryable 503 (invariant TW-ADMISSION, seed #495).
+
+    Never turned into a wait queue: a busy engine rejects in microseconds so clients back off and retry.
+    """
+
+    code = "text_generation_busy"
+    http_status = 503
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float, holder: dict[str, Any] | None):
+        super().__init__(message, retry_after_s=retry_after_s, holder=holder)
+        self.retry_after_s = retry_after_s
+        self.holder = holder
+
+
+class EngineStopped(EngineError):
+    code = "engine_stopped"
+    http_status = 503
+    retryable = True
+
+
+class InvalidRequest(EngineError, ValueError):
+    code = "invalid_request"
+    http_status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any):
+        super().__init__(message, field=field, **details)
+        self.field = field
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ModelLoadError(InvalidRequest):
+    code = "model_not_found"
+
+
+class ConcurrentMLXEntry(RuntimeError):
+    """Two threads were inside MLX at once: on Metal this is the 'command encoder already encoding' abort."""

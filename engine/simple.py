@@ -1,0 +1,379 @@
+"""SimpleEngine: one request at a time, on one pinned MLX worker, with fail-fast admission.
+
+A request's life: validate + tokenize (event loop) -> admit (slot, once) -> serialized runner
+(`_generation_lock` -> the MLX worker) -> release. Cancellation never releases the lock or the slot
+while the worker is still inside MLX: the runner signals the abort flag and drains first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from .admission import AdmissionController
+from .backend import MlxLmBackend
+from .errors import ContextLengthExceeded, EngineStopped, InvalidRequest
+from .guard import MLXEntryGuard
+from .types import Delta, GenerationJob, GenerationResult
+from .worker import MLXWorker
+
+log = logging.getLogger(__name__)
+ROLES = ("system", "user", "assistant")
+_MAX_REQUEST_ID_LEN = 128
+_END = object()
+
+
+@dataclass(eq=False)
+class _Request:
+    id: str
+    kind: str
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    started: float = field(default_factory=time.monotonic)
+    completion_tokens: int = 0
+    abort: threading.Event = field(default_factory=threading.Event)
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "prompt_tokens": len(self.prompt_ids),
+                "completion_tokens": self.completion_tokens,
+                "elapsed_s": round(time.monotonic() - self.started, 4)}
+
+
+class SimpleEngine:
+    def __init__(self, model_path: str | Path | None = None, admission: str = "fail_fast", *,
+                 max_wait_s: float = 1.0, backend: Any = None, guard: MLXEntryGuard | None = None,
+                 cache_dir: str | Path | None = None, stop_timeout_s: float = 10.0):
+        self._admission = AdmissionController(admission, max_wait_s)
+        self.guard = guard or MLXEntryGuard()
+        if backend is None:
+            if model_path is None:
+                raise InvalidRequest("model_path is required when no backend is given", field="model")
+            backend = MlxLmBackend(model_path, self.guard)
+        self._backend = backend
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._stop_timeout_s = stop_timeout_s
+        self._worker = MLXWorker(on_exit=backend.close)
+        # Serializes MLX work only (one worker step at a time; on Metal, one command encoder). It is NOT a
+        # request-admission gate: admission is fail-fast in AdmissionController (invariant TW-SERIAL-MLX,
+        # seeds #8 and #495). Never hold it while calling _run_serialized (non-reentrant: deadlock).
+        self._generation_lock = asyncio.Lock()
+        self._lock_holder: str | None = None
+        self._lock_since = 0.0
+        self._active: dict[str, _Request] = {}
+        self._jobs: set[asyncio.Task] = set()
+        self._ids = itertools.count(1)
+        self._state = "created"
+        self.totals = {"admitted": 0, "completed": 0, "cancelled": 0, "failed": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._state != "created":
+            raise RuntimeError(f"engine cannot start from state {self._state!r}")
+        self._state = "starting"
+        self._worker.start()
+        try:
+            await self._run_serialized(None, self._backend.load)
+        except BaseException:
+            self._state = "stopped"
+            self._worker.stop(self._stop_timeout_s)
+            raise
+        self._state = "running"
+
+    async def stop(self) -> None:
+        """Refuse new requests, abort active ones, drain within a bound, end the worker."""
+        if self._state in ("stopping", "stopped"):
+            return
+        self._state = "stopping"
+        for req in list(self._active.values()):
+            req.abort.set()
+        jobs = list(self._jobs)
+        if jobs:
+            done, pending = await asyncio.wait(jobs, timeout=self._stop_timeout_s)
+            if pending:
+                log.error("stop: %d stream job(s) did not drain within %.1fs", len(pending), self._stop_timeout_s)
+        # Taking the lock proves no MLX work is in flight before the worker's exit hook runs.
+        async with self._generation_lock:
+            ended = self._worker.request_stop()
+            try:
+                async with asyncio.timeout(self._stop_timeout_s):
+                    await asyncio.wrap_future(ended)
+            except TimeoutError:
+                log.error("stop: MLX worker did not end within %.1fs", self._stop_timeout_s)
+        self._state = "stopped"
+
+    async def __aenter__(self) -> "SimpleEngine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- public generation API -----------------------------------------------------------------
+    async def generate(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0,
+                       request_id: str | None = None) -> GenerationResult:
+        req = self._new_request("generate", self._encode_prompt(prompt), max_tokens, temperature, request_id)
+        return await self._complete(req)
+
+    async def chat(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0,
+                   request_id: str | None = None) -> GenerationResult:
+        req = self._new_request("chat", self._encode_messages(messages), max_tokens, temperature, request_id)
+        return await self._complete(req)
+
+    async def open_stream(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0,
+                          request_id: str | None = None) -> "GenerationStream":
+        """Admit now (EngineBusy raises here, before any token) and return the token stream."""
+        req = self._new_request("stream", self._encode_prompt(prompt), max_tokens, temperature, request_id)
+        return await self._open(req)
+
+    async def open_chat_stream(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0,
+                               request_id: str | None = None) -> "GenerationStream":
+        req = self._new_request("chat_stream", self._encode_messages(messages), max_tokens, temperature, request_id)
+        return await self._open(req)
+
+    async def stream_generate(self, prompt: str, **kw: Any) -> AsyncIterator[Delta]:
+        stream = await self.open_stream(prompt, **kw)
+        try:
+            async for d in stream:
+                yield d
+        finally:
+            await stream.aclose()
+
+    async def stream_chat(self, messages: list[dict], **kw: Any) -> AsyncIterator[Delta]:
+        stream = await self.open_chat_stream(messages, **kw)
+        try:
+            async for d in stream:
+                yield d
+        finally:
+            await stream.aclose()
+
+    def count_prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
+        return len(self._encode_messages(messages) if messages is not None else self._encode_prompt(prompt))
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return dict(self._backend.info)
+
+    def status(self) -> dict[str, Any]:
+        locked = self._generation_lock.locked()
+        return {
+            "state": self._state,
+            "model": self._backend.info.get("name"),
+            "admission": {"mode": self._admission.mode, "max_wait_s": self._admission.max_wait_s},
+            "generation_lock": {
+                "locked": locked,
+                "holder": self._lock_holder if locked else None,
+                "held_for_s": round(time.monotonic() - self._lock_since, 4) if locked else 0.0,
+            },
+            "slot_holder": self._admission.holder_summary(),
+            "busy_rejections": self._admission.busy_rejections,
+            "waiters": self._admission.waiters,
+            "active": [r.summary() for r in self._active.values()],
+            "totals": dict(self.totals),
+            "mlx_guard": {"enabled": self.guard.enabled, "entries": self.guard.entries, "trips": self.guard.trips},
+            "worker": {"alive": self._worker.is_alive(), "jobs_run": self._worker.jobs_run},
+        }
+
+    # -- request plumbing ------------------------------------------------------------------------
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise EngineStopped(f"engine is {self._state}; not accepting requests")
+
+    def _encode_prompt(self, prompt: Any) -> list[int]:
+        self._check_running()
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest("prompt must be a non-empty string", field="prompt")
+        return self._backend.encode(prompt)
+
+    def _encode_messages(self, messages: Any) -> list[int]:
+        self._check_running()
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("messages must be a non-empty list", field="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES:
+                raise InvalidRequest(f"messages[{i}].role must be one of {list(ROLES)}", field=f"messages[{i}].role")
+            if not isinstance(m.get("content"), str):
+                raise InvalidRequest(f"messages[{i}].content must be a string", field=f"messages[{i}].content")
+        return self._backend.encode_chat(messages)
+
+    def _new_request(self, kind: str, prompt_ids: list[int], max_tokens: Any, temperature: Any,
+                     request_id: str | None) -> _Request:
+        context = int(self._backend.info["context_length"])
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 < max_tokens <= context:
+            raise InvalidRequest(f"max_tokens must be an integer in [1, {context}], got {max_tokens!r}",
+                                 field="max_tokens")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
+            raise InvalidRequest(f"temperature must be a number in [0, 2], got {temperature!r}", field="temperature")
+        if not prompt_ids:
+            raise InvalidRequest("prompt encodes to zero tokens", field="prompt")
+        if len(prompt_ids) + max_tokens > context:
+            raise ContextLengthExceeded(
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the model's context "
+                f"of {context} tokens", field="max_tokens" if len(prompt_ids) < context else "prompt",
+                prompt_tokens=len(prompt_ids), context_length=context)
+        if request_id is None:
+            request_id = f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        elif (not isinstance(request_id, str) or not request_id or len(request_id) > _MAX_REQUEST_ID_LEN
+              or not request_id.isprintable()):
+            raise InvalidRequest(f"request_id must be 1..{_MAX_REQUEST_ID_LEN} printable characters",
+                                 field="request_id")
+        if request_id in self._active:
+            raise InvalidRequest(f"request_id {request_id!r} is already active", field="request_id")
+        return _Request(request_id, kind, prompt_ids, max_tokens, float(temperature))
+
+    async def _admit(self, req: _Request) -> None:
+        self._check_running()
+        await self._admission.admit(req)  # raises EngineBusy; no slot is held on failure
+        req.started = time.monotonic()
+        self._active[req.id] = req
+        self.totals["admitted"] += 1
+
+    def _finish(self, req: _Request, outcome: str) -> None:
+        self.totals[outcome] += 1
+        self._active.pop(req.id, None)
+        self._admission.release(req)
+
+    def _job(self, req: _Request, emit: Callable[[int], None]) -> GenerationJob:
+        def counted(token: int) -> None:
+            req.completion_tokens += 1
+            emit(token)
+
+        return GenerationJob(req.id, req.prompt_ids, req.max_tokens, req.temperature, req.abort, counted)
+
+    async def _complete(self, req: _Request) -> GenerationResult:
+        await self._admit(req)
+        tokens: list[int] = []
+        outcome = "failed"
+        try:
+            reason = await self._run_serialized(req, self._backend.generate, self._job(req, tokens.append))
+            outcome = "cancelled" if reason == "cancelled" else "completed"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._finish(req, outcome)
+        return GenerationResult(req.id, self._backend.decode(tokens), tokens, reason, len(req.prompt_ids), len(tokens))
+
+    async def _open(self, req: _Request) -> "GenerationStream":
+        await self._admit(req)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def emit(token: int) -> None:  # worker thread -> event loop
+            loop.call_soon_threadsafe(queue.put_nowait, token)
+
+        task = asyncio.create_task(self._stream_job(req, self._job(req, emit), queue), name=f"stream-{req.id}")
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+        return GenerationStream(self, req, task, queue)
+
+    async def _stream_job(self, req: _Request, job: GenerationJob, queue: asyncio.Queue) -> None:
+        """Owns the slot for a stream: released only once the worker has finished, whatever the consumer does."""
+        outcome, end = "failed", None
+        try:
+            reason = await self._run_serialized(req, self._backend.generate, job)
+            outcome = "cancelled" if reason == "cancelled" else "completed"
+            end = reason
+        except asyncio.CancelledError:
+            outcome, end = "cancelled", "cancelled"
+            raise
+        except Exception as exc:  # delivered to the consumer through the queue, raised by __anext__
+            end = exc
+        finally:
+            self._finish(req, outcome)
+            queue.put_nowait((_END, end))
+
+    async def _run_serialized(self, req: _Request | None, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` on the MLX worker under `_generation_lock`, draining the worker on cancellation.
+
+        The lock is released only after the worker returned: releasing it on CancelledError while the
+        worker still runs lets the next request enter MLX concurrently (seed #8, Metal abort).
+        """
+        async with self._generation_lock:
+            self._lock_holder = req.id if req is not None else "engine"
+            self._lock_since = time.monotonic()
+            fut = asyncio.wrap_future(self._worker.submit(fn, *args))
+            try:
+                return await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                if req is not None:
+                    req.abort.set()
+                await self._drain(req, fut)
+                raise
+            finally:
+                self._lock_holder = None
+
+    async def _drain(self, req: _Request | None, fut: asyncio.Future) -> None:
+        """Wait for the worker to finish; log (never swallow) its error; re-raise a repeated cancel after."""
+        cancelled_again = False
+        while not fut.done():
+            try:
+                await asyncio.wait([fut])
+            except asyncio.CancelledError:
+                cancelled_again = True  # keep draining: the lock must outlive the worker step
+        rid = req.id if req is not None else "engine"
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("request %s: MLX worker failed while draining a cancelled request", rid,
+                      exc_info=fut.exception())
+        if cancelled_again:
+            raise asyncio.CancelledError()
+
+
+class GenerationStream:
+    """Async iterator of Deltas for one admitted request. `aclose()` aborts and drains if still running."""
+
+    def __init__(self, engine: SimpleEngine, req: _Request, task: asyncio.Task, queue: asyncio.Queue):
+        self._engine = engine
+        self._req = req
+        self._task = task
+        self._queue = queue
+        self._detok = engine._backend.detokenizer()
+        self._finished = False
+        self.request_id = req.id
+        self.prompt_tokens = len(req.prompt_ids)
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+
+    def __aiter__(self) -> "GenerationStream":
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, tuple) and item and item[0] is _END:
+            self._finished = True
+            end = item[1]
+            if isinstance(end, BaseException):
+                raise end
+            self._detok.finalize()
+            self.finish_reason = end
+            return Delta(self._detok.last_segment, None, end)
+        self.token_ids.append(item)
+        self._detok.add_token(item)
+        return Delta(self._detok.last_segment, item, None)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    async def aclose(self) -> None:
+        self._finished = True
+        if self._task.done():
+            return
+        self._req.abort.set()
+        cancelled_again = False
+        while not self._task.done():
+            try:
+                await asyncio.wait([self._task])
+            except asyncio.CancelledError:
+                cancelled_again = True  # the stream's slot must be released by its own job, after the worker
+        if cancelled_again:
+            raise asyncio.CancelledError()

@@ -1,0 +1,91 @@
+"""The one pinned MLX worker thread.
+
+MLX streams are thread-local: a generator created on one thread and closed on another raises, and a
+worker that generated must synchronize and clear its streams before it ends or the process may abort
+at exit. So every piece of MLX work (load, prefill, decode, close, cleanup) is a job on this thread.
+
+`threading` and `queue` are used through their module names so a fuzzer can swap them here only.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+_STOP = object()
+
+
+class MLXWorker:
+    def __init__(self, name: str = "tripwire-mlx-worker", on_exit: Callable[[], None] | None = None):
+        self.name = name
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._on_exit = on_exit
+        self.jobs_run = 0
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("worker already started")
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        if self._thread is None or not self._thread.is_alive():
+            raise RuntimeError(f"MLX worker {self.name!r} is not running")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def request_stop(self) -> concurrent.futures.Future:
+        """Finish queued jobs, then run the exit hook on the worker; the future resolves when it has ended."""
+        ended: concurrent.futures.Future = concurrent.futures.Future()
+        if self._thread is None or not self._thread.is_alive():
+            ended.set_result(None)
+        else:
+            self._jobs.put((_STOP, ended))
+        return ended
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Blocking form of request_stop for synchronous callers. Returns whether the thread ended."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.is_alive()
+
+    def _run(self) -> None:
+        ended: concurrent.futures.Future | None = None
+        try:
+            while True:
+                item = self._jobs.get()
+                if item[0] is _STOP:
+                    ended = item[1]
+                    break
+                fut, fn, args = item
+                if not fut.set_running_or_notify_cancel():
+                    continue  # cancelled before it started: it never touched MLX
+                try:
+                    result = fn(*args)
+                except BaseException as exc:  # delivered to the awaiting side, which logs or raises it
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+                self.jobs_run += 1
+        finally:
+            if self._on_exit is not None:
+                try:
+                    self._on_exit()
+                except Exception:
+                    log.exception("MLX worker exit hook failed")
+            if ended is not None:
+                ended.set_result(None)
