@@ -267,21 +267,7 @@ class SnapshotStore:
             if self._closed:
                 log.warning("snapshot store: cleanup_all() after shutdown()")
             self._generation += 1  # anything pulled from now on is stale
-        saw_stop = False
-        while True:
-            try:
-                item = self._write_queue.get_nowait()
-            except queue.Empty:
-                break
-            try:
-                if item is _STOP:
-                    saw_stop = True
-                    continue
-                with self._lock:
-                    self._stats["discarded"] += 1
-                    self._finish_locked(item)
-            finally:
-                self._write_queue.task_done()
+        saw_stop = self._drain_queue()
         acquired = self._writer_busy.acquire(timeout=bound)
         try:
             if not acquired:
@@ -311,6 +297,24 @@ class SnapshotStore:
             if saw_stop:
                 self._write_queue.put(_STOP, timeout=self._put_timeout)
         return acquired
+
+    def _drain_queue(self) -> bool:
+        """Discard every queued item (counted). Returns True if a stop sentinel was drained."""
+        saw_stop = False
+        while True:
+            try:
+                item = self._write_queue.get_nowait()
+            except queue.Empty:
+                return saw_stop
+            try:
+                if item is _STOP:
+                    saw_stop = True
+                    continue
+                with self._lock:
+                    self._stats["discarded"] += 1
+                    self._finish_locked(item)
+            finally:
+                self._write_queue.task_done()
 
     # -- queries -------------------------------------------------------------------------------------
     def snapshots(self, request_id: str) -> dict[int, str]:
@@ -362,6 +366,8 @@ class SnapshotStore:
             if not flush:
                 self._discard = True
         ok = True
+        if self._writer is None or not flush:
+            self._drain_queue()
         if self._writer is not None:
             deadline = time.monotonic() + bound
             try:
