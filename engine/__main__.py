@@ -1,0 +1,109 @@
+"""``python -m engine serve``: run the OpenAI-compatible server (default: the embedded tiny model)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "tripwire" / "engine"
+
+
+def _memory(value: str) -> str:
+    from engine.server.preflight import resolve_memory_limit
+
+    try:
+        resolve_memory_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m engine", description="tripwire engine commands")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API",
+                       description="Serve /v1/completions, /v1/chat/completions, /v1/models, /v1/status, /health.")
+    s.add_argument("--model", help="model directory (default: the embedded tiny model, built on first use)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--admission", choices=("fail_fast", "wait"), default="fail_fast",
+                   help="fail_fast (default): busy -> immediate 503; wait: wait up to --max-wait-s first")
+    s.add_argument("--max-wait-s", type=float, default=1.0, help="admission=wait only; at most 2 s")
+    s.add_argument("--max-memory", type=_memory, default="auto",
+                   help="prefill memory limit: BYTES (e.g. 8GiB), 'auto' (75%% of RAM) or 'off'")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    s.add_argument("--api-key", default=os.environ.get("TRIPWIRE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1/* (env TRIPWIRE_API_KEY)")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="allow a non-loopback --host without --api-key")
+    s.add_argument("--cache-dir", default=None, help="engine cache directory (default: user cache dir)")
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def engine_kwargs(args: argparse.Namespace, engine_cls: Any) -> dict[str, Any]:
+    """SimpleEngine kwargs; `cache_dir` only if this engine version accepts it (feature check)."""
+    import inspect
+
+    kw: dict[str, Any] = {"admission": args.admission}
+    params = inspect.signature(engine_cls).parameters
+    if args.admission == "wait" and "max_wait_s" in params:
+        kw["max_wait_s"] = args.max_wait_s
+    if "cache_dir" in params:
+        kw["cache_dir"] = str(Path(args.cache_dir).expanduser()) if args.cache_dir else str(default_cache_dir())
+    return kw
+
+
+def serve(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host) and not args.api_key and not args.allow_unauthenticated:
+        print(f"error: refusing to bind {args.host} (not loopback) without --api-key; "
+              "pass --api-key KEY or --allow-unauthenticated", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
+
+    import uvicorn
+
+    from engine import SimpleEngine
+    from engine.errors import EngineError
+    from engine.server import create_app
+    from engine.tiny_model import ensure_tiny_model
+
+    model = args.model or str(ensure_tiny_model())
+    try:
+        eng = SimpleEngine(model, **engine_kwargs(args, SimpleEngine))
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(eng, api_key=args.api_key, max_memory=args.max_memory, max_body_bytes=args.max_body_bytes)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse enforces the sub-command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

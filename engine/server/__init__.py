@@ -1,0 +1,5 @@
+"""OpenAI-compatible HTTP server over SimpleEngine (issue 3). See ``create_app`` and ``python -m engine serve``."""
+
+from engine.server.app import create_app
+
+__all__ = ["create_app"]
