@@ -1,0 +1,583 @@
+"""The baton scheduler: one real thread runs at a time, every switch point is a decision.
+
+Managed tasks:
+  * ``loop``   - the thread running the FuzzLoop; runnable when it has a ready callback or a due timer.
+  * ``thread`` - real threads started through the scheduler (worker threads, executor calls, writers).
+  * ``event``  - external-event pseudo-threads (cancel, disconnect, cleanup) executed on the loop thread
+                 when chosen; each fires at most once.
+  * clock      - pseudo option (id -1) that advances the virtual clock to the next deadline
+                 (only offered as a choice when the target uses ``timers="explore"``; otherwise time
+                 advances only when nothing else can run).
+
+A decision is recorded only when two or more options exist; the chosen task ids form the *choice list*
+that ``replay`` feeds back. The *trace* is the list of events (task, kind, detail, source location);
+its sha256 is the trace hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import hashlib
+import heapq
+import os
+import sys
+import threading as _rt
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
+_STDLIB_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m.__file__)) for m in (asyncio, concurrent.futures)
+) + (os.path.dirname(os.path.abspath(_rt.__file__)),)
+_ROOT = os.path.dirname(_FUZZ_DIR)
+
+CLOCK_ID = -1
+
+# The scheduler of the execution in progress (one at a time per process).
+ACTIVE: "Scheduler | None" = None
+
+
+class FuzzAbort(BaseException):
+    """Raised inside managed threads and the loop to unwind an aborted execution."""
+
+
+@dataclass
+class Failure:
+    kind: str  # deadlock, self-deadlock, guard, invariant, blocking-call, exception, thread-exception, ...
+    message: str
+    details: str = ""
+
+    def summary(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+@dataclass
+class Event:
+    step: int
+    task: str
+    kind: str
+    detail: str
+    where: str
+
+    def key(self) -> str:
+        return f"{self.task}|{self.kind}|{self.detail}|{self.where}"
+
+
+def _short(path: str) -> str:
+    if path.startswith(_ROOT + os.sep):
+        return path[len(_ROOT) + 1:]
+    return os.path.basename(path)
+
+
+def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
+    """file:line (function) of the first frame outside fuzz/ and the stdlib threading/asyncio code."""
+    f = sys._getframe(depth)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not (fn.startswith(_FUZZ_DIR) and skip_fuzz and "/targets/" not in fn
+                and not fn.endswith("fake_backend.py")) and not fn.startswith(_STDLIB_DIRS):
+            return f"{_short(fn)}:{f.f_lineno} ({f.f_code.co_name})"
+        f = f.f_back
+    return "?"
+
+
+def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
+    out = []
+    f = sys._getframe(depth)
+    while f is not None and len(out) < limit:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_FUZZ_DIR) or "/targets/" in fn:
+            out.append(f"{_short(fn)}:{f.f_lineno} in {f.f_code.co_name}")
+        f = f.f_back
+    return out
+
+
+class Task:
+    __slots__ = ("id", "name", "kind", "sem", "state", "wait", "thread", "ident", "fn", "enabled",
+                 "fired", "pending_event", "sched", "busy")
+
+    def __init__(self, sched: "Scheduler", tid: int, name: str, kind: str):
+        self.sched = sched
+        self.id = tid
+        self.name = name
+        self.kind = kind
+        self.sem = _rt.Semaphore(0)
+        self.state = "runnable"  # runnable | blocked | done
+        self.wait: tuple | None = None  # (desc, ready_fn, deadline, owner_fn)
+        self.thread: _rt.Thread | None = None
+        self.ident: int | None = None
+        self.fn: Callable | None = None
+        self.enabled: Callable[[], bool] | None = None
+        self.fired = False
+        self.pending_event: "Task | None" = None
+        self.busy = False  # loop task: inside a callback / event (runnable regardless of the ready queue)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.id}:{self.name} {self.state}>"
+
+
+class _ClockOption:
+    id = CLOCK_ID
+    name = "clock"
+    kind = "clock"
+    state = "runnable"
+
+
+CLOCK = _ClockOption()
+
+
+class Scheduler:
+    def __init__(self, strategy, *, timers: str = "idle", max_steps: int = 20000, record_trace: bool = True):
+        self.strategy = strategy
+        self.timers = timers
+        self.max_steps = max_steps
+        self.record_trace = record_trace
+        self.tasks: list[Task] = []
+        self.by_ident: dict[int, Task] = {}
+        self.current: Task | None = None
+        self.loop_task: Task | None = None
+        self.loop: "FuzzLoop | None" = None
+        self.vnow = 0.0
+        self.steps = 0
+        self.choices: list[int] = []
+        self.decisions: list[tuple[tuple[int, ...], int, int, int]] = []  # (options, default, chosen, current)
+        self.trace: list[Event] = []
+        self._hash = hashlib.sha256()
+        self.failure: Failure | None = None
+        self.aborting = False
+        self.progress = 0
+        self.quiesce_waiters: list[asyncio.Future] = []
+        self.async_waits: dict[Any, tuple[str, Callable[[], Any]]] = {}
+        self._labels: dict[int, str] = {}
+        self._label_objs: list[Any] = []  # keep labelled objects alive so ids stay unique
+        self._label_counts: collections.Counter = collections.Counter()
+        self.thread_exceptions: list[tuple[str, BaseException]] = []
+        self.fail_on_thread_exception = True
+
+    # ----------------------------------------------------------------- labels & trace
+    def label(self, obj: Any, prefix: str) -> str:
+        key = id(obj)
+        lab = self._labels.get(key)
+        if lab is None:
+            self._label_counts[prefix] += 1
+            lab = f"{prefix}#{self._label_counts[prefix]}"
+            self._labels[key] = lab
+            self._label_objs.append(obj)
+        return lab
+
+    def task_label(self, t) -> str:
+        """Deterministic name for an asyncio task (default 'Task-N' names are process-global)."""
+        name = t.get_name()
+        if name.startswith("Task-") and name[5:].isdigit():
+            return self.label(t, "atask")
+        return name
+
+    def record(self, task_name: str, kind: str, detail: str = "", where: str | None = None) -> None:
+        if where is None:
+            where = user_location(depth=3)
+        ev = Event(self.steps, task_name, kind, detail, where)
+        self._hash.update(ev.key().encode())
+        self._hash.update(b"\n")
+        if self.record_trace:
+            self.trace.append(ev)
+
+    @property
+    def trace_hash(self) -> str:
+        return self._hash.hexdigest()
+
+    # ----------------------------------------------------------------- tasks
+    def _new_task(self, name: str, kind: str) -> Task:
+        t = Task(self, len(self.tasks), name, kind)
+        self.tasks.append(t)
+        return t
+
+    def me(self) -> Task:
+        t = self.by_ident.get(_rt.get_ident())
+        if t is None:
+            raise RuntimeError("fuzz primitive used from a thread the scheduler does not manage "
+                               f"({_rt.current_thread().name}); start threads through the instrumented module")
+        return t
+
+    def adopt_loop_thread(self, name: str = "loop") -> Task:
+        t = self._new_task(name, "loop")
+        t.ident = _rt.get_ident()
+        t.thread = _rt.current_thread()
+        self.by_ident[t.ident] = t
+        self.loop_task = t
+        self.current = t
+        return t
+
+    def spawn(self, fn: Callable, args: tuple = (), kwargs: dict | None = None, name: str = "thread") -> Task:
+        """Start a managed real thread; it waits for the baton before running ``fn``."""
+        if self.aborting:
+            raise FuzzAbort()
+        t = self._new_task(name, "thread")
+        kwargs = kwargs or {}
+        started = _rt.Event()
+
+        def bootstrap():
+            t.ident = _rt.get_ident()
+            self.by_ident[t.ident] = t
+            started.set()
+            t.sem.acquire()
+            try:
+                if self.aborting:
+                    raise FuzzAbort()
+                fn(*args, **kwargs)
+            except FuzzAbort:
+                pass
+            except BaseException as e:  # noqa: BLE001 - reported as a failure of the run
+                self.thread_exceptions.append((t.name, e))
+                if self.fail_on_thread_exception and not self.aborting and self.failure is None:
+                    self.failure = Failure("thread-exception", f"uncaught {type(e).__name__} in thread {t.name}: {e}",
+                                           "".join(traceback.format_exception(e)))
+                    self.aborting = True
+            finally:
+                t.state = "done"
+                self._on_exit(t)
+
+        th = _rt.Thread(target=bootstrap, name=f"fuzz:{name}", daemon=True)
+        t.thread = th
+        th.start()
+        started.wait()
+        return t
+
+    def external(self, name: str, fn: Callable[[], Any], enabled: Callable[[], bool] | None = None) -> Task:
+        """Register an external event (run on the loop thread, at most once, whenever the schedule picks it)."""
+        t = self._new_task(name, "event")
+        t.fn = fn
+        t.enabled = enabled
+        return t
+
+    # ----------------------------------------------------------------- runnability
+    def _loop_has_work(self) -> bool:
+        loop = self.loop
+        if loop is None:
+            return False
+        if self.loop_task.pending_event is not None:
+            return True
+        for h in loop._ready:
+            if not h._cancelled:
+                return True
+        sch = loop._scheduled
+        while sch and sch[0]._cancelled:
+            h = heapq.heappop(sch)
+            h._scheduled = False
+            loop._timer_cancelled_count = max(0, loop._timer_cancelled_count - 1)
+        return bool(sch) and sch[0]._when <= self.vnow
+
+    def _runnable(self, t: Task) -> bool:
+        if t.state == "done":
+            return False
+        if t.kind == "event":
+            lt = self.loop_task
+            return (not t.fired and lt is not None and lt.wait is None and lt.state != "done"
+                    and lt.pending_event is None and (t.enabled is None or t.enabled()))
+        if t.wait is not None:
+            _, ready, deadline, _ = t.wait
+            return ready() or (deadline is not None and self.vnow >= deadline)
+        if t.kind == "loop":
+            return t.busy or self._loop_has_work()
+        return True
+
+    def next_deadline(self) -> float | None:
+        best = None
+        if self.loop is not None:
+            sch = self.loop._scheduled
+            while sch and sch[0]._cancelled:
+                h = heapq.heappop(sch)
+                h._scheduled = False
+            if sch:
+                best = sch[0]._when
+        for t in self.tasks:
+            if t.state != "done" and t.wait is not None and t.wait[2] is not None:
+                if best is None or t.wait[2] < best:
+                    best = t.wait[2]
+        return best
+
+    def _advance(self, when: float) -> None:
+        if when > self.vnow:
+            self.vnow = when
+        self.record("clock", "advance", f"t={self.vnow:.6f}", where="-")
+
+    # ----------------------------------------------------------------- decisions
+    def _choose(self, me: Task) -> Task | None:
+        while True:
+            options = [t for t in self.tasks if self._runnable(t)]
+            if not options:
+                dl = self.next_deadline()
+                if dl is not None:
+                    self._advance(dl)
+                    continue
+                if self.quiesce_waiters:
+                    waiters, self.quiesce_waiters = self.quiesce_waiters, []
+                    for w in waiters:
+                        if not w.done():
+                            w.set_result(None)
+                    continue
+                return None
+            if self.timers == "explore" and self.next_deadline() is not None:
+                options.append(CLOCK)
+            if len(options) == 1:
+                return options[0]
+            default = me if me in options else options[0]
+            chosen = self.strategy.choose(options, default, me, self)
+            self.choices.append(chosen.id)
+            self.decisions.append((tuple(o.id for o in options), default.id, chosen.id, me.id))
+            if chosen is CLOCK:
+                self._advance(self.next_deadline())
+                continue
+            return chosen
+
+    def point(self, kind: str, detail: str = "", where: str | None = None) -> None:
+        """A switch point: record the event, then let the strategy pick who runs next."""
+        if self.aborting:
+            raise FuzzAbort()
+        me = self.me()
+        if self.current is not me:
+            # A managed thread is running without the baton: a scheduler bug or a bypassing thread.
+            self.fail("bypass", f"task {me.name} ran without the baton (current={self.current})")
+        self.steps += 1
+        self.progress += 1
+        if self.steps > self.max_steps:
+            self.fail("livelock", f"more than {self.max_steps} steps; the body does not terminate")
+        if where is None:
+            where = user_location(depth=2)
+        self.record(me.name, kind, detail, where)
+        self._reschedule(me)
+
+    def _reschedule(self, me: Task) -> None:
+        nxt = self._choose(me)
+        if nxt is None:
+            self.fail("deadlock", "nothing runnable, no timer pending, body not done", self.wait_for_graph())
+        self._transfer(me, nxt)
+
+    def _transfer(self, me: Task, nxt: Task) -> None:
+        if nxt.kind == "event":
+            host = self.loop_task
+            host.pending_event = nxt
+            nxt.fired = True
+            nxt = host
+        if nxt is me:
+            return
+        self.current = nxt
+        nxt.sem.release()
+        me.sem.acquire()
+        if self.aborting:
+            raise FuzzAbort()
+
+    def block(self, desc: str, ready: Callable[[], bool], timeout: float | None = None,
+              owner: Callable[[], Any] | None = None) -> bool:
+        """Block the calling task until ``ready()`` or the virtual timeout; returns ready()."""
+        if self.aborting:
+            raise FuzzAbort()
+        if ready():
+            return True
+        me = self.me()
+        deadline = None if timeout is None or timeout < 0 else self.vnow + timeout
+        me.wait = (desc, ready, deadline, owner)
+        try:
+            self.steps += 1
+            self.progress += 1
+            self._reschedule(me)
+        finally:
+            me.wait = None
+        return ready()
+
+    def _on_exit(self, t: Task) -> None:
+        if self.aborting:
+            if self.loop_task is not None and self.current is t:
+                self.current = self.loop_task
+                self.loop_task.sem.release()
+            return
+        self.record(t.name, "exit", "", where="-")
+        try:
+            nxt = self._choose(t)
+        except FuzzAbort:
+            nxt = None
+        if nxt is None:
+            if self.failure is None:
+                self.failure = Failure("deadlock", "nothing runnable, no timer pending, body not done",
+                                       self.wait_for_graph())
+            self.aborting = True
+            self.current = self.loop_task
+            self.loop_task.sem.release()
+            return
+        if nxt.kind == "event":
+            self.loop_task.pending_event = nxt
+            nxt.fired = True
+            nxt = self.loop_task
+        self.current = nxt
+        nxt.sem.release()
+
+    # ----------------------------------------------------------------- failures
+    def fail(self, kind: str, message: str, details: str = "") -> None:
+        if self.failure is None:
+            self.failure = Failure(kind, message, details)
+        self.aborting = True
+        raise FuzzAbort()
+
+    def check(self, cond: bool, message: str, details: str = "") -> None:
+        if not cond:
+            self.fail("invariant", message, details)
+
+    def wait_for_graph(self) -> str:
+        lines = ["wait-for graph:"]
+        for t in self.tasks:
+            if t.state == "done" or t.kind == "event":
+                continue
+            if t.wait is not None:
+                desc, _, deadline, owner = t.wait
+                who = owner() if owner else None
+                target = getattr(who, "name", None) or (self.task_label(who) if who is not None and hasattr(who, "get_name") else None)
+                arrow = f" --> {target}" if target else " --> (nobody will signal it)"
+                lines.append(f"  thread {t.name} waits on {desc}{arrow}")
+            elif t.kind == "loop":
+                lines.append(f"  loop {t.name}: no ready callbacks, no timers")
+            else:
+                lines.append(f"  thread {t.name}: runnable?")
+        if self.loop is not None:
+            for at in asyncio.all_tasks(self.loop):
+                if at.done():
+                    continue
+                name = self.task_label(at)
+                frames = at.get_stack(limit=1)
+                where = (f"{_short(frames[-1].f_code.co_filename)}:{frames[-1].f_lineno} "
+                         f"({frames[-1].f_code.co_name})") if frames else "?"
+                w = self.async_waits.get(at)
+                if w is not None:
+                    desc, owner = w
+                    o = owner()
+                    oname = self.task_label(o) if o is not None else "nobody"
+                    cyc = "  <-- SELF" if o is at else ""
+                    lines.append(f"  task {name} at {where} waits on {desc} held by {oname}{cyc}")
+                else:
+                    fw = getattr(at, "_fut_waiter", None)
+                    lines.append(f"  task {name} at {where} awaits {type(fw).__name__ if fw is not None else '?'}")
+        return "\n".join(lines)
+
+    # ----------------------------------------------------------------- teardown
+    def finish_threads(self, timeout: float = 2.0) -> list[str]:
+        """Unwind every managed thread still alive (one at a time); return names of leaked ones."""
+        self.aborting = True
+        leaked = []
+        for t in self.tasks:
+            if t.kind != "thread" or t.thread is None:
+                continue
+            if t.thread.is_alive():
+                t.sem.release()
+                t.thread.join(timeout)
+                if t.thread.is_alive():
+                    leaked.append(t.name)
+        return leaked
+
+
+class FuzzLoop(asyncio.SelectorEventLoop):
+    """Runs one callback per decision (FIFO), virtual clock, managed executor threads."""
+
+    def __init__(self, sched: Scheduler):
+        super().__init__()
+        self._sched = sched
+        self._executor_n = 0
+        self.set_exception_handler(self._on_exception)
+        self.unhandled: list[dict] = []
+
+    def _on_exception(self, loop, context):
+        self.unhandled.append(context)
+
+    def time(self) -> float:
+        return self._sched.vnow
+
+    def _write_to_self(self) -> None:
+        pass
+
+    def run_in_executor(self, executor, func, *args):
+        self._check_closed()
+        cf: concurrent.futures.Future = concurrent.futures.Future()
+        self._executor_n += 1
+        name = f"executor-{self._executor_n}"
+
+        def work():
+            if not cf.set_running_or_notify_cancel():
+                return
+            try:
+                r = func(*args)
+            except FuzzAbort:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                cf.set_exception(e)
+            else:
+                cf.set_result(r)
+
+        self._sched.spawn(work, name=name)
+        fut = asyncio.wrap_future(cf, loop=self)
+        self._sched.point("executor.submit", name)
+        return fut
+
+    def _describe(self, h) -> tuple[str, str]:
+        cb = h._callback
+        owner = getattr(cb, "__self__", None)
+        s = self._sched
+        if isinstance(owner, asyncio.Task):
+            coro = owner.get_coro()
+            fr = getattr(coro, "cr_frame", None)
+            while fr is not None:
+                # descend into the innermost awaited coroutine for a useful location
+                aw = getattr(coro, "cr_await", None)
+                if aw is not None and getattr(aw, "cr_frame", None) is not None:
+                    coro = aw
+                    fr = aw.cr_frame
+                    continue
+                break
+            where = f"{_short(fr.f_code.co_filename)}:{fr.f_lineno} ({fr.f_code.co_name})" if fr else "start"
+            return f"step {s.task_label(owner)}", where
+        name = getattr(cb, "__qualname__", type(cb).__name__)
+        return f"cb {name}", "-"
+
+    def _run_once(self):
+        s = self._sched
+        me = s.loop_task
+        if s.aborting:
+            raise FuzzAbort()
+        s.steps += 1
+        s.progress += 1
+        if s.steps > s.max_steps:
+            s.fail("livelock", f"more than {s.max_steps} steps; the body does not terminate")
+        s._reschedule(me)
+        ev = me.pending_event
+        if ev is not None:
+            me.pending_event = None
+            s.record(ev.name, "event", "", where="-")
+            me.busy = True
+            try:
+                ev.fn()
+            except FuzzAbort:
+                raise
+            except BaseException as e:  # noqa: BLE001
+                s.fail("exception", f"external event {ev.name} raised {type(e).__name__}: {e}",
+                       "".join(traceback.format_exception(e)))
+            finally:
+                me.busy = False
+            return
+        sch = self._scheduled
+        while sch and (sch[0]._cancelled or sch[0]._when <= s.vnow):
+            h = heapq.heappop(sch)
+            h._scheduled = False
+            if not h._cancelled:
+                self._ready.append(h)
+        while self._ready:
+            h = self._ready.popleft()
+            if h._cancelled:
+                continue
+            detail, where = self._describe(h)
+            s.record(me.name, "callback", detail, where)
+            me.busy = True
+            try:
+                h._run()
+            finally:
+                me.busy = False
+            break
+        h = None

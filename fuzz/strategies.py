@@ -1,0 +1,195 @@
+"""Schedule strategies: random walk, PCT, bounded (exhaustive <= K deviations), replay, Hypothesis.
+
+A per-execution strategy object answers ``choose(options, default, current, sched)``. ``default`` is the
+non-preemptive choice (keep running the current task if it can; else the lowest-id runnable task).
+An *explorer* produces one per-execution strategy per schedule and learns from finished executions
+(bounded search needs the decision points of previous runs).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+from .sched import CLOCK_ID
+
+
+def derive_seed(base: int, i: int) -> int:
+    return random.Random(f"{base}/{i}").getrandbits(48)
+
+
+class RandomChooser:
+    name = "random"
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def choose(self, options, default, current, sched):
+        return options[self.rng.randrange(len(options))]
+
+
+class PCTChooser:
+    """Probabilistic concurrency testing: random task priorities, D-1 random priority change points."""
+
+    name = "pct"
+
+    def __init__(self, rng: random.Random, depth: int, est_steps: int):
+        self.rng = rng
+        self.prio: dict[int, float] = {}
+        k = max(est_steps, depth + 1)
+        self.change_points = set(rng.sample(range(1, k), min(depth - 1, k - 1))) if depth > 1 else set()
+        self.step = 0
+        self.low = 0.0
+
+    def _p(self, tid: int) -> float:
+        p = self.prio.get(tid)
+        if p is None:
+            p = self.prio[tid] = 10.0 + self.rng.random()
+        return p
+
+    def choose(self, options, default, current, sched):
+        self.step += 1
+        if self.step in self.change_points and current is not None:
+            self.low -= 1.0
+            self.prio[current.id] = self.low
+        return max(options, key=lambda t: self._p(t.id))
+
+
+class ReplayChooser:
+    """Follow a recorded choice list; ``None`` entries or unavailable ids fall back to the default."""
+
+    name = "replay"
+
+    def __init__(self, choices: list[int | None]):
+        self.choices = list(choices)
+        self.i = 0
+
+    def choose(self, options, default, current, sched):
+        i = self.i
+        self.i += 1
+        if i < len(self.choices):
+            want = self.choices[i]
+            if want is not None:
+                for o in options:
+                    if o.id == want:
+                        return o
+        return default
+
+
+class HypothesisChooser:
+    """Draws each decision from Hypothesis ``data`` so Hypothesis' shrinker minimizes schedules."""
+
+    name = "hypothesis"
+
+    def __init__(self, data):
+        from hypothesis import strategies as st
+        self.data = data
+        self.st = st
+
+    def choose(self, options, default, current, sched):
+        # index 0 is the default so that shrinking towards 0 means "fewer preemptions"
+        ordered = [default] + [o for o in options if o is not default]
+        return ordered[self.data.draw(self.st.integers(0, len(ordered) - 1), label="schedule")]
+
+
+# --------------------------------------------------------------------------- explorers
+class Explorer:
+    """Yields (run_seed, chooser) pairs; ``feed`` receives the finished scheduler."""
+
+    spec = "?"
+
+    def runs(self) -> Iterator[tuple[int, object]]:
+        raise NotImplementedError
+
+    def feed(self, sched) -> None:
+        pass
+
+
+class RandomExplorer(Explorer):
+    def __init__(self, seed: int, budget: int):
+        self.seed, self.budget, self.spec = seed, budget, "random"
+
+    def runs(self):
+        for i in range(self.budget):
+            rs = derive_seed(self.seed, i)
+            yield rs, RandomChooser(random.Random(f"{rs}:schedule"))
+
+
+class PCTExplorer(Explorer):
+    def __init__(self, seed: int, budget: int, depth: int):
+        self.seed, self.budget, self.depth = seed, budget, depth
+        self.spec = f"pct:{depth}"
+        self.est = 50
+
+    def feed(self, sched):
+        self.est = max(self.est, len(sched.decisions))
+
+    def runs(self):
+        for i in range(self.budget):
+            rs = derive_seed(self.seed, i)
+            yield rs, PCTChooser(random.Random(f"{rs}:schedule"), self.depth, self.est)
+
+
+class BoundedExplorer(Explorer):
+    """Every schedule with at most K deviations from the non-preemptive default, by increasing count.
+
+    Breadth-first over the number of deviations, so the first failure has the minimal count.
+    A deviation at a point where the current task could continue is a preemption.
+    """
+
+    def __init__(self, seed: int, budget: int, k: int):
+        self.seed, self.budget, self.k = seed, budget, k
+        self.spec = f"bounded:{k}"
+        self._last = None
+        self.exhausted = False
+        self.level_of_last = 0
+
+    def feed(self, sched):
+        self._last = [(opts, default, chosen) for opts, default, chosen, _cur in sched.decisions]
+
+    def runs(self):
+        rs = derive_seed(self.seed, 0)
+        n = 0
+        # level 0
+        frontier: list[tuple[list[int | None], int]] = []  # (prefix, first index allowed to deviate)
+        yield rs, ReplayChooser([])
+        n += 1
+        frontier.append(([], 0, self._last))
+        for level in range(1, self.k + 1):
+            nxt = []
+            for prefix, start, decisions in frontier:
+                for j in range(start, len(decisions)):
+                    opts, default, chosen = decisions[j]
+                    for alt in opts:
+                        if alt == default or alt == CLOCK_ID and False:
+                            continue
+                        if n >= self.budget:
+                            return
+                        # prefix: the choices actually made up to j, then the deviation
+                        p = [d[2] for d in decisions[:j]] + [alt]
+                        self.level_of_last = level
+                        yield rs, ReplayChooser(p)
+                        n += 1
+                        if level < self.k:
+                            nxt.append((p, j + 1, self._last))
+            frontier = nxt
+        self.exhausted = True
+
+
+def make_explorer(spec: str, seed: int, budget: int, choices: list | None = None) -> Explorer:
+    name, _, arg = spec.partition(":")
+    if name == "random":
+        return RandomExplorer(seed, budget)
+    if name == "pct":
+        return PCTExplorer(seed, budget, int(arg or 3))
+    if name == "bounded":
+        return BoundedExplorer(seed, budget, int(arg or 2))
+    if name == "replay":
+        class _R(Explorer):
+            spec = "replay"
+
+            def runs(self_inner):
+                for _ in range(budget):
+                    yield seed, ReplayChooser(choices or [])
+        return _R()
+    raise ValueError(f"unknown strategy {spec!r} (random, pct:D, bounded:K, replay)")
