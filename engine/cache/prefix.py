@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import struct
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -146,7 +147,7 @@ class PrefixCache:
         self._boundaries: dict[str, list[tuple[int, str, dict]]] = {}
         self._plans: dict[str, list[str]] = {}
         self.last_prefill: dict[str, Any] = {}
-        self.snapshot_events: list[tuple[str, int]] = []  # (request_id, tokens): the keys snapshots used
+        self.snapshot_events: deque[tuple[str, int]] = deque(maxlen=1024)  # (request_id, tokens) of recent snapshots
 
     def plan(self, request_id: str, tokens: Sequence[int]) -> tuple[int, list[str]]:
         """Longest reusable prefix in blocks (always leaves >= 1 token to prefill). Returns (n_blocks, hashes)."""
