@@ -48,6 +48,7 @@ class MlxLmBackend:
         self.guard = guard
         self.model: Any = None
         self.tokenizer: Any = None
+        self.prefix_cache: Any = None  # engine.cache.PrefixCache when SimpleEngine(cache_dir=...) (issue 6)
         self.eos_ids: set[int] = set()
         cfg = json.loads((self.path / "config.json").read_text())
         self.config = cfg
@@ -83,34 +84,60 @@ class MlxLmBackend:
         from mlx_lm.sample_utils import make_sampler
 
         with self.guard.enter(job.request_id):
-            gen = generate_step(mx.array(job.prompt_ids), self.model, max_tokens=job.max_tokens,
-                                sampler=make_sampler(temp=job.temperature))
+            pc, reason = self.prefix_cache, None
+            prompt, prompt_cache = job.prompt_ids, None
+            if pc is not None and pc.accepts(job.request_id):
+                # Block-wise prefill from the longest cached prefix; boundary snapshots keyed by request id.
+                from .cache import prefill_with_cache
+
+                prompt_cache, prompt, job.reused_tokens = prefill_with_cache(
+                    pc, self.model, job.request_id, job.prompt_ids, abort=job.abort.is_set)
+            else:
+                pc = None
+            gen = generate_step(mx.array(prompt), self.model, max_tokens=job.max_tokens,
+                                sampler=make_sampler(temp=job.temperature), prompt_cache=prompt_cache)
             try:
                 produced = 0
                 while True:
                     # Checked between tokens: an aborted request stops after at most the step in flight.
                     if job.abort.is_set():
-                        return "cancelled"
+                        reason = "cancelled"
+                        return reason
                     try:
                         token, _ = next(gen)
                     except StopIteration:
-                        return "length"
+                        reason = "length"
+                        return reason
                     token = int(token)
                     if token in self.eos_ids:
-                        return "stop"
+                        reason = "stop"
+                        return reason
                     job.emit(token)
                     produced += 1
                     if produced >= job.max_tokens:
-                        return "length"
+                        reason = "length"
+                        return reason
             finally:
                 gen.close()  # on this thread: MLX streams are thread-local
+                if pc is not None:  # completed: commit snapshots as blocks; aborted/failed: cleanup_request
+                    pc.finish(job.request_id, completed=reason in ("stop", "length"))
 
     def close(self) -> None:
         """Worker exit hook: without this the process may abort at exit after generating off the main thread."""
         import mlx.core as mx
 
+        if self.prefix_cache is not None:  # cleanup_all(), then shut both cache stores down (bounded)
+            try:
+                self.prefix_cache.close()
+            except Exception:
+                log.exception("prefix cache: close failed")
         mx.synchronize()
         mx.clear_streams()
+
+    def enable_prefix_cache(self, cache_dir: str | Path, **kw: Any) -> None:
+        from .cache import PrefixCache
+
+        self.prefix_cache = PrefixCache(cache_dir, self.path, **kw)
 
     # -- event-loop thread (tokenizer only) -------------------------------------------------------
     def encode(self, text: str) -> list[int]:

@@ -190,6 +190,22 @@ class PrefixCache:
         self.snapshots.cleanup_request(request_id)
         return saved
 
+    @staticmethod
+    def accepts(request_id: str) -> bool:
+        """Request ids that cannot be path components simply bypass the cache (never a failed request)."""
+        try:
+            validate_request_id(request_id)
+            return True
+        except ValueError:
+            return False
+
+    def finish(self, request_id: str, completed: bool) -> None:
+        """End of a request on the MLX thread: commit its snapshots if it completed, else clean them up."""
+        if completed:
+            self.commit(request_id)
+        else:
+            self.abort(request_id)
+
     def abort(self, request_id: str) -> None:
         self._boundaries.pop(request_id, None)
         self._plans.pop(request_id, None)
