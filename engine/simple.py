@@ -59,6 +59,8 @@ class SimpleEngine:
             backend = MlxLmBackend(model_path, self.guard)
         self._backend = backend
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if self.cache_dir is not None and hasattr(backend, "enable_prefix_cache"):
+            backend.enable_prefix_cache(self.cache_dir)  # SSD prefix cache (issue 6); closed on worker exit
         self._stop_timeout_s = stop_timeout_s
         self._worker = MLXWorker(on_exit=backend.close)
         # Serializes MLX work only (one worker step at a time; on Metal, one command encoder). It is NOT a
@@ -179,6 +181,8 @@ class SimpleEngine:
             "totals": dict(self.totals),
             "mlx_guard": {"enabled": self.guard.enabled, "entries": self.guard.entries, "trips": self.guard.trips},
             "worker": {"alive": self._worker.is_alive(), "jobs_run": self._worker.jobs_run},
+            "cache": (self._backend.prefix_cache.stats()
+                      if getattr(self._backend, "prefix_cache", None) is not None else None),
         }
 
     # -- request plumbing ------------------------------------------------------------------------
