@@ -1,0 +1,1 @@
+"""One rule per module. See CONTRIBUTING.md, "Adding an invariant rule"."""

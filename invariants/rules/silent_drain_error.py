@@ -1,0 +1,107 @@
+import ast
+
+from invariants.core import Option, Rule, walk_body
+
+from ._common import calls_logging, handler_kinds, is_cancel_handler
+
+
+class SilentDrainError(Rule):
+    name = "silent-drain-error"
+    code = "TW105"
+    severity = "error"
+    rationale = (
+        "Inside a cancellation handler the code usually drains a worker (`await task`) before re-raising. If "
+        "that drain is wrapped in `except Exception: pass` (or `contextlib.suppress(Exception)`), a worker "
+        "that crashed while the request was being cancelled leaves no trace: the caller only sees "
+        "CancelledError. Seed #8 review finding 3 ('Cancelled worker errors hidden'): exactly the failure mode "
+        "the fix was about (MLX/Metal errors during cancellation) became invisible. Log it (e.g. "
+        "`log.warning(..., exc_info=True)`) or re-raise."
+    )
+    options = {
+        "log_functions": Option("list[str]", [], "extra function names that count as logging"),
+    }
+    prefilter = (b"CancelledError", b"BaseException", b"except:")
+    valid = [
+        """
+        import asyncio, logging
+        log = logging.getLogger(__name__)
+
+        async def run(task):
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                try:
+                    await task
+                except Exception:
+                    log.warning("worker failed while draining a cancelled request", exc_info=True)
+                raise
+        """,
+        """
+        import asyncio
+
+        async def run(task):
+            try:
+                return await task
+            except asyncio.CancelledError:
+                try:
+                    await task
+                except ValueError:
+                    pass  # narrow, expected
+                raise
+        """,
+    ]
+    invalid = [
+        # seed #8: the `except Exception: pass` drain
+        """
+        import asyncio
+
+        async def _run_blocking_serialized(self, fn):
+            async with self._generation_lock:
+                task = asyncio.ensure_future(asyncio.to_thread(fn))
+                try:
+                    return await task
+                except asyncio.CancelledError:
+                    try:
+                        await task
+                    except Exception:
+                        pass
+                    raise
+        """,
+        """
+        import asyncio, contextlib
+
+        async def run(task):
+            try:
+                await task
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await task
+                raise
+        """,
+    ]
+
+    def setup(self):
+        self.extra = set(self.opts["log_functions"])
+
+    def check(self, ctx):
+        for t in ctx.nodes(ast.Try, getattr(ast, "TryStar", ast.Try)):
+            for h in t.handlers:
+                if not is_cancel_handler(ctx, h):
+                    continue
+                for n in walk_body(h.body):
+                    if isinstance(n, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+                        for inner in n.handlers:
+                            if handler_kinds(ctx, inner) & {"bare", "base", "exception"} and not any(
+                                    isinstance(m, ast.Raise) for m in walk_body(inner.body)) and not calls_logging(
+                                    inner.body, self.extra):
+                                ctx.report(inner, "error swallowed without logging inside a cancellation handler: "
+                                                  "a worker that failed while draining leaves no trace; log it "
+                                                  "(exc_info=True) or re-raise")
+                    elif isinstance(n, ast.With):
+                        for it in n.items:
+                            c = it.context_expr
+                            if isinstance(c, ast.Call) and (ctx.qualname(c.func) or "").endswith("suppress") and any(
+                                    (ctx.qualname(a) or "").rsplit(".", 1)[-1] in ("Exception", "BaseException")
+                                    for a in c.args):
+                                ctx.report(c, "contextlib.suppress(Exception) inside a cancellation handler hides "
+                                              "worker errors during the drain; log them instead")

@@ -1,0 +1,144 @@
+import ast
+
+from invariants.core import Rule, iter_calls_shallow, walk_body
+
+from ._common import handler_kinds
+
+
+class SwallowedCancellation(Rule):
+    name = "swallowed-cancellation"
+    code = "TW104"
+    severity = "error"
+    rationale = (
+        "An `except CancelledError` / `except BaseException` / bare `except` in async code that neither "
+        "re-raises nor defers a re-raise turns a cancellation into a normal return: the caller (a disconnect "
+        "guard, a timeout, `TaskGroup`, `stop()`) believes the task ended while it keeps running. Seed #8's "
+        "cancellation drain only works because the runner re-raises after waiting for the worker. Allowed: "
+        "`raise` in the handler, re-cancelling (`task.cancel()`), or the 'remember and re-raise later' idiom "
+        "(the handler sets a flag / keeps the exception and a later `raise` in the function uses it)."
+    )
+    prefilter = (b"except",)
+    valid = [
+        """
+        import asyncio
+
+        async def drain(fut):
+            cancelled_again = False
+            while not fut.done():
+                try:
+                    await asyncio.wait([fut])
+                except asyncio.CancelledError:
+                    cancelled_again = True  # remember, keep draining
+            if cancelled_again:
+                raise asyncio.CancelledError()
+        """,
+        """
+        import asyncio
+
+        async def f(task):
+            try:
+                await task
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+        """,
+        """
+        def sync_is_fine():
+            try:
+                pass
+            except BaseException:
+                return None
+        """,
+    ]
+    invalid = [
+        """
+        import asyncio
+
+        async def handler(req):
+            try:
+                return await req.run()
+            except asyncio.CancelledError:
+                return None
+        """,
+        """
+        async def f(x):
+            try:
+                await x
+            except:
+                pass
+        """,
+        """
+        from asyncio import CancelledError
+
+        async def f(x):
+            try:
+                await x
+            except (ValueError, CancelledError) as exc:
+                log(exc)
+        """,
+    ]
+
+    def check(self, ctx):
+        for func in ctx.nodes(ast.AsyncFunctionDef):
+            tries = [n for n in walk_body(func.body) if isinstance(n, (ast.Try, getattr(ast, "TryStar", ast.Try)))]
+            if not tries:
+                continue
+            raises = None
+            for t in tries:
+                for h in t.handlers:
+                    kinds = handler_kinds(ctx, h)
+                    if not kinds & {"bare", "cancel", "base"}:
+                        continue
+                    body_nodes = list(walk_body(h.body))
+                    if any(isinstance(n, ast.Raise) for n in body_nodes):
+                        continue
+                    if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                           and n.func.attr in ("cancel", "uncancel_and_raise") for n in body_nodes):
+                        continue
+                    if raises is None:
+                        raises = [n for n in walk_body(func.body) if isinstance(n, ast.Raise)]
+                    if self._deferred(h, body_nodes, raises, func, ctx):
+                        continue
+                    what = "bare except" if "bare" in kinds else (
+                        "except BaseException" if "base" in kinds else "except CancelledError")
+                    ctx.report(h, f"{what} in async def {func.name}() swallows cancellation: re-raise it "
+                                  f"(or remember it and raise after cleanup)")
+
+    @staticmethod
+    def _deferred(h, body_nodes, raises, func, ctx):
+        names = set()
+        if h.name:
+            names.add(h.name)
+        for n in body_nodes:
+            targets = []
+            if isinstance(n, ast.Assign):
+                targets = n.targets
+            elif isinstance(n, (ast.AugAssign, ast.AnnAssign)):
+                targets = [n.target]
+            for t in targets:
+                for m in ast.walk(t):
+                    if isinstance(m, ast.Name):
+                        names.add(m.id)
+                    elif isinstance(m, ast.Attribute):
+                        names.add(m.attr)
+        if not names:
+            return False
+        end = getattr(h, "end_lineno", h.lineno)
+        parents = None
+        for r in raises:
+            if r.lineno <= end:
+                continue
+            for m in ast.walk(r):
+                if (isinstance(m, ast.Name) and m.id in names) or (isinstance(m, ast.Attribute) and m.attr in names):
+                    return True
+            if parents is None:
+                parents = ctx.parents
+            cur = r
+            while cur in parents and cur is not func:
+                cur = parents[cur]
+                if isinstance(cur, (ast.If, ast.While)):
+                    for m in ast.walk(cur.test):
+                        if (isinstance(m, ast.Name) and m.id in names) or (
+                                isinstance(m, ast.Attribute) and m.attr in names):
+                            return True
+        return False
