@@ -8,6 +8,7 @@ while the worker is still inside MLX: the runner signals the abort flag and drai
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import threading
@@ -107,6 +108,8 @@ class SimpleEngine:
             try:
                 async with asyncio.timeout(self._stop_timeout_s):
                     await asyncio.wrap_future(ended)
+                # The exit hook has run; only the thread's last bytecodes remain, so this join is brief.
+                self._worker.join(1.0)
             except TimeoutError:
                 log.error("stop: MLX worker did not end within %.1fs", self._stop_timeout_s)
         self._state = "stopped"
@@ -269,16 +272,27 @@ class SimpleEngine:
         await self._admit(req)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        pending: collections.deque[int] = collections.deque()
+        wake = {"scheduled": False}
 
-        def emit(token: int) -> None:  # worker thread -> event loop
-            loop.call_soon_threadsafe(queue.put_nowait, token)
+        def flush() -> None:  # event loop: clear the flag *before* draining so no token is stranded
+            wake["scheduled"] = False
+            while pending:
+                queue.put_nowait(pending.popleft())
 
-        task = asyncio.create_task(self._stream_job(req, self._job(req, emit), queue), name=f"stream-{req.id}")
+        def emit(token: int) -> None:  # worker thread: one loop wakeup per burst, not per token
+            pending.append(token)
+            if not wake["scheduled"]:
+                wake["scheduled"] = True
+                loop.call_soon_threadsafe(flush)
+
+        task = asyncio.create_task(self._stream_job(req, self._job(req, emit), queue, flush), name=f"stream-{req.id}")
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
         return GenerationStream(self, req, task, queue)
 
-    async def _stream_job(self, req: _Request, job: GenerationJob, queue: asyncio.Queue) -> None:
+    async def _stream_job(self, req: _Request, job: GenerationJob, queue: asyncio.Queue,
+                          flush: Callable[[], None]) -> None:
         """Owns the slot for a stream: released only once the worker has finished, whatever the consumer does."""
         outcome, end = "failed", None
         try:
@@ -292,6 +306,7 @@ class SimpleEngine:
             end = exc
         finally:
             self._finish(req, outcome)
+            flush()  # every token the worker emitted precedes the end marker
             queue.put_nowait((_END, end))
 
     async def _run_serialized(self, req: _Request | None, fn: Callable[..., Any], *args: Any) -> Any:

@@ -56,12 +56,15 @@ class MLXWorker:
             self._jobs.put((_STOP, ended))
         return ended
 
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Blocking form of request_stop for synchronous callers. Returns whether the thread ended."""
-        self.request_stop()
+    def join(self, timeout: float) -> bool:
         if self._thread is not None:
             self._thread.join(timeout)
         return not self.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Blocking form of request_stop for synchronous callers. Returns whether the thread ended."""
+        self.request_stop()
+        return self.join(timeout)
 
     def _run(self) -> None:
         ended: concurrent.futures.Future | None = None
