@@ -180,18 +180,24 @@ class BlockStore:
         with self._lock:
             return self._effective_max_locked()
 
-    def _evict_locked(self, incoming: int, limit: int) -> None:
+    def _evict_locked(self, incoming: int, limit: int) -> bool:
         """Inline LRU eviction on the saving thread: at most MAX_INLINE_UNLINKS_PER_SAVE unlinks.
 
         Never enqueues anything: the write queue only carries writes, so eviction can never make a
         saturated queue worse. Entries not yet persisted are not candidates (their writer owns them).
+        Returns False when the block cannot fit because everything left is still in flight (the save is
+        then rejected); a burst stopped by the cap returns True (later saves converge).
         """
         if self._total_bytes + incoming <= limit:
-            return
+            return True
         victims = []
+        capped = False
         projected = self._total_bytes + incoming
         for block_hash, entry in self._index.items():
-            if projected <= limit or len(victims) >= self.MAX_INLINE_UNLINKS_PER_SAVE:
+            if projected <= limit:
+                break
+            if len(victims) >= self.MAX_INLINE_UNLINKS_PER_SAVE:
+                capped = True
                 break
             if not entry.persisted:
                 continue
@@ -209,6 +215,7 @@ class BlockStore:
                 log.warning("block cache: could not unlink evicted block %s: %s", entry.path, exc)
                 continue
             self._stats["evictions"] += 1
+        return capped or self._total_bytes + incoming <= limit
 
     # -- save ----------------------------------------------------------------------------------------
     def save(self, block_hash: str, tensors: Mapping, metadata: Mapping[str, str] | None = None) -> bool:
@@ -234,7 +241,9 @@ class BlockStore:
             if size > limit:
                 self._stats["rejected"] += 1
                 return False
-            self._evict_locked(size, limit)
+            if not self._evict_locked(size, limit):
+                self._stats["rejected"] += 1  # only in-flight blocks left to evict: do not overshoot
+                return False
             entry = _Entry(path=path, size=size)
             item = _WriteItem(block_hash, path, tensors, meta, entry, size)
             entry.item = item
