@@ -334,3 +334,14 @@ def test_concurrent_savers_quiesce_to_zero_in_flight(tmp_path):
 def test_invalid_hash_rejected(store):
     with pytest.raises(ValueError):
         store.save("../../etc/passwd", block(0))
+
+
+def test_save_rejected_rather_than_overshooting_when_only_in_flight_blocks_remain(tmp_path):
+    size = one_block_size()
+    s = BlockStore(tmp_path, SIG, max_bytes=size * 2, min_free_bytes=0, start_writer=False)
+    assert s.save(h(1), block(1)) and s.save(h(2), block(2))
+    assert not s.save(h(3), block(3))  # both held blocks are still queued: nothing evictable
+    st = s.stats()
+    assert st["rejected"] == 1 and st["bytes"] <= size * 2 and st["evictions"] == 0
+    s.close(flush=False)
+    assert s.stats()["in_flight"] == 0
