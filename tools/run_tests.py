@@ -16,8 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ)
-    # Subprocesses started by tests (servers, exit checks) report coverage too.
-    env.setdefault("COVERAGE_PROCESS_START", str(ROOT / "pyproject.toml"))
     for stale in ROOT.glob(".coverage*"):
         stale.unlink()
     py = sys.executable
