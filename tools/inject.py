@@ -73,7 +73,7 @@ def cmd_prove(args) -> int:
         return 2
     t0 = time.monotonic()
     print(f"proving {len(regs)} regression(s) with {args.jobs} job(s)…", flush=True)
-    results = prove(regs, jobs=args.jobs, progress=print_result)
+    results = prove(regs, jobs=args.jobs, root=Path(args.root).resolve(), progress=print_result)
     wall = time.monotonic() - t0
     counts = {s: sum(r.status == s for r in results) for s in ("caught", "survived", "not-applicable", "pending",
                                                                 "error")}
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*")
     p.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--root", default=str(ROOT), help="project to copy (default: this checkout)")
     args = ap.parse_args(argv)
     return {"list": cmd_list, "show": cmd_show, "prove": cmd_prove}[args.cmd](args)
 
