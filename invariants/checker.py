@@ -170,8 +170,7 @@ def _where(exc: BaseException) -> str:
 def _applies(rule, data: bytes, is_test: bool) -> bool:
     if rule.scope == "tests" and not is_test:
         return False
-    pre = rule.prefilter_bytes()
-    return pre is None or any(p in data for p in pre)
+    return rule.matches_bytes(data)
 
 
 def _fingerprint(findings: list[Finding], lines: list[str]) -> None:

@@ -128,6 +128,12 @@ class Rule:
     def prefilter_bytes(self) -> tuple[bytes, ...] | None:
         return self.prefilter
 
+    def matches_bytes(self, data: bytes) -> bool:
+        """Byte-level prefilter: False means this file cannot produce a finding (it is then not parsed
+        for this rule)."""
+        pre = self.prefilter_bytes()
+        return pre is None or any(p in data for p in pre)
+
     # file rules
     def check(self, ctx: "FileContext") -> None:  # pragma: no cover - interface
         raise NotImplementedError

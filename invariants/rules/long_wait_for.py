@@ -2,7 +2,7 @@ import ast
 
 from invariants.core import Option, Rule, const_value
 
-from ._common import enclosing_class_map, module_env
+from ._common import module_env
 
 # qualified call -> (positional index of the timeout, keyword name)
 _TIMEOUT_ARG = {
@@ -33,6 +33,7 @@ class LongWaitFor(Rule):
     options = {
         "max_timeout_s": Option("float", 5.0, "timeouts >= this many seconds are reported"),
         "flag_none": Option("bool", False, "also report an explicit timeout=None (wait forever)"),
+        "check_tests": Option("bool", False, "also check test files (where long timeouts are safety bounds)"),
         "extra_functions": Option("list[str]", [], "more qualified names whose first argument is a timeout"),
     }
     prefilter = (b"wait_for", b"timeout(", b"fail_after", b"move_on_after")
@@ -99,6 +100,8 @@ class LongWaitFor(Rule):
             self.table[q] = (0, "timeout")
 
     def check(self, ctx):
+        if ctx.is_test and not self.opts["check_tests"]:
+            return
         envs = {}
         owner = None
         for call in ctx.nodes(ast.Call):

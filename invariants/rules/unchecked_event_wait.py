@@ -3,7 +3,7 @@ import re
 
 from invariants.core import Option, Rule, dotted
 
-_EVENT_FACTORIES = ("threading.Event", "multiprocessing.Event", "threading.Condition", "threading.Barrier")
+_EVENT_FACTORIES = ("threading.Event", "multiprocessing.Event", "threading.Condition", "multiprocessing.Condition")
 
 
 class UncheckedEventWait(Rule):
@@ -34,6 +34,13 @@ class UncheckedEventWait(Rule):
             started = await asyncio.to_thread(first_started.wait, 1.0)
             assert started, "first worker did not start in time"
             assert first_started.wait(timeout=2)
+        """,
+        """
+        import threading
+
+        def test_barrier():
+            start = threading.Barrier(3)
+            start.wait(5)  # Barrier.wait raises BrokenBarrierError on timeout
         """,
         """
         import subprocess
@@ -76,20 +83,24 @@ class UncheckedEventWait(Rule):
         return value
 
     def check(self, ctx):
-        known = set()
+        known, other = set(), set()
         for a in ctx.nodes(ast.Assign):
-            if isinstance(a.value, ast.Call) and (ctx.qualname(a.value.func) or "") in _EVENT_FACTORIES:
+            if isinstance(a.value, ast.Call):
+                is_ev = (ctx.qualname(a.value.func) or "") in _EVENT_FACTORIES
                 for t in a.targets:
                     d = dotted(t)
                     if d:
-                        known.add(d.rsplit(".", 1)[-1])
+                        (known if is_ev else other).add(d.rsplit(".", 1)[-1])
+        other -= known  # e.g. threading.Barrier.wait raises on timeout; Popen.wait too
 
         def is_event(expr):
             d = dotted(expr)
             if d is None:
                 return None
             last = d.rsplit(".", 1)[-1]
-            return d if (last in known or self.name_re.search(last)) else None
+            if last in known:
+                return d
+            return d if (last not in other and self.name_re.search(last)) else None
 
         for st in ctx.nodes(ast.Expr):
             v = st.value

@@ -1,0 +1,82 @@
+"""Shared helpers for the cache-store rules (TW301-TW304)."""
+
+from __future__ import annotations
+
+import ast
+
+from invariants.core import dotted, walk_body
+from invariants.lockflow import flow
+
+from ._common import match_any
+
+REMOVE_Q = {"shutil.rmtree", "os.remove", "os.unlink", "os.rmdir", "os.removedirs"}
+REMOVE_ATTR = {"unlink", "rmdir", "rmtree"}
+
+
+def store_classes(ctx, patterns):
+    for cls, methods in ctx.classes():
+        if match_any(cls.name, patterns):
+            yield cls, {m.name: m for m in methods}
+
+
+def barrier_lock_of(barrier):
+    def lock_of(expr):
+        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id in ("self", "cls") \
+                and expr.attr == barrier:
+            return barrier
+        return None
+
+    return lock_of
+
+
+def is_remove_call(ctx, call, removers):
+    if not isinstance(call, ast.Call):
+        return False
+    q = ctx.qualname(call.func) or ""
+    if q in REMOVE_Q:
+        return True
+    if isinstance(call.func, ast.Attribute) and call.func.attr in REMOVE_ATTR:
+        return True
+    d = dotted(call.func) or ""
+    return d in removers
+
+
+def file_removers(ctx, methods):
+    """Names (`f` for module functions, `self.m` for methods) that remove files, transitively."""
+    funcs = {f.name: f for f in ctx.tree.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    table = {**{n: f for n, f in funcs.items()}, **{f"self.{n}": m for n, m in methods.items()}}
+    removers: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for key, f in table.items():
+            if key in removers:
+                continue
+            if any(is_remove_call(ctx, n, removers) for n in walk_body(f.body)):
+                removers.add(key)
+                changed = True
+    return removers
+
+
+def method_flow(ctx, method, barrier):
+    return flow(method, barrier_lock_of(barrier), ctx)
+
+
+def self_callees(method):
+    out = set()
+    for n in walk_body(method.body):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name) \
+                and n.func.value.id == "self":
+            out.add(n.func.attr)
+    return out
+
+
+def reachable(methods, roots):
+    seen, todo = set(), list(roots)
+    while todo:
+        m = todo.pop()
+        if m in seen or m not in methods:
+            continue
+        seen.add(m)
+        todo.extend(self_callees(methods[m]))
+    return seen

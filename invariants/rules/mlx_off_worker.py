@@ -1,0 +1,185 @@
+import ast
+
+from invariants.core import Option, Rule, iter_calls_shallow, walk_body
+
+_OFFLOAD = {"asyncio.to_thread": 0, "asyncio.threads.to_thread": 0, "anyio.to_thread.run_sync": 0,
+            "trio.to_thread.run_sync": 0}
+
+
+class MlxOffWorker(Rule):
+    name = "mlx-off-worker"
+    code = "TW204"
+    severity = "error"
+    default_enabled = False
+    rationale = (
+        "MLX streams are thread-local and Metal allows one command encoder per buffer: MLX work must run on "
+        "the one pinned worker thread. Seed #8: MLX calls sent through `asyncio.to_thread` ran on whatever "
+        "default-executor thread was free, so a cancelled request's thread and the next request's thread "
+        "were inside Metal together ('A command encoder is already encoding to this command buffer'). The "
+        "rule reports MLX / mlx-lm calls made directly in `async def` bodies (on the event loop), sync "
+        "helpers that call MLX invoked from `async def`, and MLX callables handed to `asyncio.to_thread`, "
+        "`loop.run_in_executor` or `anyio.to_thread.run_sync` instead of the worker-submit function."
+    )
+    options = {
+        "modules": Option("list[str]", ["mlx", "mlx_lm"], "module prefixes whose calls are MLX work"),
+        "worker_submit": Option("list[str]", ["_worker.submit"], "the sanctioned worker-submit call(s), by suffix"),
+    }
+    prefilter = (b"mlx",)
+    sample_options = {"worker_submit": ["_worker.submit", "submit"]}
+    valid = [
+        """
+        import asyncio
+        import mlx.core as mx
+
+        class Backend:
+            def generate(self, job):  # runs on the worker thread
+                return mx.eval(job)
+
+        class Engine:
+            async def run(self, job):
+                fut = self._worker.submit(self._backend.generate, job)
+                return await asyncio.wrap_future(fut)
+        """,
+    ]
+    invalid = [
+        """
+        import asyncio
+        from mlx_lm import generate
+
+        class SimpleEngine:
+            async def generate(self, prompt):
+                return await asyncio.to_thread(generate, self._model, self._tok, prompt)
+        """,
+        """
+        import mlx.core as mx
+
+        async def step(x):
+            mx.eval(x)  # on the event loop thread
+        """,
+        """
+        import asyncio
+        import mlx.core as mx
+
+        class E:
+            def _decode(self, x):
+                return mx.argmax(x)
+
+            async def run(self, x):
+                loop = asyncio.get_running_loop()
+                a = await loop.run_in_executor(None, self._decode, x)
+                b = self._decode(x)  # sync MLX helper called on the loop
+                return a, b
+        """,
+    ]
+
+    def _is_mlx(self, ctx, call):
+        q = ctx.qualname(call.func) if isinstance(call, ast.Call) else None
+        if not q:
+            return False
+        return any(q == m or q.startswith(m + ".") for m in self.opts["modules"])
+
+    def check(self, ctx):
+        mods = self.opts["modules"]
+        if not any(v == m or v.startswith(m + ".") for v in ctx.imports.values() for m in mods):
+            return
+        # functions (by key) that call MLX directly or through other sync functions of the file
+        funcs = {}
+        for cls, methods in ctx.classes():
+            for m in methods:
+                funcs[("self", m.name, id(cls))] = (m, cls)
+        for f in ctx.tree.body:
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                funcs[("mod", f.name, 0)] = (f, None)
+        direct = {k for k, (f, _) in funcs.items()
+                  if isinstance(f, ast.FunctionDef) and any(self._is_mlx(ctx, n) for n in walk_body(f.body))}
+        changed = True
+        while changed:
+            changed = False
+            for k, (f, cls) in funcs.items():
+                if k in direct or not isinstance(f, ast.FunctionDef):
+                    continue
+                for n in walk_body(f.body):
+                    if isinstance(n, ast.Call) and self._target(n.func, cls, funcs) in direct:
+                        direct.add(k)
+                        changed = True
+                        break
+
+        for k, (f, cls) in funcs.items():
+            if not isinstance(f, ast.AsyncFunctionDef):
+                continue
+            for n in walk_body(f.body):
+                if not isinstance(n, ast.Call):
+                    continue
+                if self._is_mlx(ctx, n):
+                    ctx.report(n, f"MLX call {ctx.qualname(n.func)}(...) inside async def {f.name}() runs on the "
+                                  f"event-loop thread; submit it to the MLX worker ({self._submit()})")
+                    continue
+                tgt = self._target(n.func, cls, funcs)
+                if tgt in direct and not self._is_offload(ctx, n):
+                    ctx.report(n, f"async def {f.name}() calls {tgt[1]}(), which runs MLX, on the event-loop "
+                                  f"thread; submit it to the MLX worker ({self._submit()})")
+        # MLX callables handed to default executors, anywhere
+        for n in ctx.nodes(ast.Call):
+            cb = self._offload_callable(ctx, n)
+            if cb is None:
+                continue
+            cls = None
+            bad = False
+            if isinstance(cb, (ast.Name, ast.Attribute)):
+                q = ctx.qualname(cb) or ""
+                bad = any(q == m or q.startswith(m + ".") for m in self.opts["modules"])
+                if not bad:
+                    for k, (f, c) in funcs.items():
+                        if k in direct and self._target(cb, c, funcs) == k:
+                            bad = True
+                            break
+                if not bad and isinstance(cb, ast.Name):
+                    bad = self._local_def_is_mlx(ctx, n, cb.id)
+            elif isinstance(cb, ast.Lambda):
+                bad = any(self._is_mlx(ctx, m) for m in ast.walk(cb.body))
+            if bad:
+                ctx.report(n, f"MLX work sent to a default thread pool ({self._offload_name(ctx, n)}): MLX "
+                              f"streams are per-thread; submit it to the pinned MLX worker ({self._submit()})")
+
+    def _submit(self):
+        return " / ".join(self.opts["worker_submit"]) or "the worker-submit function"
+
+    def _offload_name(self, ctx, call):
+        q = ctx.qualname(call.func) or ""
+        return q.rsplit(".", 1)[-1] if q else "executor"
+
+    def _is_offload(self, ctx, call):
+        return self._offload_callable(ctx, call) is not None
+
+    def _offload_callable(self, ctx, call):
+        if not isinstance(call, ast.Call):
+            return None
+        q = ctx.qualname(call.func) or ""
+        if q in _OFFLOAD and call.args:
+            return call.args[0]
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "run_in_executor" and len(call.args) >= 2:
+            return call.args[1]
+        return None
+
+    @staticmethod
+    def _target(func_expr, cls, funcs):
+        if isinstance(func_expr, ast.Attribute) and isinstance(func_expr.value, ast.Name) and \
+                func_expr.value.id in ("self", "cls") and cls is not None:
+            k = ("self", func_expr.attr, id(cls))
+            return k if k in funcs else None
+        if isinstance(func_expr, ast.Name):
+            k = ("mod", func_expr.id, 0)
+            return k if k in funcs else None
+        return None
+
+    def _local_def_is_mlx(self, ctx, call, name):
+        parents = ctx.parents
+        cur = call
+        while cur in parents:
+            cur = parents[cur]
+            if isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for s in ast.walk(cur):
+                    if isinstance(s, ast.FunctionDef) and s.name == name and s is not cur:
+                        return any(self._is_mlx(ctx, m) for m in iter_calls_shallow(s))
+                return False
+        return False

@@ -1,0 +1,112 @@
+"""Collect each rule's inline VALID/INVALID samples as pytest items (`TW202::INVALID[1]`), plus helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from invariants.api import check_source
+from invariants.registry import all_rules
+
+REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.name == "rule_samples.tripwire":
+        return RuleSamplesFile.from_parent(parent, path=file_path)
+    return None
+
+
+class RuleSamplesFile(pytest.File):
+    def collect(self):
+        for rule in all_rules():
+            yield RuleSamples.from_parent(self, name=rule.code, rule=rule)
+
+
+class RuleSamples(pytest.Collector):
+    def __init__(self, *, rule, **kw):
+        super().__init__(**kw)
+        self.rule = rule
+
+    def collect(self):
+        for kind in ("VALID", "INVALID"):
+            for i, sample in enumerate(self.rule.samples(kind), 1):
+                yield SampleItem.from_parent(self, name=f"{kind}[{i}]", rule=self.rule, kind=kind, sample=sample)
+
+
+class SampleFailure(Exception):
+    pass
+
+
+class SampleItem(pytest.Item):
+    def __init__(self, *, rule, kind, sample, **kw):
+        super().__init__(**kw)
+        self.rule, self.kind, self.sample = rule, kind, sample
+
+    def runtest(self):
+        res = check_source(self.sample.code, self.sample.path, rules={self.rule.name: self.sample.options})
+        crashed = [f for f in res.findings if f.rule == "internal-error"]
+        if crashed:
+            raise SampleFailure(f"checker crashed: {crashed[0].message}")
+        mine = [f for f in res.findings if f.rule == self.rule.name]
+        if self.kind == "VALID" and mine:
+            raise SampleFailure("VALID sample produced findings:\n" + "\n".join(
+                f"  line {f.line}: {f.message}" for f in mine))
+        if self.kind == "INVALID" and not mine:
+            raise SampleFailure("INVALID sample produced no finding")
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, SampleFailure):
+            return f"{self.rule.code} {self.rule.name} {self.name}: {excinfo.value}\n--- sample ---\n{self.sample.code}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"{self.rule.code}::{self.name}"
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def write(root: Path, rel: str, text: str) -> Path:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return p
+
+
+def tripwire(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    r = subprocess.run([PY, "-m", "invariants", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=60)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
+    return r
+
+
+def run_main(args: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
+    from invariants.cli import main
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        rc = main(args)
+    finally:
+        os.chdir(old)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def json_findings(out: str) -> list[dict]:
+    return json.loads(out)["findings"]
+
+
+@pytest.fixture
+def proj(tmp_path):
+    """An empty project root with a pyproject.toml (so config discovery stops here)."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return tmp_path
