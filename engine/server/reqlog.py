@@ -76,6 +76,8 @@ class RequestLogMiddleware:
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", rid.encode()))
+                # Time from request arrival to response start (for a stream: to its first byte).
+                headers.append((b"server-timing", f"app;dur={(time.perf_counter() - ctx.started) * 1000:.3f}".encode()))
                 message = {**message, "headers": headers}
             await send(message)
 

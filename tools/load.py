@@ -1,0 +1,213 @@
+"""Load generator for the tripwire HTTP server (a measuring script, not a test).
+
+    python -m tools.load --url http://127.0.0.1:8000 --clients 32 --seconds 20 [--stream] [--disconnect-rate 0.2]
+
+Each client loops until the deadline: one chat completion at a time, retried at once after a 503 (maximum
+admission pressure; pass --honor-retry-after to back off instead). With --disconnect-rate p, a fraction p of
+requests is abandoned mid-flight (streams after their first event, non-streams after a random delay) to
+exercise the server's cancellation drain. Prints a status histogram, p50/p99 latency of 200s and 503s, the
+disconnects issued, and /v1/status before and after (nothing may be left locked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import sys
+import time
+from typing import Any
+
+import httpx
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.status: collections.Counter[str] = collections.Counter()
+        self.latency: dict[str, list[float]] = collections.defaultdict(list)
+        self.server_latency: dict[str, list[float]] = collections.defaultdict(list)  # from Server-Timing
+        self.disconnects = 0
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.bad_503_bodies = 0
+
+
+async def one_request(client: httpx.AsyncClient, a: argparse.Namespace, rng: random.Random, stats: Stats) -> float:
+    """Returns seconds to wait before the next request (Retry-After when honoring it)."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+            "max_tokens": a.max_tokens, "stream": a.stream}
+    url = a.url.rstrip("/") + "/v1/chat/completions"
+    disconnect = rng.random() < a.disconnect_rate
+    t0 = time.perf_counter()
+    try:
+        if a.stream:
+            async with client.stream("POST", url, json=body) as r:
+                if r.status_code == 200 and disconnect:
+                    async for _ in r.aiter_lines():
+                        break  # leaving the block closes the connection mid-stream
+                    stats.disconnects += 1
+                    stats.status["200 (disconnected)"] += 1
+                    return 0.0
+                await r.aread()
+                return record(stats, r, time.perf_counter() - t0, a)
+        if disconnect:
+            task = asyncio.ensure_future(client.post(url, json=body))
+            done, _ = await asyncio.wait({task}, timeout=rng.uniform(0.0, a.disconnect_after_max_s))
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                stats.disconnects += 1
+                stats.status["cancelled (disconnected)"] += 1
+                return 0.0
+            r = task.result()
+        else:
+            r = await client.post(url, json=body)
+        return record(stats, r, time.perf_counter() - t0, a)
+    except httpx.HTTPError as exc:
+        stats.errors[type(exc).__name__] += 1
+        stats.status["transport error"] += 1
+        return 0.0
+
+
+def record(stats: Stats, r: httpx.Response, elapsed: float, a: argparse.Namespace) -> float:
+    code = str(r.status_code)
+    stats.status[code] += 1
+    stats.latency[code].append(elapsed)
+    timing = r.headers.get("server-timing", "")
+    if "dur=" in timing:
+        try:
+            stats.server_latency[code].append(float(timing.split("dur=")[1].split(";")[0].split(",")[0]) / 1000)
+        except ValueError:
+            pass
+    if r.status_code == 503:
+        try:
+            err = r.json()["error"]
+            ok = err["code"] == "text_generation_busy" and "retry_after" in err and "retry-after" in r.headers
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        stats.bad_503_bodies += not ok
+        if a.honor_retry_after:
+            return min(float(r.headers.get("retry-after", "1")), 5.0)
+    return 0.0
+
+
+PROMPTS = ["hello", "tell me a story", "what is the capital of france", "the quick brown fox", "once upon a time"]
+
+
+async def client_loop(i: int, client: httpx.AsyncClient, a: argparse.Namespace, deadline: float, stats: Stats) -> None:
+    rng = random.Random(a.seed * 1000 + i)
+    while time.perf_counter() < deadline:
+        wait = await one_request(client, a, rng, stats)
+        if wait:
+            await asyncio.sleep(wait)
+
+
+async def get_status(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    r = await client.get(url.rstrip("/") + "/v1/status")
+    r.raise_for_status()
+    return r.json()
+
+
+async def run(a: argparse.Namespace) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=a.clients + 4, max_keepalive_connections=a.clients + 4)
+    async with httpx.AsyncClient(timeout=a.timeout, limits=limits) as client:
+        before = await get_status(client, a.url)
+        stats = Stats()
+        t0 = time.perf_counter()
+        deadline = t0 + a.seconds
+        await asyncio.gather(*(client_loop(i, client, a, deadline, stats) for i in range(a.clients)))
+        wall = time.perf_counter() - t0
+        # The last cancelled request may still be draining: poll (bounded) until the engine is idle.
+        settle_deadline = time.perf_counter() + 10
+        while True:
+            after = await get_status(client, a.url)
+            idle = not after["generation_lock"]["locked"] and not after["active"] and after["slot_holder"] is None
+            if idle or time.perf_counter() > settle_deadline:
+                break
+    ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
+    total = sum(stats.status.values())
+    return {
+        "config": {"url": a.url, "clients": a.clients, "seconds": a.seconds, "stream": a.stream,
+                   "disconnect_rate": a.disconnect_rate, "max_tokens": a.max_tokens},
+        "requests": total, "requests_per_s": round(total / wall, 1),
+        "status": dict(sorted(stats.status.items())),
+        "latency_ms": {code: {"n": len(v), "p50": ms(pct(v, 50)), "p99": ms(pct(v, 99)), "max": ms(max(v))}
+                       for code, v in sorted(stats.latency.items())},
+        "server_time_to_response_start_ms": {code: {"n": len(v), "p50": ms(pct(v, 50)), "p99": ms(pct(v, 99)),
+                                                    "max": ms(max(v))} for code, v in sorted(stats.server_latency.items())},
+        "disconnects_issued": stats.disconnects,
+        "transport_errors": dict(stats.errors),
+        "malformed_503_bodies": stats.bad_503_bodies,
+        "engine_before": summarize(before),
+        "engine_after": summarize(after),
+        "busy_rejections_delta": after["busy_rejections"] - before["busy_rejections"],
+        "totals_delta": {k: after["totals"][k] - before["totals"].get(k, 0) for k in after["totals"]},
+        "left_locked": not idle,
+    }
+
+
+def summarize(st: dict[str, Any]) -> dict[str, Any]:
+    return {"locked": st["generation_lock"]["locked"], "slot_holder": st["slot_holder"], "active": len(st["active"]),
+            "waiters": st["waiters"], "busy_rejections": st["busy_rejections"],
+            "mlx_guard_trips": st.get("mlx_guard", {}).get("trips")}
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    c = rep["config"]
+    print(f"tripwire load: {c['clients']} clients x {c['seconds']} s, stream={c['stream']}, "
+          f"disconnect_rate={c['disconnect_rate']}, max_tokens={c['max_tokens']} -> {c['url']}")
+    print(f"requests: {rep['requests']} ({rep['requests_per_s']}/s)")
+    print("status histogram:")
+    for k, v in rep["status"].items():
+        print(f"  {k:>26}: {v}")
+    print("latency (client-side, ms):")
+    for k, v in rep["latency_ms"].items():
+        print(f"  {k}: n={v['n']} p50={v['p50']} p99={v['p99']} max={v['max']}")
+    print("server time to response start (Server-Timing header, ms):")
+    for k, v in rep["server_time_to_response_start_ms"].items():
+        print(f"  {k}: n={v['n']} p50={v['p50']} p99={v['p99']} max={v['max']}")
+    print(f"disconnects issued: {rep['disconnects_issued']}; transport errors: {rep['transport_errors'] or 0}; "
+          f"malformed 503 bodies: {rep['malformed_503_bodies']}")
+    print(f"busy_rejections +{rep['busy_rejections_delta']}; engine totals delta: {rep['totals_delta']}")
+    print(f"before: {rep['engine_before']}")
+    print(f"after:  {rep['engine_after']}")
+    print("nothing left locked" if not rep["left_locked"] else "LEFT LOCKED: the generation slot was not released")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.load", description=__doc__.splitlines()[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--stream", action="store_true")
+    p.add_argument("--disconnect-rate", type=float, default=0.0)
+    p.add_argument("--disconnect-after-max-s", type=float, default=0.1,
+                   help="non-stream disconnects happen after a uniform random delay up to this")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--honor-retry-after", action="store_true", help="sleep Retry-After (<= 5 s) after a 503")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    if not 0 <= a.disconnect_rate <= 1:
+        p.error("--disconnect-rate must be in [0, 1]")
+    rep = asyncio.run(run(a))
+    if a.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print_report(rep)
+    other_errors = {k: v for k, v in rep["status"].items() if k not in ("200", "503", "200 (disconnected)",
+                                                                         "cancelled (disconnected)")}
+    return 1 if rep["left_locked"] or other_errors or rep["malformed_503_bodies"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
