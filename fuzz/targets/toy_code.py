@@ -96,7 +96,7 @@ class ToyEngine:
         self.served = 0
 
     def _blocking(self, tag: str) -> str:
-        from fuzz import point
+        from ..prims import point
         self.guard.enter()
         try:
             for _ in range(self.steps):
