@@ -123,6 +123,16 @@ def analyze(rel: str, data: bytes, digest: str, is_test: bool, file_rules: list,
     proj = [r for r in project_rules if _applies(r, data, is_test)]
     has_supp = _SUPP_MARK in data
     if not active and not proj and not parse_all and not has_supp:
+        # No rule can match, so the file is not parsed; the cheap checks still run: NUL bytes and the
+        # declared/default encoding. (Syntax errors here are only found with `parse-all = true`.)
+        if b"\x00" in data:
+            res.findings.append(_meta(META_PARSE, rel, data[:data.index(b"\x00")].count(b"\n") + 1, 1,
+                                      "source contains NUL bytes"))
+            return res
+        try:
+            decode_source(data)
+        except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+            res.findings.append(_meta(META_PARSE, rel, 1, 1, f"cannot decode source: {exc}"))
         return res
     try:
         text = decode_source(data)

@@ -1,0 +1,107 @@
+"""`pytest --tripwire` (plugin via entry point), the pre-commit hook entry on a temp git repo, the repo's engine."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, write
+
+pytest_plugins = ["pytester"]
+
+BAD = "import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, 120)\n"
+GOOD = "import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, 1)\n"
+
+
+def test_pytest_tripwire_adds_one_item_per_rule(pytester):
+    pytester.makefile(".toml", pyproject="[tool.tripwire]\npaths = ['pkg']\n"
+                                        "[tool.tripwire.rules.forbidden-identifier]\npatterns = ['Nope*']\n")
+    pkg = pytester.mkdir("pkg")
+    (pkg / "bad.py").write_text(BAD)
+    (pkg / "good.py").write_text(GOOD)
+    res = pytester.runpytest_subprocess("--tripwire", "-p", "no:cacheprovider", "-q", "-rf",
+                                        "-o", "addopts=", timeout=60)
+    out = res.stdout.str()
+    res.assert_outcomes(passed=12, failed=1)  # 4 meta + 8 generic + 1 configured rule
+    assert "tripwire::TW101-long-wait-for" in out and "pkg/bad.py:4:" in out
+    # without --tripwire the plugin adds nothing
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "-o", "addopts=", timeout=60)
+    assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    # -k selects among the tripwire items like any others
+    res = pytester.runpytest_subprocess("--tripwire", "-p", "no:cacheprovider", "-q", "-k", "unkept",
+                                        "-o", "addopts=", timeout=60)
+    res.assert_outcomes(passed=1)
+
+
+def _hook_entry(hook_id: str) -> tuple[list[str], dict]:
+    hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
+    hook = next(h for h in hooks if h["id"] == hook_id)
+    return shlex.split(hook["entry"]), hook
+
+
+def _entry_exe(argv: list[str]) -> list[str]:
+    # pre-commit installs the package into the hook env and runs `entry` there; here the venv is that env
+    exe = Path(sys.executable).parent / argv[0]
+    if exe.exists():
+        return [str(exe), *argv[1:]]
+    return [sys.executable, "-m", "invariants", *argv[1:]]
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                            GIT_COMMITTER_EMAIL="t@t"))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_precommit_hooks_run_on_temp_git_repo(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    write(repo, "pyproject.toml", "[tool.tripwire]\npaths = ['src']\n")
+    write(repo, "src/good.py", GOOD)
+    write(repo, "src/bad.py", BAD)
+    _git(repo, "add", "-A")
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True,
+                            text=True, check=True).stdout.split()
+    py_files = [f for f in staged if f.endswith(".py")]  # `types: [python]`
+
+    argv, hook = _hook_entry("tripwire")
+    assert hook["pass_filenames"] if "pass_filenames" in hook else True
+    r = subprocess.run(_entry_exe(argv) + py_files, cwd=repo, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "src/bad.py:4:" in r.stdout and "TW101 long-wait-for" in r.stdout
+    r = subprocess.run(_entry_exe(argv) + ["src/good.py"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    argv, hook = _hook_entry("tripwire-full")
+    assert hook["pass_filenames"] is False and hook["always_run"] is True
+    r = subprocess.run(_entry_exe(argv), cwd=repo, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "src/bad.py" in r.stdout
+
+
+def test_repo_precommit_config_uses_the_checker():
+    cfg = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    hooks = {h["id"]: h for repo in cfg["repos"] for h in repo["hooks"]}
+    assert "invariants check" in hooks["tripwire"]["entry"]
+    assert hooks["tripwire-full"]["pass_filenames"] is False
+
+
+def test_engine_is_checked_without_internal_errors():
+    """`python -m invariants check engine` on this repo: the configured rules run, nothing crashes."""
+    r = subprocess.run([sys.executable, "-m", "invariants", "check", "engine", "--format", "json", "--no-cache"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    import json
+
+    data = json.loads(r.stdout)
+    assert not [f for f in data["findings"] if f["rule"] in ("internal-error", "parse-error")]
+    assert "busy-error-contract" in data["rules"] and "undocumented-lock" in data["rules"]
+    assert not [f for f in data["findings"] if f["suppressed"] and not f["justification"]]
