@@ -1,0 +1,41 @@
+"""`python -m engine serve` argument handling (no server is started here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.__main__ import build_parser, default_cache_dir, engine_kwargs, is_loopback, main
+
+
+def test_loopback_detection():
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "192.168.1.5", "example.com", "::"):
+        assert not is_loopback(host), host
+
+
+def test_refuses_public_bind_without_api_key(capsys):
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--api-key" in capsys.readouterr().err
+
+
+def test_defaults_and_bad_values():
+    a = build_parser().parse_args(["serve"])
+    assert (a.host, a.port, a.admission, a.max_memory) == ("127.0.0.1", 8000, "fail_fast", "auto")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--max-memory", "lots"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--admission", "queue"])
+
+
+def test_engine_kwargs_feature_checks_cache_dir():
+    a = build_parser().parse_args(["serve", "--admission", "wait", "--max-wait-s", "0.5"])
+
+    class WithCache:
+        def __init__(self, model_path, admission="fail_fast", max_wait_s=1.0, cache_dir=None): ...
+
+    class Without:
+        def __init__(self, model_path, admission="fail_fast"): ...
+
+    assert engine_kwargs(a, WithCache) == {"admission": "wait", "max_wait_s": 0.5, "cache_dir": str(default_cache_dir())}
+    assert engine_kwargs(a, Without) == {"admission": "wait"}
