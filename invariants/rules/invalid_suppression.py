@@ -6,6 +6,7 @@ class InvalidSuppression(Rule):
     code = "TW003"
     severity = "error"
     meta = True
+    always_applicable = True
     rationale = (
         "Suppressions must name the rule and give a reason (`# tripwire: ignore[rule] -- reason`), so a "
         "reviewer can judge whether the exception still holds. A suppression without a reason, or naming an "

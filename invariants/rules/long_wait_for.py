@@ -130,6 +130,8 @@ class LongWaitFor(Rule):
                 ctx.report(call, f"{short}(...) with timeout=None waits forever; fail fast instead")
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
+                if v is None and not isinstance(arg, ast.Constant):
+                    ctx.note(call, f"{short}(...) timeout is computed at run time (not statically resolvable)")
                 continue
             if v >= self.opts["max_timeout_s"]:
                 ctx.report(call, f"{short}(...) waits up to {v:g}s (>= {self.opts['max_timeout_s']:g}s): a long "

@@ -6,6 +6,7 @@ class ParseError(Rule):
     code = "TW001"
     severity = "error"
     meta = True
+    always_applicable = True
     rationale = (
         "A file the checker cannot decode or parse (syntax error, bad source encoding, NUL bytes) cannot be "
         "proven free of any bug shape: every invariant is silently unchecked there. The checker never imports "

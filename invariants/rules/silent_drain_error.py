@@ -88,6 +88,7 @@ class SilentDrainError(Rule):
             for h in t.handlers:
                 if not is_cancel_handler(ctx, h):
                     continue
+                before = len(ctx.findings)
                 for n in walk_body(h.body):
                     if isinstance(n, (ast.Try, getattr(ast, "TryStar", ast.Try))):
                         for inner in n.handlers:
@@ -105,3 +106,5 @@ class SilentDrainError(Rule):
                                     for a in c.args):
                                 ctx.report(c, "contextlib.suppress(Exception) inside a cancellation handler hides "
                                               "worker errors during the drain; log them instead")
+                if len(ctx.findings) == before:
+                    ctx.note(h, "cancellation handler swallows no drain error silently")

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Rule, iter_calls_shallow, walk_body
+from invariants.core import Rule, dotted, walk_body
 
 from ._common import handler_kinds
 
@@ -41,6 +41,16 @@ class SwallowedCancellation(Rule):
             except asyncio.CancelledError:
                 task.cancel()
                 raise
+        """,
+        """
+        import asyncio
+
+        async def reap(task):
+            task.cancel()
+            try:
+                await task  # reaping the task we cancelled ourselves
+            except asyncio.CancelledError:
+                pass
         """,
         """
         def sync_is_fine():
@@ -91,18 +101,36 @@ class SwallowedCancellation(Rule):
                         continue
                     body_nodes = list(walk_body(h.body))
                     if any(isinstance(n, ast.Raise) for n in body_nodes):
+                        ctx.note(h, f"{func.name}(): cancellation handler re-raises")
                         continue
                     if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                            and n.func.attr in ("cancel", "uncancel_and_raise") for n in body_nodes):
                         continue
+                    if "cancel" in kinds and self._awaits_own_cancelled_task(t, func):
+                        continue
                     if raises is None:
                         raises = [n for n in walk_body(func.body) if isinstance(n, ast.Raise)]
                     if self._deferred(h, body_nodes, raises, func, ctx):
+                        ctx.note(h, f"{func.name}(): cancellation remembered and re-raised later")
                         continue
                     what = "bare except" if "bare" in kinds else (
                         "except BaseException" if "base" in kinds else "except CancelledError")
                     ctx.report(h, f"{what} in async def {func.name}() swallows cancellation: re-raise it "
                                   f"(or remember it and raise after cleanup)")
+
+    @staticmethod
+    def _awaits_own_cancelled_task(t, func):
+        """`task.cancel(); try: await task; except CancelledError: pass` -- reaping a task we cancelled."""
+        if len(t.body) != 1 or not isinstance(t.body[0], ast.Expr) or not isinstance(t.body[0].value, ast.Await):
+            return False
+        target = dotted(t.body[0].value.value)
+        if target is None:
+            return False
+        for n in walk_body(func.body):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "cancel" \
+                    and dotted(n.func.value) == target and n.lineno < t.lineno:
+                return True
+        return False
 
     @staticmethod
     def _deferred(h, body_nodes, raises, func, ctx):

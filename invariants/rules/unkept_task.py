@@ -66,6 +66,9 @@ class UnkeptTask(Rule):
                             groups.add(d)
         for st in ctx.nodes(ast.Expr, ast.Assign):
             if isinstance(st, ast.Assign) and not all(isinstance(t, ast.Name) and t.id == "_" for t in st.targets):
+                if isinstance(st.value, ast.Call) and (ctx.qualname(st.value.func) or "").rsplit(".", 1)[-1] in (
+                        "create_task", "ensure_future"):
+                    ctx.note(st, "task reference kept")
                 continue
             call = st.value
             if not isinstance(call, ast.Call):

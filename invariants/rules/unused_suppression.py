@@ -6,6 +6,7 @@ class UnusedSuppression(Rule):
     code = "TW002"
     severity = "warning"
     meta = True
+    always_applicable = True
     rationale = (
         "A `# tripwire: ignore[rule] -- reason` comment that no longer suppresses anything is stale: it would "
         "silently hide the next real regression of that shape on the line (the seed's admission tripwires "
