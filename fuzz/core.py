@@ -165,7 +165,7 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
             if sched.loop_task is not None:
                 sched.loop_task.state = "done"
             try:
-                leaked = sched.finish_threads()
+                leaked = sched.finish_threads(timeout=min(2.0, 3 * wd))
                 ctx.state["_leaked"] = leaked
             except BaseException:  # noqa: BLE001
                 pass
@@ -274,13 +274,21 @@ class PlainContext(Context):
 
     failed: str | None = None
 
+    _main = None
+
+    def _record(self, message):
+        if self.failed is None:
+            self.failed = message
+            if self._main is not None:  # end the run now (a failed check may leave the body hanging)
+                self._main.get_loop().call_soon_threadsafe(self._main.cancel)
+
     def check(self, cond, message, details=""):
         if not cond:
-            self.failed = self.failed or message
+            self._record(message)
             raise AssertionError(message)
 
     def fail(self, kind, message, details=""):
-        self.failed = self.failed or f"{kind}: {message}"
+        self._record(f"{kind}: {message}")
         raise AssertionError(f"{kind}: {message}")
 
     @property
@@ -303,6 +311,7 @@ def run_plain(tgt: Target | str, runs: int, *, variant: str | None = None, seed:
         ctx = PlainContext(seed * 100003 + i, variant)
 
         async def main():
+            ctx._main = asyncio.current_task()
             await tgt.body(ctx)
             await ctx.quiescent()
         outcome = None
@@ -316,12 +325,11 @@ def run_plain(tgt: Target | str, runs: int, *, variant: str | None = None, seed:
             hits += 1
             if kinds is not None:
                 kinds[outcome] = kinds.get(outcome, 0) + 1
-        finally:
-            for c in ctx._cleanup:
-                try:
-                    c()
-                except Exception:  # noqa: BLE001
-                    pass
+        for c in ctx._cleanup:
+            try:
+                c()
+            except Exception:  # noqa: BLE001
+                pass
     return hits, _rtime.perf_counter() - t0
 
 

@@ -313,6 +313,12 @@ class Scheduler:
                     self._advance(dl)
                     continue
                 if self.quiesce_waiters:
+                    # Quiescent only if every blocked thread is idle (queue/event); a thread blocked on a
+                    # lock or join whose owner cannot run any more is a deadlock.
+                    stuck = [t for t in self.tasks if t.state != "done" and t.wait is not None
+                             and t.wait[3] is not None and t.wait[3]() is not None]
+                    if stuck:
+                        return None
                     waiters, self.quiesce_waiters = self.quiesce_waiters, []
                     for w in waiters:
                         if not w.done():

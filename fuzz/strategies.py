@@ -77,19 +77,26 @@ class ReplayChooser:
 
 
 class HypothesisChooser:
-    """Draws each decision from Hypothesis ``data`` so Hypothesis' shrinker minimizes schedules."""
+    """Decisions drawn from Hypothesis so its shrinker minimizes schedules.
+
+    Hypothesis' ``data`` is bound to the test thread, so the choice list is drawn up front (a list of small
+    integers; decision i picks ``ordered[c % n]`` where index 0 is the default, so shrinking towards 0 means
+    fewer preemptions).
+    """
 
     name = "hypothesis"
 
-    def __init__(self, data):
+    def __init__(self, data, max_decisions: int = 400):
         from hypothesis import strategies as st
-        self.data = data
-        self.st = st
+        self.picks = data.draw(st.lists(st.integers(0, 7), max_size=max_decisions), label="schedule")
+        self.i = 0
 
     def choose(self, options, default, current, sched):
-        # index 0 is the default so that shrinking towards 0 means "fewer preemptions"
+        i = self.i
+        self.i += 1
+        c = self.picks[i] if i < len(self.picks) else 0
         ordered = [default] + [o for o in options if o is not default]
-        return ordered[self.data.draw(self.st.integers(0, len(ordered) - 1), label="schedule")]
+        return ordered[c % len(ordered)]
 
 
 # --------------------------------------------------------------------------- explorers

@@ -1,0 +1,64 @@
+"""pytest integration: ``--fuzz-budget N`` / ``--fuzz-seed S`` and the ``fuzz_target`` fixture.
+
+Each target runs in the normal suite with a small fixed budget (marker ``fuzz``). Saved failures for the
+target (``.fuzz/failures/<target>-*.json``, correct code only) are re-run first, so a bug found once keeps
+failing until fixed. Options also read FUZZ_BUDGET / FUZZ_SEED from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fuzz", "deterministic concurrency fuzzing")
+    group.addoption("--fuzz-budget", type=int, default=None, help="schedules per fuzz target (default: per test)")
+    group.addoption("--fuzz-seed", type=int, default=None, help="base seed for fuzz targets (default 0)")
+
+
+def _opt(config, name, env):
+    try:
+        v = config.getoption(name)
+    except ValueError:
+        v = None
+    if v is None and os.environ.get(env):
+        v = int(os.environ[env])
+    return v
+
+
+class FuzzRunner:
+    def __init__(self, config):
+        self.budget = _opt(config, "--fuzz-budget", "FUZZ_BUDGET")
+        self.seed = _opt(config, "--fuzz-seed", "FUZZ_SEED") or 0
+
+    def saved_failures(self, target: str) -> list[Path]:
+        from fuzz import core
+        return sorted(core.FAILURE_DIR.glob(f"{target}-*.json"))
+
+    def __call__(self, target: str, budget: int, strategy: str = "random") -> None:
+        from fuzz import core
+        logging.disable(logging.CRITICAL)
+        try:
+            for path in self.saved_failures(target):
+                res = core.replay(path)[0]
+                if res.failure is not None:
+                    pytest.fail(f"saved failure still reproduces: {res.failure.summary()}\n"
+                                f"  replay: {core.replay_command(path)}\n{res.failure.details}", pytrace=False)
+            rep = core.run(target, strategy=strategy, budget=self.budget or budget, seed=self.seed)
+        finally:
+            logging.disable(logging.NOTSET)
+        if rep.failures:
+            _i, res, path = rep.failures[0]
+            pytest.fail(f"{target}: {res.failure.summary()} after {rep.schedules} schedule(s)\n"
+                        f"  replay: {core.replay_command(path) if path else '?'}\n{res.failure.details}",
+                        pytrace=False)
+
+
+@pytest.fixture
+def fuzz_target(request) -> FuzzRunner:
+    """Call as ``fuzz_target("cancel-serialization", budget=30)``."""
+    return FuzzRunner(request.config)

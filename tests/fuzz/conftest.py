@@ -1,0 +1,3 @@
+"""Fuzz tests: load the fuzz pytest plugin for this directory only."""
+
+pytest_plugins = ["fuzz.pytest_plugin"]
