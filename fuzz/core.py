@@ -173,6 +173,10 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
                 try:
                     for t in asyncio.all_tasks(loop):
                         t._log_destroy_pending = False
+                        try:  # unwind aborted coroutines now, not later in the garbage collector
+                            t.get_coro().close()
+                        except BaseException:  # noqa: BLE001
+                            pass
                     loop.close()
                 except BaseException:  # noqa: BLE001
                     pass

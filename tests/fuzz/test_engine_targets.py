@@ -1,0 +1,64 @@
+"""Engine targets: pass on the real engine code; each bad shape (a patched temp copy) is found fast."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from fuzz import core
+
+pytestmark = pytest.mark.fuzz
+
+ENGINE_TARGETS = ["cancel-serialization", "nested-lock", "admission", "stream-abort", "stop-during-generation"]
+BAD_SHAPES = [(t, v) for t in ENGINE_TARGETS for v in core.load_targets()[t].variants]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs():
+    logging.disable(logging.CRITICAL)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def test_every_engine_target_is_registered_with_a_bad_shape():
+    targets = core.load_targets()
+    for name in ENGINE_TARGETS:
+        assert name in targets and targets[name].variants, name
+        assert "fake step" in targets[name].description
+
+
+@pytest.mark.parametrize("name", ENGINE_TARGETS)
+def test_engine_target_passes_on_correct_engine(name, fuzz_target):
+    fuzz_target(name, budget=40)
+
+
+@pytest.mark.parametrize("name", ENGINE_TARGETS)
+def test_engine_target_exhaustive_zero_and_one_deviation(name):
+    rep = core.run(name, strategy="bounded:1", budget=400, artifacts=False)
+    assert not rep.failures, rep.failures[0][1].failure
+
+
+@pytest.mark.parametrize("name,variant", BAD_SHAPES)
+def test_bad_shape_found_random_within_200_schedules_and_2s(name, variant):
+    for seed in range(3):
+        t0 = time.perf_counter()
+        rep = core.run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
+        assert rep.failures, f"{name}@{variant} not found with seed {seed}"
+        assert time.perf_counter() - t0 <= 2.0
+
+
+@pytest.mark.parametrize("name,variant", BAD_SHAPES)
+def test_bad_shape_found_by_bounded2_within_50_runs(name, variant):
+    rep = core.run(name, strategy="bounded:2", budget=50, variant=variant, artifacts=False)
+    assert rep.failures and rep.first_found <= 50
+    assert rep.failures[0][1].preemptions <= 2
+
+
+def test_mutant_copies_leave_the_real_engine_untouched():
+    import engine.simple
+    from fuzz.mutants import load_mutant
+    m = load_mutant("release-on-cancel")
+    assert m.__name__ != "engine" and "await self._drain(req, fut)" in open(engine.simple.__file__).read()
+    assert "await self._drain(req, fut)\n                raise" not in open(m.simple.__file__).read()
