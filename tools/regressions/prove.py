@@ -227,6 +227,32 @@ def _junit_key(node: str) -> tuple[str, str]:
     return ".".join([mod, *parts[:-1]]), parts[-1]
 
 
+def junit_cases(junit: Path) -> list[ET.Element]:
+    return list(ET.parse(junit).getroot().iter("testcase")) if junit.exists() else []
+
+
+def cases_for(cases: list[ET.Element], node: str) -> list[ET.Element]:
+    """The junit testcases of a node id; a node id without [params] matches all its parametrizations."""
+    cls, name = _junit_key(node)
+    return [tc for tc in cases if tc.get("classname") == cls
+            and (tc.get("name") == name or ("[" not in name and (tc.get("name") or "").startswith(name + "[")))]
+
+
+def case_outcome(tcs: list[ET.Element]) -> tuple[str, float, str]:
+    """(failed|skipped|passed, seconds, first failure line) over one node id's testcases."""
+    secs = round(sum(float(tc.get("time") or 0.0) for tc in tcs), 2)
+    for tc in tcs:
+        bad = tc.find("failure")
+        if bad is None:
+            bad = tc.find("error")
+        if bad is not None:
+            msg = (bad.get("message") or "").strip().splitlines()
+            return "failed", secs, (msg[0] if msg else "failed")
+    if all(tc.find("skipped") is not None for tc in tcs):
+        return "skipped", secs, ""
+    return "passed", secs, ""
+
+
 def run_tests(reg: Regression, copy: Path) -> list[DetectorResult]:
     if not reg.tests:
         return []
@@ -239,27 +265,16 @@ def run_tests(reg: Regression, copy: Path) -> list[DetectorResult]:
                "-p", "tools.regressions.pytest_verify", f"--timeout={reg.pytest_timeout}",
                f"--junitxml={junit}", *present]
         rc, out, err, secs = _run(cmd, copy, reg.pytest_timeout * len(present) + 120)
-        cases: dict[tuple[str, str], ET.Element] = {}
-        if junit.exists():
-            for tc in ET.parse(junit).getroot().iter("testcase"):
-                cases[(tc.get("classname", ""), tc.get("name", ""))] = tc
+        cases = junit_cases(junit)
         for t in present:
-            tc = cases.get(_junit_key(t))
-            if tc is None:
+            tcs = cases_for(cases, t)
+            if not tcs:
                 why = "pytest did not report it" if junit.exists() else f"pytest exit {rc}: {_tail(err or out)}"
                 results[t] = DetectorResult("test", t, "error", 0.0, why)
                 continue
-            secs_t = float(tc.get("time") or 0.0)
-            bad = tc.find("failure")
-            if bad is None:
-                bad = tc.find("error")
-            if bad is not None:
-                msg = (bad.get("message") or "").strip().splitlines()
-                results[t] = DetectorResult("test", t, "fired", secs_t, _tail(msg[0] if msg else "failed", 300))
-            elif tc.find("skipped") is not None:
-                results[t] = DetectorResult("test", t, "silent", secs_t, "skipped")
-            else:
-                results[t] = DetectorResult("test", t, "silent", secs_t, "passed")
+            status, secs_t, detail = case_outcome(tcs)
+            results[t] = DetectorResult("test", t, "fired" if status == "failed" else "silent", secs_t,
+                                        _tail(detail, 300) if status == "failed" else status)
     return [results[t] for t in reg.tests]
 
 
@@ -275,8 +290,9 @@ def run_fuzz(reg: Regression, copy: Path, env: Environment) -> list[DetectorResu
             continue
         rc, out, err, secs = _run([sys.executable, "-m", "fuzz", "run", target, "--budget", str(FUZZ_BUDGET),
                                    "--seed", str(FUZZ_SEED)], copy, FUZZ_TIMEOUT_S)
-        text = (out + "\n" + err).strip()
-        last = text.splitlines()[-1] if text else ""
+        text = (out + "\n" + err).replace("\r", "\n").strip()
+        fail = [ln.strip() for ln in text.splitlines() if ln.startswith("FAIL")]
+        last = fail[0] if fail else (text.splitlines()[-1] if text else "")
         if rc == 1:
             out_results.append(DetectorResult("fuzz", target, "fired", secs, _tail(last, 300)))
         elif rc == 0:

@@ -1,0 +1,402 @@
+"""`make report`: the reviewers' invariant report — `reports/index.html` + `reports/invariants.md` (+ JSON, SARIF).
+
+Per invariant (tools/invariant_registry.py): what it protects and where it comes from; its static status and
+the checker's evidence; the regressions that prove its detectors fire (injected into a copy, with timings);
+the fuzz targets guarding it (schedules run, failures found on the real engine); the tests pinning it.
+Summary on top. Exit 1 if an invariant is violated or a regression survives (or a codemod no longer applies).
+
+    python -m tools.report [--jobs N] [--fuzz-budget N] [--fresh-proofs] [--out reports]
+
+Content is deterministic across runs on an unchanged tree (timings aside). Detectors that do not exist yet are
+reported as "unavailable", never crash the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+FUZZ_BUDGET = 300
+FUZZ_SEED = 0
+TEST_TIMEOUT = 60
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def tree_hash(root: Path = ROOT) -> str:
+    """Content hash of everything a proof copies: reused proofs are valid only for the same tree."""
+    from tools.regressions.prove import COPY_ITEMS
+
+    h = hashlib.sha256()
+    for item in COPY_ITEMS:
+        p = root / item
+        files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            if "__pycache__" in rel or rel.endswith(".pyc") or "/.fuzz/" in f"/{rel}" or ".egg-info" in rel:
+                continue
+            h.update(rel.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+# -- 1. static checker ----------------------------------------------------------------------------------
+def run_static(out_dir: Path) -> dict[str, Any]:
+    try:
+        from invariants.report import build_report, public, write_reports
+    except Exception as exc:
+        return {"available": False, "error": f"static checker unavailable: {type(exc).__name__}: {exc}", "rules": {}}
+    t0 = time.monotonic()
+    try:
+        cwd = os.getcwd()
+        os.chdir(ROOT)  # the checker reads [tool.tripwire] from the project's pyproject
+        try:
+            rep = build_report()
+            written = write_reports(rep, out_dir)
+        finally:
+            os.chdir(cwd)
+        pub = public(rep)
+    except Exception as exc:
+        return {"available": False, "error": f"static checker failed: {type(exc).__name__}: {exc}", "rules": {}}
+    rules = {}
+    for r in pub.get("rules", []):
+        ev = [f"{e.get('path')}:{e.get('line')}: {e.get('message') or e.get('detail') or e.get('what') or ''}".strip()
+              for e in r.get("evidence", [])]
+        fs = [f"{f.get('path')}:{f.get('line')}: {f.get('message')}" for f in r.get("findings", [])]
+        sup = [f"{f.get('path')}:{f.get('line')}: {f.get('justification') or 'baselined'}" for f in r.get("suppressed", [])]
+        rules[r["name"]] = {"code": r.get("code"), "status": r.get("status"), "summary": r.get("summary", ""),
+                            "evidence": ev, "findings": fs, "suppressed": sup}
+    return {"available": True, "error": "", "rules": rules, "summary": pub.get("summary", {}),
+            "files_checked": pub.get("files_checked"), "lines_checked": pub.get("lines_checked"),
+            "written": sorted(str(Path(p).relative_to(ROOT)) if Path(p).is_relative_to(ROOT) else str(p)
+                              for p in written),
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+# -- 2. injection proofs --------------------------------------------------------------------------------
+def load_or_run_proofs(out_dir: Path, jobs: int, fresh: bool) -> tuple[list[dict], float, bool]:
+    from tools.inject import print_result
+    from tools.regressions import catalogue
+    from tools.regressions.prove import prove
+
+    cache = out_dir / "proofs.json"
+    current = tree_hash()
+    if not fresh and cache.exists():
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("tree_hash") == current and len(data.get("results", [])) == len(catalogue()):
+                log(f"      reusing {cache.relative_to(ROOT)} (same tree {current}; --fresh-proofs re-runs them)")
+                return data["results"], data.get("wall_s", 0.0), True
+        except (ValueError, OSError):
+            pass
+    regs = catalogue()
+    t0 = time.monotonic()
+    results = prove(regs, jobs=jobs, progress=lambda r, i, n: print_result(r, i, n))
+    wall = round(time.monotonic() - t0, 2)
+    save_proofs(results, wall, cache, current)
+    return [r.to_dict() for r in results], wall, False
+
+
+def save_proofs(results: list, wall: float, path: Path, tree: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"tree_hash": tree or tree_hash(), "wall_s": wall,
+                                "results": [r.to_dict() if hasattr(r, "to_dict") else r for r in results]},
+                               indent=2) + "\n")
+
+
+# -- 3. fuzz targets on the real engine -----------------------------------------------------------------
+def _fuzz_targets() -> tuple[set[str] | None, str]:
+    if not (ROOT / "fuzz" / "__main__.py").exists():
+        return None, "fuzz CLI unavailable (fuzz/__main__.py missing)"
+    p = subprocess.run([PY, "-m", "fuzz", "list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        return None, f"`python -m fuzz list` failed: {(p.stderr or p.stdout).strip()[-300:]}"
+    return {m.group(1) for m in re.finditer(r"^\s*([a-z0-9][a-z0-9-]+)\b", p.stdout, re.M)}, ""
+
+
+def run_fuzz_target(target: str, budget: int) -> dict[str, Any]:
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([PY, "-m", "fuzz", "run", target, "--budget", str(budget), "--seed", str(FUZZ_SEED)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return {"target": target, "status": "error", "schedules": 0, "failures": 0, "detail": "timed out",
+                "seconds": round(time.monotonic() - t0, 2)}
+    text = (p.stdout + "\n" + p.stderr).replace("\r", "\n")
+    sched = [int(x) for x in re.findall(r"(\d+) schedules", text)] + \
+            [int(x) for x in re.findall(r"schedules (\d+)", text)] + \
+            [int(x) for x in re.findall(r"after (\d+) schedule", text)]
+    fails = [int(x) for x in re.findall(r"failures (\d+)", text)]
+    fail_line = next((ln.strip() for ln in text.splitlines() if ln.startswith("FAIL")), "")
+    ok_line = next((ln.strip() for ln in text.splitlines() if ln.startswith("OK")), "")
+    if p.returncode == 0:
+        status, detail = "clean", re.sub(r",\s*[\d.]+ schedules/s", "", ok_line)
+    elif p.returncode == 1 and fail_line:
+        status, detail = "failure", fail_line
+    else:
+        status, detail = "error", f"exit {p.returncode}: {text.strip()[-300:]}"
+    return {"target": target, "status": status, "schedules": max(sched) if sched else 0,
+            "failures": max(fails) if fails else (1 if status == "failure" else 0), "detail": detail,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+def run_fuzz(targets: list[str], budget: int) -> dict[str, dict]:
+    available, err = _fuzz_targets()
+    out: dict[str, dict] = {}
+    todo = []
+    for t in targets:
+        if available is None:
+            out[t] = {"target": t, "status": "unavailable", "schedules": 0, "failures": 0, "detail": err, "seconds": 0}
+        elif t not in available:
+            out[t] = {"target": t, "status": "unavailable", "schedules": 0, "failures": 0,
+                      "detail": "no such target in `python -m fuzz list` (not built yet)", "seconds": 0}
+        else:
+            todo.append(t)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for res in pool.map(lambda t: run_fuzz_target(t, budget), todo):
+            out[res["target"]] = res
+            log(f"      {res['target']:<26} {res['status']:<8} {res['schedules']} schedules, "
+                f"{res['failures']} failure(s) ({res['seconds']:.1f}s)")
+    return out
+
+
+# -- 4. tests: pinned node ids, counts, coverage ----------------------------------------------------------
+def collect_counts() -> dict[str, Any]:
+    p = subprocess.run([PY, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=180)
+    ids = [ln.strip() for ln in p.stdout.splitlines() if "::" in ln and not ln.startswith(" ")]
+    by_suite: dict[str, int] = {}
+    for i in ids:
+        parts = i.split("/")
+        suite = parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0]
+        by_suite[suite] = by_suite.get(suite, 0) + 1
+    return {"total": len(ids), "by_suite": dict(sorted(by_suite.items())),
+            "error": "" if p.returncode == 0 else f"collection exit {p.returncode}"}
+
+
+def run_pinned(nodes: list[str], with_coverage: bool) -> tuple[dict[str, dict], dict[str, Any] | None]:
+    """Run the pinned node ids once (junit), optionally under coverage of engine/."""
+    from tools.invariant_registry import node_exists
+    from tools.regressions.prove import case_outcome, cases_for, junit_cases
+
+    status: dict[str, dict] = {}
+    present = [n for n in nodes if node_exists(ROOT, n)]
+    for n in nodes:
+        if n not in present:
+            status[n] = {"status": "missing", "seconds": 0.0, "detail": "node id not found"}
+    cov = None
+    if not present:
+        return status, cov
+    with tempfile.TemporaryDirectory(prefix="tripwire-report-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        env = dict(os.environ, TRIPWIRE_DEBUG="1")
+        env.pop("COVERAGE_PROCESS_START", None)
+        base = ["-m", "pytest", "-q", "-p", "no:cacheprovider", f"--timeout={TEST_TIMEOUT}", f"--junitxml={junit}"]
+        if with_coverage:
+            env["COVERAGE_FILE"] = str(Path(tmp) / ".coverage")
+            cmd = [PY, "-m", "coverage", "run", "--rcfile", str(ROOT / "pyproject.toml"), *base, "tests/engine",
+                   *[n for n in present if not n.startswith("tests/engine/")]]
+        else:
+            cmd = [PY, *base, *present]
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        cases = junit_cases(junit)
+        for n in present:
+            tcs = cases_for(cases, n)
+            if not tcs:
+                status[n] = {"status": "error", "seconds": 0.0,
+                             "detail": f"not reported by pytest (exit {p.returncode})"}
+                continue
+            st, secs, detail = case_outcome(tcs)
+            status[n] = {"status": st, "seconds": secs, "detail": detail[:300]}
+        if with_coverage:
+            subprocess.run([PY, "-m", "coverage", "combine", "-q", "--rcfile", str(ROOT / "pyproject.toml")],
+                           cwd=ROOT, env=env, capture_output=True, timeout=120)
+            cj = Path(tmp) / "coverage.json"
+            subprocess.run([PY, "-m", "coverage", "json", "-q", "--rcfile", str(ROOT / "pyproject.toml"),
+                            "-o", str(cj)], cwd=ROOT, env=env, capture_output=True, timeout=120)
+            if cj.exists():
+                cov = coverage_from(json.loads(cj.read_text()), "quick run: tests/engine + pinned test ids")
+    return status, cov
+
+
+def coverage_from(data: dict, source: str) -> dict[str, Any]:
+    t = data.get("totals", {})
+    stmts, covered = t.get("num_statements", 0), t.get("covered_lines", 0)
+    branches, cbranches = t.get("num_branches", 0), t.get("covered_branches", 0)
+    files = {}
+    for path, f in sorted(data.get("files", {}).items()):
+        s = f.get("summary", {})
+        files[path] = round(100.0 * s.get("covered_lines", 0) / max(1, s.get("num_statements", 0)), 1)
+    return {"source": source,
+            "line_pct": round(100.0 * covered / stmts, 1) if stmts else None,
+            "branch_pct": round(100.0 * cbranches / branches, 1) if branches else None,
+            "total_pct": round(t.get("percent_covered", 0.0), 1),
+            "statements": stmts, "branches": branches, "files": files}
+
+
+# -- assemble -------------------------------------------------------------------------------------------
+STATIC_WORST = ("violated", "suppressed", "holds", "not-applicable", "unavailable")
+
+
+def assemble(static: dict, proofs: list[dict], fuzz: dict[str, dict], tests: dict[str, dict],
+             counts: dict, cov: dict | None) -> dict[str, Any]:
+    from tools.invariant_registry import INVARIANTS
+
+    by_name = {p["name"]: p for p in proofs}
+    invs = []
+    for inv in INVARIANTS:
+        rules = []
+        for r in inv.rules:
+            info = static["rules"].get(r)
+            if info is None:
+                rules.append({"name": r, "status": "unavailable",
+                              "summary": static.get("error") or "rule not implemented yet", "evidence": [],
+                              "findings": [], "suppressed": []})
+            else:
+                rules.append({"name": r, **info})
+        regs = [by_name[r.name] for r in inv.regressions() if r.name in by_name]
+        fz = [fuzz[t] for t in inv.fuzz if t in fuzz]
+        ts = [{"id": t, **tests.get(t, {"status": "not-run", "seconds": 0.0, "detail": ""})} for t in inv.tests]
+        problems = []
+        problems += [f"static rule {r['name']} violated" for r in rules if r["status"] == "violated"]
+        problems += [f"test {t['id']} {t['status']}" for t in ts if t["status"] in ("failed", "error")]
+        problems += [f"fuzz {f['target']} found a failure" for f in fz if f["status"] == "failure"]
+        problems += [f"regression {p['name']} {p['status']}" for p in regs
+                     if p["status"] in ("survived", "not-applicable", "error")]
+        violated = any(r["status"] == "violated" for r in rules) or \
+            any(t["status"] in ("failed", "error") for t in ts) or any(f["status"] == "failure" for f in fz)
+        rule_states = [r["status"] for r in rules]
+        static_status = next((s for s in STATIC_WORST if s in rule_states), "no static rule")
+        invs.append({
+            "id": inv.id, "title": inv.title, "protects": inv.protects, "origin": inv.origin,
+            "status": "violated" if violated else "holds", "problems": problems,
+            "static_status": static_status, "rules": rules, "regressions": regs, "fuzz": fz, "tests": ts,
+        })
+    caught = sum(p["status"] == "caught" for p in proofs)
+    survived = [p["name"] for p in proofs if p["status"] == "survived"]
+    broken = [p["name"] for p in proofs if p["status"] in ("not-applicable", "error")]
+    summary = {
+        "invariants": len(invs),
+        "holding": sum(i["status"] == "holds" for i in invs),
+        "violated": [i["id"] for i in invs if i["status"] == "violated"],
+        "regressions": len(proofs), "caught": caught, "survived": survived, "not_applicable_or_error": broken,
+        "pending": [p["name"] for p in proofs if p["status"] == "pending"],
+        "fuzz_schedules": sum(f["schedules"] for f in fuzz.values()),
+        "fuzz_failures": sum(f["failures"] for f in fuzz.values() if f["status"] == "failure"),
+        "fuzz_targets_run": sum(f["status"] in ("clean", "failure") for f in fuzz.values()),
+        "fuzz_targets_unavailable": sorted(t for t, f in fuzz.items() if f["status"] == "unavailable"),
+        "static_available": static.get("available", False),
+        "static_counts": static.get("summary", {}),
+        "coverage": cov,
+        "tests_collected": counts.get("total", 0), "tests_by_suite": counts.get("by_suite", {}),
+        "pinned_tests": {s: sum(t["status"] == s for t in tests.values())
+                         for s in ("passed", "failed", "error", "skipped", "missing")},
+    }
+    return {"summary": summary, "invariants": invs, "regressions": proofs, "static_error": static.get("error", "")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "reports"))
+    ap.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--fuzz-budget", type=int, default=FUZZ_BUDGET)
+    ap.add_argument("--fresh-proofs", action="store_true", help="ignore reports/proofs.json from `make test`")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from tools.invariant_registry import INVARIANTS
+    from tools.report_html import render_html, render_markdown
+
+    t_all = time.monotonic()
+    timings: dict[str, float] = {}
+
+    log("[1/5] static checker (python -m invariants report) …")
+    t0 = time.monotonic()
+    static = run_static(out)
+    timings["static"] = round(time.monotonic() - t0, 2)
+    log(f"      {'ok: ' + ', '.join(static.get('written', [])) if static['available'] else static['error']}")
+
+    log("[2/5] injection proofs (every catalogued regression, in a copy) …")
+    t0 = time.monotonic()
+    proofs, proof_wall, reused = load_or_run_proofs(out, args.jobs, args.fresh_proofs)
+    timings["proofs"] = round(time.monotonic() - t0, 2)
+
+    fuzz_targets = sorted({t for inv in INVARIANTS for t in inv.fuzz})
+    log(f"[3/5] fuzz targets on the real engine ({len(fuzz_targets)} targets, budget {args.fuzz_budget}) …")
+    t0 = time.monotonic()
+    fuzz = run_fuzz(fuzz_targets, args.fuzz_budget)
+    timings["fuzz"] = round(time.monotonic() - t0, 2)
+
+    pinned = sorted({t for inv in INVARIANTS for t in inv.tests})
+    cov_file = out / "coverage.json"
+    cov = None
+    if cov_file.exists():
+        try:
+            cov = coverage_from(json.loads(cov_file.read_text()), "make test (reports/coverage.json)")
+        except (ValueError, OSError):
+            cov = None
+    log(f"[4/5] pinned tests ({len(pinned)} node ids){'' if cov else ' under coverage, + tests/engine'} "
+        "and test counts …")
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fut_counts = pool.submit(collect_counts)
+        tests, quick_cov = run_pinned(pinned, with_coverage=cov is None)
+        counts = fut_counts.result()
+    cov = cov or quick_cov
+    timings["tests"] = round(time.monotonic() - t0, 2)
+    log(f"      pinned: " + ", ".join(f"{n} {s}" for s, n in
+                                      ((s, sum(t['status'] == s for t in tests.values()))
+                                       for s in ("passed", "failed", "error", "skipped", "missing")) if n))
+
+    log("[5/5] writing reports …")
+    data = assemble(static, proofs, fuzz, tests, counts, cov)
+    timings["total"] = round(time.monotonic() - t_all, 2)
+    data["meta"] = {"commit": _git_commit(), "tree_hash": tree_hash(), "fuzz_budget": args.fuzz_budget,
+                    "fuzz_seed": FUZZ_SEED}
+    data["timings"] = {**timings, "proof_run_wall_s": proof_wall, "proofs_reused": reused}
+    (out / "invariants.md").write_text(render_markdown(data))
+    (out / "index.html").write_text(render_html(data))
+    (out / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    s = data["summary"]
+    log(f"\ninvariants: {s['holding']}/{s['invariants']} holding, violated: {s['violated'] or 'none'}")
+    log(f"regressions: {s['caught']}/{s['regressions']} caught, survived: {s['survived'] or 'none'}"
+        + (f", not applicable/error: {s['not_applicable_or_error']}" if s["not_applicable_or_error"] else "")
+        + (f", pending: {s['pending']}" if s["pending"] else ""))
+    log(f"fuzz: {s['fuzz_schedules']} schedules, {s['fuzz_failures']} failure(s); "
+        f"coverage: {_cov_text(s['coverage'])}; tests collected: {s['tests_collected']}")
+    log(f"wrote {out / 'index.html'}, {out / 'invariants.md'}, {out / 'report.json'} in {timings['total']:.1f}s")
+    bad = bool(s["violated"] or s["survived"] or s["not_applicable_or_error"])
+    return 1 if bad else 0
+
+
+def _cov_text(cov: dict | None) -> str:
+    if not cov:
+        return "unavailable"
+    return f"line {cov['line_pct']}%, branch {cov['branch_pct']}% ({cov['source']})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
