@@ -30,7 +30,7 @@ def bench_variant(tgt, variant, seeds, budget, plain_runs):
     bres = (f"run {b.first_found}, preemptions={b.failures[0][1].preemptions}, "
             f"deviations={b.failures[0][1].deviations}") if b.failures else "NOT FOUND in 50"
     kinds: dict = {}
-    hits, _ = core.run_plain(tgt, plain_runs, variant=variant, timeout=2.0, kinds=kinds) if plain_runs else (0, 0)
+    hits, _ = core.run_plain(tgt, plain_runs, variant=variant, timeout=0.5, kinds=kinds) if plain_runs else (0, 0)
     return dict(found=found, seeds=seeds, median=statistics.median(scheds) if scheds else None,
                 max=max(scheds) if scheds else None, wall_max=max(walls) if walls else None,
                 rate=statistics.median(rates), bounded=bres, plain=f"{hits}/{plain_runs}")
