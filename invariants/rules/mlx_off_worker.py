@@ -1,6 +1,8 @@
 import ast
 
-from invariants.core import Option, Rule, iter_calls_shallow, walk_body
+from invariants.core import Option, Rule, Sample, iter_calls_shallow, walk_body
+
+from ._common import match_any
 
 _OFFLOAD = {"asyncio.to_thread": 0, "asyncio.threads.to_thread": 0, "anyio.to_thread.run_sync": 0,
             "trio.to_thread.run_sync": 0}
@@ -23,8 +25,15 @@ class MlxOffWorker(Rule):
     options = {
         "modules": Option("list[str]", ["mlx", "mlx_lm"], "module prefixes whose calls are MLX work"),
         "worker_submit": Option("list[str]", ["_worker.submit"], "the sanctioned worker-submit call(s), by suffix"),
+        "worker_only_paths": Option("list[str]", [], "files (globs) where every default-executor offload is "
+                                    "reported, whatever the callable: all blocking work there is MLX work"),
     }
     prefilter = (b"mlx",)
+
+    def matches_bytes(self, data):
+        if self.opts["worker_only_paths"]:
+            return True  # the path is only known in check(); the offload scan below is cheap
+        return b"mlx" in data
     sample_options = {"worker_submit": ["_worker.submit", "submit"]}
     valid = [
         """
@@ -42,6 +51,17 @@ class MlxOffWorker(Rule):
         """,
     ]
     invalid = [
+        # seed #8: the serialized runner on the default executor (the callable is a parameter; the module is
+        # configured as worker-only)
+        Sample("""
+        import asyncio
+
+        class SimpleEngine:
+            async def _run_serialized(self, req, fn, *args):
+                async with self._generation_lock:
+                    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+                    return await asyncio.shield(fut)
+        """, options={"worker_only_paths": ["engine/simple.py"]}, path="engine/simple.py"),
         """
         import asyncio
         from mlx_lm import generate
@@ -79,6 +99,11 @@ class MlxOffWorker(Rule):
         return any(q == m or q.startswith(m + ".") for m in self.opts["modules"])
 
     def check(self, ctx):
+        if self.opts["worker_only_paths"] and match_any(ctx.path, self.opts["worker_only_paths"]):
+            for n in ctx.nodes(ast.Call):
+                if self._offload_callable(ctx, n) is not None:
+                    ctx.report(n, f"{self._offload_name(ctx, n)}(...) in a worker-only module: blocking work here "
+                                  f"is MLX work and must go through the pinned MLX worker ({self._submit()})")
         mods = self.opts["modules"]
         if not any(v == m or v.startswith(m + ".") for v in ctx.imports.values() for m in mods):
             return
@@ -145,6 +170,8 @@ class MlxOffWorker(Rule):
         return " / ".join(self.opts["worker_submit"]) or "the worker-submit function"
 
     def _offload_name(self, ctx, call):
+        if isinstance(call.func, ast.Attribute):
+            return call.func.attr
         q = ctx.qualname(call.func) or ""
         return q.rsplit(".", 1)[-1] if q else "executor"
 
