@@ -52,6 +52,7 @@ class MlxLmBackend:
         self.eos_ids: set[int] = set()
         cfg = json.loads((self.path / "config.json").read_text())
         self.config = cfg
+        self.memory: dict[str, int] = {"active_bytes": 0, "peak_bytes": 0}
         hidden = int(cfg.get("hidden_size", 0))
         heads = int(cfg.get("num_attention_heads", 1))
         self.info: dict[str, Any] = {
@@ -77,6 +78,13 @@ class MlxLmBackend:
             except Exception as exc:
                 raise ModelLoadError(f"could not load model from {str(self.path)!r}: {exc}", field="model") from exc
         self.eos_ids = set(self.tokenizer.eos_token_ids or [])
+        self._sample_memory()
+
+    def _sample_memory(self) -> None:
+        """Read MLX's allocator counters here, on the worker, so status() never calls MLX off the worker."""
+        import mlx.core as mx
+
+        self.memory = {"active_bytes": int(mx.get_active_memory()), "peak_bytes": int(mx.get_peak_memory())}
 
     def generate(self, job: GenerationJob) -> str:
         import mlx.core as mx
@@ -119,6 +127,7 @@ class MlxLmBackend:
                         return reason
             finally:
                 gen.close()  # on this thread: MLX streams are thread-local
+                self._sample_memory()
                 if pc is not None:  # completed: commit snapshots as blocks; aborted/failed: cleanup_request
                     pc.finish(job.request_id, completed=reason in ("stop", "length"))
 

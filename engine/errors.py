@@ -37,9 +37,15 @@ class EngineBusy(EngineError):
 
 
 class EngineStopped(EngineError):
+    """The engine is stopping or stopped; another replica (or this one after restart) can serve the retry."""
+
     code = "engine_stopped"
     http_status = 503
     retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0):
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
 
 
 class InvalidRequest(EngineError, ValueError):

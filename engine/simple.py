@@ -184,6 +184,8 @@ class SimpleEngine:
             "totals": dict(self.totals),
             "mlx_guard": {"enabled": self.guard.enabled, "entries": self.guard.entries, "trips": self.guard.trips},
             "worker": {"alive": self._worker.is_alive(), "jobs_run": self._worker.jobs_run},
+            # Sampled on the worker after load and after each generation (never read from MLX here).
+            "memory": dict(getattr(self._backend, "memory", {"active_bytes": 0, "peak_bytes": 0})),
             "cache": (self._backend.prefix_cache.stats()
                       if getattr(self._backend, "prefix_cache", None) is not None else None),
         }
@@ -266,7 +268,15 @@ class SimpleEngine:
             raise
         finally:
             self._finish(req, outcome)
-        return GenerationResult(req.id, self._backend.decode(tokens), tokens, reason, len(req.prompt_ids), len(tokens))
+        return GenerationResult(req.id, self._detokenize(tokens), tokens, reason, len(req.prompt_ids), len(tokens))
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        # The same streaming detokenizer as GenerationStream: a request's text never depends on streaming.
+        detok = self._backend.detokenizer()
+        for t in tokens:
+            detok.add_token(t)
+        detok.finalize()
+        return detok.text
 
     async def _open(self, req: _Request) -> "GenerationStream":
         await self._admit(req)

@@ -42,11 +42,14 @@ DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
 
 
-def default_memory_probe() -> int:
-    """Bytes MLX has allocated right now (weights, KV caches, live arrays). A counter read, not MLX work."""
-    import mlx.core as mx
+def engine_memory_probe(engine: Any) -> Callable[[], int]:
+    """Bytes MLX had allocated at the engine's last sample (taken on its MLX worker after load and after each
+    generation): the server never calls into MLX itself, so it cannot race the worker."""
 
-    return int(mx.get_active_memory())
+    def probe() -> int:
+        return int(engine.status().get("memory", {}).get("active_bytes", 0))
+
+    return probe
 
 
 class ServerStats:
@@ -140,7 +143,7 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     st = ServerState(engine=engine, api_key=api_key, memory_limit=resolve_memory_limit(max_memory),
                      max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
                      default_chat_max_tokens=default_chat_max_tokens, prefill_chunk=prefill_chunk,
-                     memory_probe=memory_probe or default_memory_probe)
+                     memory_probe=memory_probe or engine_memory_probe(engine))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
