@@ -82,7 +82,6 @@ def test_openai_client_completions(srv):
     assert r.object == "text_completion" and r.usage.completion_tokens <= 5
     parts = list(client.completions.create(model="tiny", prompt="once upon a time", max_tokens=5, stream=True))
     assert parts[-1].choices[0].finish_reason in ("stop", "length")
-    # Engine gap (reported): mlx-lm's streaming detokenizer trims the leading space that decode() keeps.
     assert "".join(p.choices[0].text for p in parts) == r.choices[0].text  # same detokenizer both ways
 
 
