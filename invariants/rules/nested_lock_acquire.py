@@ -1,7 +1,7 @@
 import ast
 
 from invariants.core import Rule
-from invariants.lockflow import class_locks, flow, module_locks, self_lock_of
+from invariants.lockflow import class_locks, flow, module_locks
 
 # a call passed to one of these runs later / elsewhere, not inside the caller's critical section
 _DEFERRING = {"create_task", "ensure_future", "run_coroutine_threadsafe", "to_thread", "run_in_executor",
@@ -22,7 +22,8 @@ class NestedLockAcquire(Rule):
         "text-only streaming request hung. The rule follows calls through other methods of the same class "
         "(including inherited ones, across files) and module functions sharing a module-level lock."
     )
-    prefilter = (b"Lock(", b"Semaphore(", b"Condition(")
+    # also files that only *use* an inherited lock (`with self._lock`), so subclasses in other files are indexed
+    prefilter = (b"Lock(", b"Semaphore(", b"Condition(", b"with self.", b".acquire(")
     valid = [
         """
         import asyncio
@@ -179,7 +180,7 @@ class NestedLockAcquire(Rule):
         if not locks:
             return
         # acq[m] = locks m acquires itself or through callees; via[m][L] = next hop for the message
-        acq = {m: {a[0] for a in ms["acq"]} for m, ms in methods.items()}
+        acq = {m: {a[0] for a in ms["acq"] if a[0] in locks} for m, ms in methods.items()}
         via = {m: {} for m in methods}
         changed = True
         while changed:
@@ -196,7 +197,7 @@ class NestedLockAcquire(Rule):
                         changed = True
         for m, ms in scope["methods"].items():
             for lk, line, col, held in ms["acq"]:
-                if lk in held:
+                if lk in locks and lk in held:
                     sink.report(path, line, col, f"{m}() acquires {_show(scope, lk)} while already holding it "
                                                  f"(non-reentrant: deadlock)")
             for callee, line, col, held, awaited in ms["calls"]:
@@ -229,7 +230,17 @@ def _path(callee, lk, via, methods):
 
 
 def _method_summary(func, self_name, locks, mlocks, deferred, awaited, ctx, module_funcs):
-    lock_of = self_lock_of(self_name or "self", locks, mlocks)
+    sn = self_name or "self"
+
+    def lock_of(expr):
+        # any self.<attr> context/acquire target is a candidate: the lock may be defined in a base class in
+        # another file; decide() keeps only attributes that are non-reentrant locks somewhere in the MRO
+        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id in (sn, "cls"):
+            return expr.attr
+        if isinstance(expr, ast.Name) and expr.id in mlocks:
+            return expr.id
+        return None
+
     fl = flow(func, lock_of, ctx)
     acq = [(a.lock, a.node.lineno, a.node.col_offset + 1, sorted(a.held_before)) for a in fl.acquires]
     calls = []
