@@ -80,11 +80,14 @@ def discover(paths: Iterable[str], cfg: Config, cwd: Path | None = None) -> list
         p = Path(os.path.abspath(p))
         if p.is_file():
             rel = rel_of(p, root)
-            if not cfg.is_excluded(rel):
+            if not (_under(p, root) and cfg.is_excluded(rel)):
                 seen[rel] = p
             continue
         if not p.is_dir():
             raise FileNotFoundError(f"path not found: {raw}")
+        # Exclusions apply below the given directory (and to root-relative globs when it is inside the
+        # root): `tripwire check .venv/lib/.../mlx_lm` checks mlx_lm even though `.venv` is excluded.
+        inside = _under(p, root)
         stack = [p]
         while stack:
             d = stack.pop()
@@ -93,14 +96,31 @@ def discover(paths: Iterable[str], cfg: Config, cwd: Path | None = None) -> list
             except OSError:
                 continue
             for e in entries:
-                rel = rel_of(Path(e.path), root)
-                if cfg.is_excluded(rel):
+                ep = Path(e.path)
+                rel = rel_of(ep, root)
+                below = ep.relative_to(p).as_posix()
+                if cfg.is_excluded(below) or (inside and rel != below and _glob_excluded(cfg, rel)):
                     continue
                 if e.is_dir(follow_symlinks=False):
                     stack.append(Path(e.path))
                 elif e.name.endswith(".py") and e.is_file():
                     seen[rel] = Path(e.path)
     return sorted(seen.items())
+
+
+def _under(p: Path, root: Path) -> bool:
+    try:
+        p.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _glob_excluded(cfg: Config, rel: str) -> bool:
+    """Only the root-relative path globs (patterns with a '/'), not bare component names."""
+    import fnmatch
+
+    return any("/" in pat and fnmatch.fnmatchcase(rel, pat) for pat in cfg.exclude)
 
 
 # -- per-file analysis ------------------------------------------------------------------------------------

@@ -23,6 +23,17 @@ class SilentDrainError(Rule):
     prefilter = (b"CancelledError", b"BaseException", b"except:")
     valid = [
         """
+        import contextlib
+
+        async def start(coro, loop):
+            try:
+                return loop.create_task(coro)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    coro.close()  # cleanup, not a drain: nothing awaited
+                raise
+        """,
+        """
         import asyncio, logging
         log = logging.getLogger(__name__)
 
@@ -91,6 +102,8 @@ class SilentDrainError(Rule):
                 before = len(ctx.findings)
                 for n in walk_body(h.body):
                     if isinstance(n, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+                        if not _awaits(n.body):
+                            continue  # not a drain (nothing awaited), e.g. `coro.close()` cleanup
                         for inner in n.handlers:
                             if handler_kinds(ctx, inner) & {"bare", "base", "exception"} and not any(
                                     isinstance(m, ast.Raise) for m in walk_body(inner.body)) and not calls_logging(
@@ -98,7 +111,7 @@ class SilentDrainError(Rule):
                                 ctx.report(inner, "error swallowed without logging inside a cancellation handler: "
                                                   "a worker that failed while draining leaves no trace; log it "
                                                   "(exc_info=True) or re-raise")
-                    elif isinstance(n, ast.With):
+                    elif isinstance(n, (ast.With, ast.AsyncWith)) and _awaits(n.body):
                         for it in n.items:
                             c = it.context_expr
                             if isinstance(c, ast.Call) and (ctx.qualname(c.func) or "").endswith("suppress") and any(
@@ -108,3 +121,7 @@ class SilentDrainError(Rule):
                                               "worker errors during the drain; log them instead")
                 if len(ctx.findings) == before:
                     ctx.note(h, "cancellation handler swallows no drain error silently")
+
+
+def _awaits(stmts):
+    return any(isinstance(m, (ast.Await, ast.AsyncFor, ast.AsyncWith)) for m in walk_body(stmts))

@@ -2,7 +2,11 @@ import ast
 
 from invariants.core import Rule, dotted, walk_body
 
-from ._common import handler_kinds
+from ._common import LOG_METHODS, handler_kinds
+
+# passing the exception to these records it; it does not re-raise it
+_NOT_CONVERTERS = LOG_METHODS | {"log", "print", "append", "add", "put", "put_nowait", "set_exception", "send",
+                                 "repr", "str", "format", "isinstance", "type"}
 
 
 class SwallowedCancellation(Rule):
@@ -41,6 +45,13 @@ class SwallowedCancellation(Rule):
             except asyncio.CancelledError:
                 task.cancel()
                 raise
+        """,
+        """
+        async def recv(self, n):
+            try:
+                return await self._sock.recv(n)
+            except BaseException as exc:
+                self._convert_socket_error(exc)  # always raises a converted error
         """,
         """
         import asyncio
@@ -105,6 +116,13 @@ class SwallowedCancellation(Rule):
                         continue
                     if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                            and n.func.attr in ("cancel", "uncancel_and_raise") for n in body_nodes):
+                        continue
+                    handoff = next((n for n in body_nodes if h.name and isinstance(n, ast.Call) and any(
+                        isinstance(a, ast.Name) and a.id == h.name for a in n.args)
+                        and (dotted(n.func) or "").rsplit(".", 1)[-1] not in _NOT_CONVERTERS), None)
+                    if handoff is not None:  # handed to a converter such as `self._convert_socket_error(exc)`
+                        ctx.note(h, f"{func.name}(): exception handed to {dotted(handoff.func) or 'a call'}() "
+                                    f"(converted / re-raised there)")
                         continue
                     if "cancel" in kinds and self._awaits_own_cancelled_task(t, func):
                         continue
