@@ -139,8 +139,8 @@ def decode_source(data: bytes) -> str:
 def analyze(rel: str, data: bytes, digest: str, is_test: bool, file_rules: list, project_rules: list,
             parse_all: bool) -> FileResult:
     res = FileResult(digest)
-    active = [r for r in file_rules if _applies(r, data, is_test)]
-    proj = [r for r in project_rules if _applies(r, data, is_test)]
+    active = [r for r in file_rules if _applies(r, rel, data, is_test)]
+    proj = [r for r in project_rules if _applies(r, rel, data, is_test)]
     has_supp = _SUPP_MARK in data
     if not active and not proj and not parse_all and not has_supp:
         # No rule can match, so the file is not parsed; the cheap checks still run: NUL bytes and the
@@ -197,10 +197,10 @@ def _where(exc: BaseException) -> str:
     return f"{Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else "?"
 
 
-def _applies(rule, data: bytes, is_test: bool) -> bool:
+def _applies(rule, rel: str, data: bytes, is_test: bool) -> bool:
     if rule.scope == "tests" and not is_test:
         return False
-    return rule.matches_bytes(data)
+    return rule.matches_file(rel, data)
 
 
 def _fingerprint(findings: list[Finding], lines: list[str]) -> None:

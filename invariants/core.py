@@ -134,6 +134,10 @@ class Rule:
         pre = self.prefilter_bytes()
         return pre is None or any(p in data for p in pre)
 
+    def matches_file(self, path: str, data: bytes) -> bool:
+        """Prefilter with the (root-relative) path known; defaults to the byte prefilter."""
+        return self.matches_bytes(data)
+
     # file rules
     def check(self, ctx: "FileContext") -> None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -30,9 +30,9 @@ class MlxOffWorker(Rule):
     }
     prefilter = (b"mlx",)
 
-    def matches_bytes(self, data):
-        if self.opts["worker_only_paths"]:
-            return True  # the path is only known in check(); the offload scan below is cheap
+    def matches_file(self, path, data):
+        if self.opts["worker_only_paths"] and match_any(path, self.opts["worker_only_paths"]):
+            return True
         return b"mlx" in data
     sample_options = {"worker_submit": ["_worker.submit", "submit"]}
     valid = [
@@ -100,10 +100,14 @@ class MlxOffWorker(Rule):
 
     def check(self, ctx):
         if self.opts["worker_only_paths"] and match_any(ctx.path, self.opts["worker_only_paths"]):
+            offloads = 0
             for n in ctx.nodes(ast.Call):
                 if self._offload_callable(ctx, n) is not None:
+                    offloads += 1
                     ctx.report(n, f"{self._offload_name(ctx, n)}(...) in a worker-only module: blocking work here "
                                   f"is MLX work and must go through the pinned MLX worker ({self._submit()})")
+            if not offloads:
+                ctx.note(1, "worker-only module: no to_thread / run_in_executor offload")
         mods = self.opts["modules"]
         if not any(v == m or v.startswith(m + ".") for v in ctx.imports.values() for m in mods):
             return
@@ -129,6 +133,9 @@ class MlxOffWorker(Rule):
                         changed = True
                         break
 
+        if direct:
+            ctx.note(1, f"MLX called from {len(direct)} sync function(s) only (worker side): "
+                        + ", ".join(sorted(k[1] for k in direct))[:120])
         for k, (f, cls) in funcs.items():
             if not isinstance(f, ast.AsyncFunctionDef):
                 continue

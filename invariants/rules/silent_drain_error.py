@@ -120,7 +120,7 @@ class SilentDrainError(Rule):
                                 ctx.report(c, "contextlib.suppress(Exception) inside a cancellation handler hides "
                                               "worker errors during the drain; log them instead")
                 if len(ctx.findings) == before:
-                    ctx.note(h, "cancellation handler swallows no drain error silently")
+                    ctx.note(h, "cancellation handler: no drain error swallowed silently")
 
 
 def _awaits(stmts):
