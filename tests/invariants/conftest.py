@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
 from invariants.api import check_source
 from invariants.registry import all_rules
-
-REPO = Path(__file__).resolve().parents[2]
-PY = sys.executable
-
 
 def pytest_collect_file(file_path, parent):
     if file_path.name == "rule_samples.tripwire":
@@ -69,40 +58,6 @@ class SampleItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, None, f"{self.rule.code}::{self.name}"
-
-
-# -- helpers ------------------------------------------------------------------------------------------
-def write(root: Path, rel: str, text: str) -> Path:
-    p = root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return p
-
-
-def tripwire(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([PY, "-m", "invariants", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=60)
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
-    return r
-
-
-def run_main(args: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
-    from invariants.cli import main
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        rc = main(args)
-    finally:
-        os.chdir(old)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def json_findings(out: str) -> list[dict]:
-    return json.loads(out)["findings"]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import REPO, json_findings, run_main, tripwire, write
+from tw_helpers import REPO, json_findings, run_main, tripwire, write
 
 SEED_SHAPES = {
     # seed #495: the injected 120 s wait_for admission regression + _text_direct_lock + misdocumented lock

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_main, write
+from tw_helpers import run_main, write
 from invariants.config import ConfigError, from_table, load
 
 BAD = [
@@ -64,7 +64,7 @@ def test_configured_rules_off_by_default_and_enabled_flag(tmp_path):
 
 
 def test_repo_config_loads_and_configures_engine_rules():
-    from conftest import REPO
+    from tw_helpers import REPO
 
     cfg = load(REPO / "pyproject.toml")
     names = {r.name for r in cfg.enabled_rules()}

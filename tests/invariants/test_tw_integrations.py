@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, write
+from tw_helpers import REPO, write
 
 pytest_plugins = ["pytester"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import json_findings, run_main, write
+from tw_helpers import json_findings, run_main, write
 from invariants.config import from_table
 from invariants.report import build_report
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import json_findings, run_main, write
+from tw_helpers import json_findings, run_main, write
 
 
 def test_nested_lock_through_inherited_helper_in_another_file(proj, capsys):

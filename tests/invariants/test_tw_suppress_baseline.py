@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import json_findings, run_main, write
+from tw_helpers import json_findings, run_main, write
 
 BAD_LINE = "    return await asyncio.wait_for(aw, 60)"
 
