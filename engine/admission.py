@@ -27,7 +27,7 @@ class SlotHolder(Protocol):
 
 
 class AdmissionController:
-    def __init__(self, mode: str = "fail_fast", max_wait_s: float = 1.0, clock=time.monotonic):
+    def __init__(self, mode: str = "fail_fast", max_wait_s: float = 1.0, clock=None):
         if mode not in MODES:
             raise InvalidRequest(f"unknown admission mode {mode!r}; expected one of {list(MODES)}", field="admission")
         if mode == "wait" and not (0 < max_wait_s <= MAX_WAIT_LIMIT_S):
@@ -35,7 +35,8 @@ class AdmissionController:
                                  field="max_wait_s")
         self.mode = mode
         self.max_wait_s = max_wait_s
-        self._clock = clock
+        # Resolved through the module name at call time so a fuzzer's virtual clock (swapped in here) applies.
+        self._clock = clock or (lambda: time.monotonic())
         self.holder: SlotHolder | None = None
         self.busy_rejections = 0
         self.admitted = 0

@@ -36,8 +36,20 @@ class FuzzRunner:
         self.seed = _opt(config, "--fuzz-seed", "FUZZ_SEED") or 0
 
     def saved_failures(self, target: str) -> list[Path]:
+        """Saved failures of exactly this target on the correct code (bad-shape variants are expected to fail,
+        and a name prefix like 'writer-vs-cleanup-request' must not pick up '...-ordered' artifacts)."""
+        import json
+
         from fuzz import core
-        return sorted(core.FAILURE_DIR.glob(f"{target}-*.json"))
+        out = []
+        for path in sorted(core.FAILURE_DIR.glob("*.json")):
+            try:
+                meta = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("target") == target and not meta.get("variant"):
+                out.append(path)
+        return out
 
     def __call__(self, target: str, budget: int, strategy: str = "random") -> None:
         from fuzz import core

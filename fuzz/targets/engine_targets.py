@@ -31,8 +31,6 @@ async def make_engine(ctx: Context, *, admission: str = "fail_fast", max_wait_s:
     backend = FakeBackend(guard, step_s=STEP_S)
     eng = pkg.simple.SimpleEngine(backend=backend, guard=guard, admission=admission, max_wait_s=max_wait_s,
                                   stop_timeout_s=stop_timeout_s)
-    # Seam workaround: AdmissionController binds clock=time.monotonic at definition time (real clock).
-    eng._admission._clock = prims.time.monotonic
 
     def on_step(job, produced):
         # MLX runs only while the serialization lock is held *for this request* (seed #8).

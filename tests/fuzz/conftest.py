@@ -1,3 +1,1 @@
-"""Fuzz tests: load the fuzz pytest plugin for this directory only."""
-
-pytest_plugins = ["fuzz.pytest_plugin"]
+"""Fuzz tests: the fuzz pytest plugin (options --fuzz-budget/--fuzz-seed) is registered via pytest11."""
