@@ -116,6 +116,20 @@ def flow(func: ast.AST, lock_of: LockOf, ctx: FileContext | None = None) -> Flow
             return block(s.finalbody, h2, bounded)
         if isinstance(s, ast.If):
             h = scan(s.test, held, bounded)
+            test, negated = s.test, False
+            if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+                test, negated = test.operand, True
+            if isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) and test.func.attr == "acquire" \
+                    and h != held:
+                # `if L.acquire(False):` holds L in the body only; `if not L.acquire(timeout=t):` in the else
+                # branch and after the statement (the body usually returns / raises)
+                if negated:
+                    block(s.body, held, bounded)
+                    block(s.orelse, h, bounded)
+                    return h
+                block(s.body, h, bounded)
+                block(s.orelse, held, bounded)
+                return held
             hb = block(s.body, h, bounded)
             he = block(s.orelse, h, bounded)
             return hb if hb != h else he

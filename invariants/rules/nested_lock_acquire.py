@@ -56,6 +56,23 @@ class NestedLockAcquire(Rule):
                     pass
         """,
         """
+        import threading
+
+        class Credentials:
+            def __init__(self):
+                self._refresh_lock = threading.Lock()
+
+            def _refresh(self):
+                if self._refresh_lock.acquire(False):
+                    try:
+                        return self._do()
+                    finally:
+                        self._refresh_lock.release()
+                elif self._must():
+                    with self._refresh_lock:  # the non-blocking acquire failed: not held here
+                        return self._do()
+        """,
+        """
         import asyncio
 
         class E:

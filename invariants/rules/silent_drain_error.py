@@ -107,7 +107,7 @@ class SilentDrainError(Rule):
                         for inner in n.handlers:
                             if handler_kinds(ctx, inner) & {"bare", "base", "exception"} and not any(
                                     isinstance(m, ast.Raise) for m in walk_body(inner.body)) and not calls_logging(
-                                    inner.body, self.extra):
+                                    inner.body, self.extra) and not _handed_off(inner):
                                 ctx.report(inner, "error swallowed without logging inside a cancellation handler: "
                                                   "a worker that failed while draining leaves no trace; log it "
                                                   "(exc_info=True) or re-raise")
@@ -125,3 +125,13 @@ class SilentDrainError(Rule):
 
 def _awaits(stmts):
     return any(isinstance(m, (ast.Await, ast.AsyncFor, ast.AsyncWith)) for m in walk_body(stmts))
+
+
+def _handed_off(h):
+    """`except Exception as error: raise_cancelled_error(cancellation, error)`: passed on, not swallowed."""
+    if not h.name:
+        return False
+    for n in walk_body(h.body):
+        if isinstance(n, ast.Call) and any(isinstance(a, ast.Name) and a.id == h.name for a in n.args):
+            return True
+    return False
