@@ -102,16 +102,25 @@ class SimpleEngine:
             done, pending = await asyncio.wait(jobs, timeout=self._stop_timeout_s)
             if pending:
                 log.error("stop: %d stream job(s) did not drain within %.1fs", len(pending), self._stop_timeout_s)
-        # Taking the lock proves no MLX work is in flight before the worker's exit hook runs.
+        # Taking the lock proves no MLX work is in flight before the worker's exit hook runs; the hook itself
+        # is MLX work (synchronize + clear streams), so a cancelled stop() drains it before releasing the lock.
         async with self._generation_lock:
-            ended = self._worker.request_stop()
+            self._lock_holder, self._lock_since = "engine-stop", time.monotonic()
+            ended = asyncio.wrap_future(self._worker.request_stop())
             try:
                 async with asyncio.timeout(self._stop_timeout_s):
-                    await asyncio.wrap_future(ended)
+                    await asyncio.shield(ended)
                 # The exit hook has run; only the thread's last bytecodes remain, so this join is brief.
                 self._worker.join(1.0)
             except TimeoutError:
                 log.error("stop: MLX worker did not end within %.1fs", self._stop_timeout_s)
+            except asyncio.CancelledError:
+                await self._drain(None, ended)
+                self._worker.join(1.0)
+                self._state = "stopped"
+                raise
+            finally:
+                self._lock_holder = None
         self._state = "stopped"
 
     async def __aenter__(self) -> "SimpleEngine":

@@ -79,8 +79,12 @@ class SnapshotStore:
         validate_request_id(self.session)
         self.session_dir = os.path.join(self.root, self.session)
         self._put_timeout = float(put_timeout)
+        # Guards outstanding items, cancellation counters, the generation number and stats (short sections).
         self._lock = threading.Lock()
+        # Signals quiescence (queue drained, writer idle) to flush(); shares the state lock above.
         self._idle = threading.Condition(self._lock)
+        # The writer-busy barrier: held by the writer for each whole item, taken (bounded) by cleanup_all and
+        # cleanup_request so no file is recreated after a cleanup returns (seed 002, TW-CACHE-WRITER-BARRIER).
         self._writer_busy = threading.Lock()
         self._write_queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._generation = 0

@@ -22,10 +22,18 @@ class SpyBackend(MlxLmBackend):
         self.release = threading.Event()
         self.tokens_after_abort: dict[str, int] = {}
         self.fail_after_abort = False
+        self.pin_close = False
+        self.closing = threading.Event()
 
     def load(self):
         self.threads.add(threading.current_thread().name)
         super().load()
+
+    def close(self):
+        if self.pin_close:
+            self.closing.set()
+            assert self.release.wait(10), "test never released the pinned exit hook"
+        super().close()
 
     def generate(self, job):
         self.threads.add(threading.current_thread().name)

@@ -183,3 +183,22 @@ async def test_a_model_that_fails_to_load_raises_and_ends_the_worker(tmp_path):
     assert not eng._worker.is_alive()
     with pytest.raises(EngineStopped):
         await eng.generate("x", max_tokens=1)
+
+
+async def test_cancelling_stop_keeps_the_lock_until_the_worker_has_ended(make_engine):
+    """stop() waits for the worker's MLX exit hook under the lock; a cancelled stop() must drain it first."""
+    eng = make_engine(spy=True)
+    await eng.start()
+    backend = eng._backend
+    backend.pin_close = True
+    stopper = asyncio.create_task(eng.stop())
+    assert await asyncio.to_thread(backend.closing.wait, 10), "exit hook never ran"
+    stopper.cancel()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not stopper.done(), "stop() returned while the worker was still inside its MLX exit hook"
+    assert eng._generation_lock.locked()
+    backend.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await stopper
+    assert not eng._worker.is_alive() and not eng._generation_lock.locked()
