@@ -84,7 +84,7 @@ class BlockStore:
         self._put_timeout = float(put_timeout)
         # Guards the index, byte totals, stats and the disk-usage snapshot; never held across file I/O.
         self._lock = threading.Lock()
-        # Signals quiescence (no write in flight) to flush(); shares the index lock above.
+        # Signals quiescence (no write in flight) to wait_idle(); shares the index lock above.
         self._idle = threading.Condition(self._lock)
         self._write_queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._index: OrderedDict[str, _Entry] = OrderedDict()  # LRU order: oldest first

@@ -81,7 +81,7 @@ class SnapshotStore:
         self._put_timeout = float(put_timeout)
         # Guards outstanding items, cancellation counters, the generation number and stats (short sections).
         self._lock = threading.Lock()
-        # Signals quiescence (queue drained, writer idle) to flush(); shares the state lock above.
+        # Signals quiescence (queue drained, writer idle) to wait_idle(); shares the state lock above.
         self._idle = threading.Condition(self._lock)
         # The writer-busy barrier: held by the writer for each whole item, taken (bounded) by cleanup_all and
         # cleanup_request so no file is recreated after a cleanup returns (seed 002, TW-CACHE-WRITER-BARRIER).
