@@ -224,10 +224,7 @@ class FileContext:
 
     def nodes(self, *types: type) -> list:
         if self._buckets is None:
-            b: dict[type, list] = {}
-            for n in ast.walk(self.tree):
-                b.setdefault(type(n), []).append(n)
-            self._buckets = b
+            self._buckets = _bucket_nodes(self.tree)
         if len(types) == 1:
             return self._buckets.get(types[0], [])
         out: list = []
@@ -311,6 +308,35 @@ class FileContext:
         if not reentrant_ok and last == "RLock":
             return None
         return q
+
+
+_SKIP = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+
+
+def _bucket_nodes(tree: ast.AST) -> dict[type, list]:
+    """All nodes grouped by type, in one pass (about twice as fast as `ast.walk`; operator and context
+    singletons are skipped)."""
+    b: dict[type, list] = {}
+    stack = [tree]
+    pop, push = stack.pop, stack.append
+    AST, skip = ast.AST, _SKIP
+    while stack:
+        n = pop()
+        t = n.__class__
+        lst = b.get(t)
+        if lst is None:
+            b[t] = [n]
+        else:
+            lst.append(n)
+        for f in n._fields:
+            v = getattr(n, f, None)
+            if v.__class__ is list:
+                for x in reversed(v):
+                    if isinstance(x, AST) and not isinstance(x, skip):
+                        push(x)
+            elif isinstance(v, AST) and not isinstance(v, skip):
+                push(v)
+    return b
 
 
 def dotted(node: ast.AST) -> str | None:

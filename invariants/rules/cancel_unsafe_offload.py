@@ -119,11 +119,17 @@ class CancelUnsafeOffload(Rule):
         return any(self._is_offload(ctx, n) for n in ast.walk(node))
 
     def check(self, ctx):
+        offload_lines = sorted(c.lineno for c in ctx.nodes(ast.Call) if self._is_offload(ctx, c))
+        if not offload_lines:
+            return
         owner = enclosing_class_map(ctx)
         mlocks = module_locks(ctx, non_reentrant=False)
         cls_locks = {}
+        import bisect
+
         for func in ctx.nodes(ast.AsyncFunctionDef):
-            if not self._contains_offload(ctx, func):
+            i = bisect.bisect_left(offload_lines, func.lineno)
+            if i == len(offload_lines) or offload_lines[i] > (func.end_lineno or func.lineno):
                 continue
             cls = owner.get(func)
             if cls is not None and cls not in cls_locks:
