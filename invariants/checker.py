@@ -304,7 +304,7 @@ def _apply_ignores_and_suppressions(findings: list[Finding], results: dict[str, 
         ign = ignored_cache.get(f.path)
         if ign is None:
             ign = ignored_cache[f.path] = cfg.ignored_for(f.path)
-        if f.rule in ign and f.rule not in ("parse-error", "internal-error"):
+        if (f.rule in ign or "ALL" in ign) and f.rule not in ("parse-error", "internal-error"):
             continue
         if f.rule not in ("parse-error", "internal-error"):
             for s in supps.get(f.path, ()):
@@ -322,7 +322,7 @@ def _apply_ignores_and_suppressions(findings: list[Finding], results: dict[str, 
                     out.append(_meta(META_INVALID, rel, s.line, 1, s.error))
                 continue
             for name in s.rules:
-                if name in s.used or name not in enabled or name in ign:
+                if name in s.used or name not in enabled or name in ign or "ALL" in ign:
                     continue
                 if "unused-suppression" in enabled and "unused-suppression" not in ign:
                     out.append(_meta(META_UNUSED, rel, s.line, 1,

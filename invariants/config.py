@@ -48,7 +48,7 @@ class Config:
         ignored = {_canon(s) for s in self.ignore}
         for cls in all_rules():
             table = self.rules.get(cls.name, {})
-            if cls.name in ignored:
+            if cls.name in ignored or ("ALL" in ignored and cls.name not in ("parse-error", "internal-error")):
                 continue
             if "enabled" in table:
                 on = table["enabled"]

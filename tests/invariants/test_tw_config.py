@@ -78,3 +78,14 @@ def test_repo_config_loads_and_configures_engine_rules():
 def test_from_table_rejects_non_table(tmp_path):
     with pytest.raises(ConfigError):
         from_table({"rules": {"long-wait-for": 5}}, tmp_path, None)
+
+
+def test_all_keyword_in_ignore_and_per_file_ignores(tmp_path, capsys):
+    write(tmp_path, "gen/a.py", "import asyncio\n\nasync def f(aw):\n    asyncio.create_task(aw)\n")
+    (tmp_path / "pyproject.toml").write_text("[tool.tripwire.per-file-ignores]\n'gen/*' = ['ALL']\n")
+    rc, out, _ = run_main(["check", "gen", "--no-cache"], tmp_path, capsys)
+    assert rc == 0, out
+    (tmp_path / "pyproject.toml").write_text("[tool.tripwire]\nignore = ['ALL']\n")
+    (tmp_path / "gen" / "b.py").write_bytes(b"x = 1\x00\n")  # NUL bytes: found without parsing
+    rc, out, _ = run_main(["check", "gen", "--no-cache"], tmp_path, capsys)
+    assert rc == 1 and "TW001 parse-error" in out and "TW106" not in out
