@@ -109,3 +109,18 @@ def test_engine_is_clean_with_zero_suppressions():
     assert [f for f in data["findings"] if f["suppressed"]] == []
     assert r.returncode == 0, "\n".join(f"{f['path']}:{f['line']}: {f['rule']} {f['message']}"
                                          for f in data["findings"])
+
+
+def test_checker_imports_neither_mlx_nor_libcst():
+    """The checker never imports the code it checks, nor MLX (an engine-only extra), nor libcst eagerly."""
+    code = (
+        "import sys\n"
+        "from invariants.api import check_source\n"
+        "r = check_source('import mlx.core as mx\\nasync def f(x):\\n    mx.eval(x)\\n', "
+        "rules={'mlx-off-worker': {}})\n"
+        "assert [f.rule for f in r.findings] == ['mlx-off-worker'], r.findings\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'libcst', 'engine'))\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
