@@ -20,6 +20,11 @@ setup: $(STAMP)
 report: $(STAMP)
 	$(VPY) -m tools.report
 
+# Generic mutation testing of engine/ (mutmut, bounded; not in CI): kill rate + survivors by file.
+mutation: $(STAMP)
+	$(VPY) -m pip install -q -e '.[mutation]'
+	$(VPY) -m tools.mutation
+
 test: $(STAMP)
 	$(VPY) -m tools.run_tests
 
