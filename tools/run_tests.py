@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     for stale in ROOT.glob(".coverage*"):
         stale.unlink()
     py = sys.executable
-    rc = subprocess.call([py, "-m", "coverage", "run", "-m", "pytest", *argv], cwd=ROOT, env=env)
+    # --tripwire: one item per enabled static rule over the configured paths (the checker, run as tests).
+    rc = subprocess.call([py, "-m", "coverage", "run", "-m", "pytest", "--tripwire", *argv], cwd=ROOT, env=env)
     subprocess.call([py, "-m", "coverage", "combine", "-q"], cwd=ROOT, env=env)
     cov = subprocess.run([py, "-m", "coverage", "report", "--format=total"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
