@@ -1,5 +1,65 @@
-"""Server bug shapes (engine/server): added once the HTTP server lands."""
+"""HTTP server bug shapes (engine/server): busy must be a real 503, answered before any stream starts."""
 
 from __future__ import annotations
 
-SERVER_REGRESSIONS: tuple = ()
+import libcst as cst
+
+from .base import Codemod, Edit, Regression, code_of, matches_line, stmt
+
+SEED_000 = "seeds/000_e5b8092de68ac2ca.txt (issue #495: machine-readable 503)"
+SEED_002 = "seeds/002_6d35bff549e25883.txt (413 must answer before StreamingResponse starts)"
+APP = "engine/server/app.py"
+T_HTTP = "tests/server/test_server_http.py"
+
+
+class _BusyBecomes500(Codemod):
+    target = '_engine_error: `if err.code == "internal_error": return None`'
+
+    def leave_If(self, original, updated):
+        if self.inside("_engine_error") and " ".join(code_of(original.test).split()) == 'err.code == "internal_error"':
+            return self.hit(updated.with_changes(
+                test=cst.parse_expression('err.code in ("internal_error", "text_generation_busy")')))
+        return updated
+
+
+class _AdmitInsideTheStream(Codemod):
+    target = ("_generate: the `try:` that opens the stream (`gs = await _maybe_await(engine.open_chat_stream(...) "
+              "if chat else engine.open_stream(...))`) before the SSE response")
+
+    def leave_Try(self, original, updated):
+        if not self.inside("_generate"):
+            return updated
+        body = original.body.body
+        if len(body) == 1 and matches_line(
+                body[0], "gs = await _maybe_await(engine.open_chat_stream(messages, **kw) if chat "
+                         "else engine.open_stream(prompt, **kw))"):
+            new = stmt("gs = engine.stream_chat(messages, **kw) if chat else engine.stream_generate(prompt, **kw)"
+                       "  # admitted on first iteration\n")
+            return self.hit(new.with_changes(leading_lines=updated.leading_lines))
+        return updated
+
+
+SERVER_REGRESSIONS: tuple[Regression, ...] = (
+    Regression(
+        name="server-busy-500",
+        invariants=("TW-BUSY-503",),
+        origin=SEED_000,
+        description=(
+            "The server's error mapping lets `text_generation_busy` escape as an unhandled exception, so a busy "
+            "engine answers HTTP 500 (no Retry-After, not retryable) instead of the machine-readable 503."),
+        edits=(Edit(APP, _BusyBecomes500),),
+        tests=(f"{T_HTTP}::test_16_concurrent_chats_one_200_rest_fast_503",
+               f"{T_HTTP}::test_stream_arriving_while_busy_gets_real_503"),
+    ),
+    Regression(
+        name="server-busy-200-then-error",
+        invariants=("TW-BUSY-503", "TW-ADMISSION"),
+        origin=SEED_002,
+        description=(
+            "Streaming requests are admitted lazily on the first iteration of the SSE body (the convenience "
+            "async-generator API), after the 200 and its headers went out: a busy engine becomes a 200 "
+            "followed by an in-band error event, which clients do not retry."),
+        edits=(Edit(APP, _AdmitInsideTheStream),),
+        tests=(f"{T_HTTP}::test_stream_arriving_while_busy_gets_real_503",),
+    ),
+)
