@@ -103,4 +103,4 @@ def test_coverage_json_from_make_test_is_used(tmp_path, fake_steps):
         "num_statements": 200, "covered_lines": 150, "num_branches": 50, "covered_branches": 25,
         "percent_covered": 70.0}, "files": {}}))
     report.main(["--out", str(tmp_path)])
-    assert "line 75.0% · branch 50.0% (make test" in (tmp_path / "invariants.md").read_text()
+    assert "line 75% · branch 50% (make test" in (tmp_path / "invariants.md").read_text()
