@@ -138,7 +138,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         tests=(f"{T_SNAP}::test_cleanup_all_blocks_until_writer_pinned_mid_item_is_released",
                f"{T_SNAP}::test_cleanup_request_blocks_until_writer_pinned_mid_item_is_released",
                f"{T_SNAP}::test_writer_rechecks_item_under_barrier"),
-        fuzz=("writer-vs-cleanup-all", "writer-vs-cleanup-request"),
+        fuzz=("writer-vs-cleanup-all", "writer-vs-cleanup-request", "writer-vs-cleanup-request-ordered"),
     ),
     Invariant(
         "TW-CACHE-COUNTER", "Per-request cancellation counters are additive, never created for 0, popped only under the barrier",

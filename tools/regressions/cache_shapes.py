@@ -189,7 +189,7 @@ CACHE_REGRESSIONS: tuple[Regression, ...] = (
             "cancelled, so the file is recreated after the cleanup returned."),
         edits=(Edit(SNAP, _CounterPoppedOnTimeout),),
         tests=(f"{T_SNAP}::test_cleanup_request_keeps_counter_on_timeout_then_late_rename_rescue_drains_it",),
-        fuzz=("writer-vs-cleanup-request",),
+        fuzz=("writer-vs-cleanup-request", "writer-vs-cleanup-request-ordered"),
     ),
     Regression(
         name="cache-cleanup-all-skips-barrier",
