@@ -8,7 +8,6 @@ while the worker is still inside MLX: the runner signals the abort flag and drai
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import threading
@@ -20,6 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 from .admission import AdmissionController
 from .backend import MlxLmBackend
+from .channel import END, TokenChannel
 from .errors import ContextLengthExceeded, EngineStopped, InvalidRequest
 from .guard import MLXEntryGuard
 from .types import Delta, GenerationJob, GenerationResult
@@ -28,7 +28,6 @@ from .worker import MLXWorker
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 _MAX_REQUEST_ID_LEN = 128
-_END = object()
 
 
 @dataclass(eq=False)
@@ -289,29 +288,13 @@ class SimpleEngine:
 
     async def _open(self, req: _Request) -> "GenerationStream":
         await self._admit(req)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        pending: collections.deque[int] = collections.deque()
-        wake = {"scheduled": False}
-
-        def flush() -> None:  # event loop: clear the flag *before* draining so no token is stranded
-            wake["scheduled"] = False
-            while pending:
-                queue.put_nowait(pending.popleft())
-
-        def emit(token: int) -> None:  # worker thread: one loop wakeup per burst, not per token
-            pending.append(token)
-            if not wake["scheduled"]:
-                wake["scheduled"] = True
-                loop.call_soon_threadsafe(flush)
-
-        task = asyncio.create_task(self._stream_job(req, self._job(req, emit), queue, flush), name=f"stream-{req.id}")
+        channel = TokenChannel(asyncio.get_running_loop())
+        task = asyncio.create_task(self._stream_job(req, self._job(req, channel.put), channel), name=f"stream-{req.id}")
         self._jobs.add(task)
         task.add_done_callback(self._jobs.discard)
-        return GenerationStream(self, req, task, queue)
+        return GenerationStream(self, req, task, channel)
 
-    async def _stream_job(self, req: _Request, job: GenerationJob, queue: asyncio.Queue,
-                          flush: Callable[[], None]) -> None:
+    async def _stream_job(self, req: _Request, job: GenerationJob, channel: TokenChannel) -> None:
         """Owns the slot for a stream: released only once the worker has finished, whatever the consumer does."""
         outcome, end = "failed", None
         try:
@@ -321,12 +304,11 @@ class SimpleEngine:
         except asyncio.CancelledError:
             outcome, end = "cancelled", "cancelled"
             raise
-        except Exception as exc:  # delivered to the consumer through the queue, raised by __anext__
+        except Exception as exc:  # delivered to the consumer through the channel, raised by __anext__
             end = exc
         finally:
             self._finish(req, outcome)
-            flush()  # every token the worker emitted precedes the end marker
-            queue.put_nowait((_END, end))
+            channel.close(end)
 
     async def _run_serialized(self, req: _Request | None, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn` on the MLX worker under `_generation_lock`, draining the worker on cancellation.
@@ -367,11 +349,11 @@ class SimpleEngine:
 class GenerationStream:
     """Async iterator of Deltas for one admitted request. `aclose()` aborts and drains if still running."""
 
-    def __init__(self, engine: SimpleEngine, req: _Request, task: asyncio.Task, queue: asyncio.Queue):
+    def __init__(self, engine: SimpleEngine, req: _Request, task: asyncio.Task, channel: TokenChannel):
         self._engine = engine
         self._req = req
         self._task = task
-        self._queue = queue
+        self._channel = channel
         self._detok = engine._backend.detokenizer()
         self._finished = False
         self.request_id = req.id
@@ -385,10 +367,10 @@ class GenerationStream:
     async def __anext__(self) -> Delta:
         if self._finished:
             raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, tuple) and item and item[0] is _END:
+        item = await self._channel.get()
+        if item is END:
             self._finished = True
-            end = item[1]
+            end = self._channel.end
             if isinstance(end, BaseException):
                 raise end
             self._detok.finalize()

@@ -132,7 +132,11 @@ def _engine_error(exc: Exception, ctx: RequestLog) -> ApiError | None:
 _ERR = {"model": ErrorResponse}
 _BUSY = {"model": ErrorResponse, "description": "Busy: retry after the number of seconds in Retry-After",
          "headers": {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}}
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# Before OpenAPI 3.2 an event stream's `schema` describes one event; `data` is a JSON chunk or "[DONE]".
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+                             "retry": {"type": "integer"}}}
+_SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
 
 
 def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str | None = "auto",
