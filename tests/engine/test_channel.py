@@ -53,3 +53,15 @@ async def test_tokens_inside_the_interval_are_delivered_by_close_not_stranded():
     assert await ch.get() == 0  # woken by the first put
     ch.close("stop")  # tokens 1 and 2 had no wakeup of their own
     assert [await ch.get(), await ch.get(), await ch.get()] == [1, 2, END]
+
+
+async def test_a_token_put_inside_the_interval_is_delivered_within_the_interval_even_if_the_worker_stalls():
+    """A token that got no wakeup of its own (the worker stalled right after putting it) is still delivered,
+    by the consumer's own timer, bounded by the interval rather than by the worker's next token."""
+    ch = TokenChannel(asyncio.get_running_loop(), min_wake_interval_s=0.05)
+    ch.put(1)  # wakes (first token)
+    assert await ch.get() == 1
+    getter = asyncio.create_task(ch.get())
+    await asyncio.sleep(0)  # the consumer is waiting on an empty buffer
+    threading.Thread(target=ch.put, args=(2,)).start()  # inside the interval: no wakeup scheduled
+    assert await asyncio.wait_for(getter, 5) == 2  # delivered by the timer, no close() needed
