@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from invariants.core import dotted, walk_body
+from invariants.core import const_value, dotted, walk_body
 from invariants.lockflow import flow
 
 from ._common import match_any
@@ -80,3 +80,24 @@ def reachable(methods, roots):
         seen.add(m)
         todo.extend(self_callees(methods[m]))
     return seen
+
+
+def acquire_is_nonblocking(call) -> bool:
+    """`L.acquire(blocking=False)`, `L.acquire(False)` / `L.acquire(0)`, `L.acquire(timeout=0)`,
+    `L.acquire(True, 0)`: a try that never waits for the holder (it is not a barrier)."""
+    if not isinstance(call, ast.Call):
+        return False
+    for kw in call.keywords:
+        v = const_value(kw.value) if isinstance(kw.value, ast.Constant) else None
+        if kw.arg == "blocking" and isinstance(kw.value, ast.Constant) and not v:
+            return True
+        if kw.arg == "timeout" and isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0:
+            return True
+    if call.args and isinstance(call.args[0], ast.Constant) and call.args[0].value in (False, 0) \
+            and call.args[0].value is not None:
+        return True
+    if len(call.args) >= 2 and isinstance(call.args[1], ast.Constant):
+        t = call.args[1].value
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and t == 0:
+            return True
+    return False

@@ -1,7 +1,7 @@
 from invariants.core import Option, Rule, dotted
 
 from ._common import match_any
-from ._store import file_removers, is_remove_call, method_flow, store_classes
+from ._store import acquire_is_nonblocking, file_removers, is_remove_call, method_flow, store_classes
 
 
 class CleanupWithoutWriterBarrier(Rule):
@@ -15,7 +15,8 @@ class CleanupWithoutWriterBarrier(Rule):
         "the queue, `cleanup_all()` drained an empty queue and rmtree'd the snapshot dir, then the writer "
         "mkdir'd and renamed the file back, leaving a snapshot of a request that should have been forgotten. "
         "In the configured store classes, every file removal in a cleanup method (or a helper it calls) must "
-        "happen while holding the writer barrier (e.g. `_writer_busy`), acquired with a timeout."
+        "happen while holding the writer barrier (e.g. `_writer_busy`), acquired with a timeout; a non-blocking "
+        "try (`acquire(blocking=False)`, `acquire(False)`, `acquire(timeout=0)`) is not a barrier."
     )
     options = {
         "classes": Option("list[str]", [], "store class names (globs)"),
@@ -77,6 +78,46 @@ class CleanupWithoutWriterBarrier(Rule):
             def _remove(self, p):
                 _unlink_quiet(p)
         """,
+        # a non-blocking try is not a barrier: the writer mid-item keeps writing after the rmtree
+        # (regression shape cache-cleanup-all-skips-barrier)
+        """
+        import os, shutil, threading
+
+        class SnapshotStore:
+            def cleanup_all(self, timeout=None):
+                saw_stop = self._drain_queue()
+                acquired = self._writer_busy.acquire(blocking=False)  # the queue is drained: do not wait
+                try:
+                    shutil.rmtree(self.session_dir, ignore_errors=True)
+                    os.makedirs(self.session_dir, exist_ok=True)
+                finally:
+                    if acquired:
+                        self._writer_busy.release()
+        """,
+        """
+        import shutil
+
+        class SnapshotStore:
+            def cleanup_all(self):
+                self._drain_queue()
+                if self._writer_busy.acquire(False):
+                    try:
+                        shutil.rmtree(self.session_dir, ignore_errors=True)
+                    finally:
+                        self._writer_busy.release()
+        """,
+        """
+        import shutil
+
+        class SnapshotStore:
+            def cleanup_request(self, rid):
+                acquired = self._writer_busy.acquire(timeout=0)
+                try:
+                    shutil.rmtree(self.request_dir(rid), ignore_errors=True)
+                finally:
+                    if acquired:
+                        self._writer_busy.release()
+        """,
     ]
 
     def check(self, ctx):
@@ -98,7 +139,14 @@ class CleanupWithoutWriterBarrier(Rule):
                         ctx.report(node, f"{cls.name}.{name}() removes store files ({what}) without holding "
                                          f"self.{o['barrier']}: a writer mid-item can recreate them after the "
                                          f"cleanup returns; drain the queue, then acquire the barrier with a timeout")
-                if n_removals and fl.acquires and all(o["barrier"] in h for n, h in fl.events
+                tries = [a for a in fl.acquires if a.kind == "acquire" and acquire_is_nonblocking(a.node)]
+                for a in tries:
+                    if n_removals:
+                        ctx.report(a.node, f"{cls.name}.{name}() takes self.{o['barrier']} with a non-blocking try "
+                                           f"({dotted(a.node.func) or 'acquire'}(...) that never waits): a try is "
+                                           f"not a barrier, the writer mid-item recreates files after the cleanup; "
+                                           f"acquire it with a real timeout")
+                if n_removals and fl.acquires and not tries and all(o["barrier"] in h for n, h in fl.events
                                                       if is_remove_call(ctx, n, removers)):
                     ctx.note(m, f"{cls.name}.{name}() removes files under self.{o['barrier']}"
                                 f"{' (acquired with a timeout)' if bounded else ''}")
