@@ -1,0 +1,73 @@
+"""TokenChannel contracts: at most one pending loop wakeup, rate-limited by the interval; close/END semantics.
+
+The loop is wrapped in a proxy that counts `call_soon_threadsafe` (the wakeups the channel pays for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.channel import END, TokenChannel
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingLoop:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self.wakeups = 0
+
+    def call_soon_threadsafe(self, *a):
+        self.wakeups += 1
+        return self._loop.call_soon_threadsafe(*a)
+
+    def __getattr__(self, name):
+        return getattr(self._loop, name)
+
+
+async def test_puts_while_a_wakeup_is_pending_schedule_no_other_wakeup():
+    loop = CountingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop, min_wake_interval_s=0.0)
+    for t in range(10):  # no loop iteration in between: the first wakeup is still pending
+        ch.put(t)
+    assert loop.wakeups == 1
+    assert [await ch.get() for _ in range(10)] == list(range(10))
+    await asyncio.sleep(0)  # let the pending wakeup run: it clears the flag
+    ch.put(10)
+    assert loop.wakeups == 2  # a put after the wakeup ran schedules a new one
+    assert await ch.get() == 10
+
+
+async def test_within_the_interval_only_the_first_put_wakes_the_loop():
+    loop = CountingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop, min_wake_interval_s=3600)
+    ch.put(1)
+    assert await ch.get() == 1
+    await asyncio.sleep(0)
+    ch.put(2)
+    ch.put(3)
+    assert loop.wakeups == 1
+    ch.close("length")
+    assert [await ch.get(), await ch.get(), await ch.get()] == [2, 3, END]
+
+
+async def test_close_wakes_a_waiting_consumer_and_end_keeps_the_reason():
+    ch = TokenChannel(asyncio.get_running_loop(), min_wake_interval_s=3600)
+    getter = asyncio.create_task(ch.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    err = RuntimeError("worker failed")
+    ch.close(err)
+    assert await asyncio.wait_for(getter, 5) is END
+    assert ch.end is err
+    assert await ch.get() is END
+
+
+async def test_a_closed_channel_still_delivers_buffered_tokens_before_end():
+    ch = TokenChannel(asyncio.get_running_loop(), min_wake_interval_s=0.0)
+    ch.put(5)
+    ch.put(6)
+    ch.close("stop")
+    assert [await ch.get(), await ch.get(), await ch.get()] == [5, 6, END]
