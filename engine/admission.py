@@ -72,6 +72,13 @@ class AdmissionController:
                 self._take(req)
                 return
 
+    def precheck(self) -> None:
+        """fail_fast: reject a request at once when the slot is taken, before any per-request work (tokenizing,
+        templating) so busy answers stay cheap under load. Changes nothing when the slot is free; `admit`
+        remains the authoritative decision."""
+        if self.mode == "fail_fast" and (self.holder is not None or self._waiters):
+            self._reject()
+
     def release(self, req: SlotHolder) -> None:
         if self.holder is not req:
             return

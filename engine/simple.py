@@ -28,6 +28,7 @@ from .worker import MLXWorker
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 _MAX_REQUEST_ID_LEN = 128
+_ENCODE_MEMO_SIZE = 16
 
 
 @dataclass(eq=False)
@@ -70,6 +71,7 @@ class SimpleEngine:
         self._lock_holder: str | None = None
         self._lock_since = 0.0
         self._active: dict[str, _Request] = {}
+        self._encode_memo: dict[tuple, list[int]] = {}  # insertion order = LRU order
         self._jobs: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
         self._state = "created"
@@ -168,7 +170,9 @@ class SimpleEngine:
             await stream.aclose()
 
     def count_prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
-        return len(self._encode_messages(messages) if messages is not None else self._encode_prompt(prompt))
+        if messages is not None:
+            return len(self._encode_messages(messages, count_only=True))
+        return len(self._encode_prompt(prompt, count_only=True))
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -203,13 +207,20 @@ class SimpleEngine:
         if self._state != "running":
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
 
-    def _encode_prompt(self, prompt: Any) -> list[int]:
+    def reject_if_busy(self) -> None:
+        """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes)."""
+        self._check_running()
+        self._admission.precheck()
+
+    def _encode_prompt(self, prompt: Any, count_only: bool = False) -> list[int]:
         self._check_running()
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequest("prompt must be a non-empty string", field="prompt")
-        return self._backend.encode(prompt)
+        if not count_only:
+            self._admission.precheck()  # busy: reject before tokenizing
+        return self._encoded(("prompt", prompt), lambda: self._backend.encode(prompt))
 
-    def _encode_messages(self, messages: Any) -> list[int]:
+    def _encode_messages(self, messages: Any, count_only: bool = False) -> list[int]:
         self._check_running()
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list", field="messages")
@@ -218,7 +229,20 @@ class SimpleEngine:
                 raise InvalidRequest(f"messages[{i}].role must be one of {list(ROLES)}", field=f"messages[{i}].role")
             if not isinstance(m.get("content"), str):
                 raise InvalidRequest(f"messages[{i}].content must be a string", field=f"messages[{i}].content")
-        return self._backend.encode_chat(messages)
+        if not count_only:
+            self._admission.precheck()  # busy: reject before rendering the chat template
+        key = ("chat", tuple((m["role"], m["content"]) for m in messages))
+        return self._encoded(key, lambda: self._backend.encode_chat(messages))
+
+    def _encoded(self, key: tuple, encode: Callable[[], list[int]]) -> list[int]:
+        # A server counts prompt tokens (preflight, context check) and then generates: encode once.
+        ids = self._encode_memo.pop(key, None)
+        if ids is None:
+            ids = encode()
+        self._encode_memo[key] = ids
+        while len(self._encode_memo) > _ENCODE_MEMO_SIZE:
+            self._encode_memo.pop(next(iter(self._encode_memo)))
+        return list(ids)
 
     def _new_request(self, kind: str, prompt_ids: list[int], max_tokens: Any, temperature: Any,
                      request_id: str | None) -> _Request:

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP server over ``SimpleEngine``.
 
 Order of checks for a generation request (all before any response byte is sent):
-auth -> body size / UTF-8 / JSON -> field validation -> tokenize + context length -> memory preflight
--> admission (``open_stream`` / ``generate`` raise ``EngineBusy`` here) -> stream or answer.
+auth -> body size / UTF-8 / JSON -> field validation -> busy pre-check (a fail_fast engine that is busy answers
+503 here, before any tokenizing) -> tokenize + context length -> memory preflight -> admission (``open_stream`` /
+``generate`` raise ``EngineBusy`` here, authoritatively) -> stream or answer.
 So a busy or oversized *streaming* request gets a real 503/413 status, never a 200 followed by an error.
 """
 
@@ -290,6 +291,9 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
         raise ApiError(400, "invalid_request", f"invalid '{max_field}': must be <= {cap}, got {requested}",
                        param=max_field)
     try:
+        reject_if_busy = getattr(engine, "reject_if_busy", None)
+        if reject_if_busy is not None:
+            reject_if_busy()  # busy answers stay cheap: no chat-template render, no tokenizer call
         prompt_tokens = count()
     except Exception as exc:
         err = _engine_error(exc, ctx)

@@ -23,11 +23,20 @@ class SpyBackend(MlxLmBackend):
         self.tokens_after_abort: dict[str, int] = {}
         self.fail_after_abort = False
         self.pin_close = False
+        self.encodes = 0
         self.closing = threading.Event()
 
     def load(self):
         self.threads.add(threading.current_thread().name)
         super().load()
+
+    def encode(self, text):
+        self.encodes += 1
+        return super().encode(text)
+
+    def encode_chat(self, messages):
+        self.encodes += 1
+        return super().encode_chat(messages)
 
     def close(self):
         if self.pin_close:

@@ -127,3 +127,45 @@ async def test_admitted_once_a_stream_is_never_rejected_midway(make_engine):
         assert n == stream.completion_tokens + 1
     finally:
         await eng.stop()
+
+
+async def test_a_busy_engine_rejects_before_tokenizing(make_engine):
+    """Busy answers must stay cheap under load: no chat-template render, no tokenizer call."""
+    eng = make_engine(spy=True)
+    await eng.start()
+    backend = eng._backend
+    try:
+        backend.pin_after_tokens = 1
+        holder = asyncio.create_task(eng.generate("hold", max_tokens=50))
+        assert await asyncio.to_thread(backend.pinned.wait, 10)
+        before = backend.encodes
+        with pytest.raises(EngineBusy):
+            await eng.chat([{"role": "user", "content": "busy?"}], max_tokens=4)
+        with pytest.raises(EngineBusy):
+            await eng.open_stream("busy?", max_tokens=4)
+        with pytest.raises(EngineBusy):
+            eng.reject_if_busy()
+        assert backend.encodes == before and eng.status()["busy_rejections"] == 3
+        from engine import InvalidRequest
+        with pytest.raises(InvalidRequest):  # structural validation still comes first: a bad request is a 400
+            await eng.chat([{"role": "robot", "content": "x"}], max_tokens=4)
+        backend.release.set()
+        await holder
+        eng.reject_if_busy()  # free again: no exception, nothing counted
+        assert eng.status()["busy_rejections"] == 3
+    finally:
+        backend.release.set()
+        await eng.stop()
+
+
+async def test_counting_then_generating_tokenizes_once(make_engine):
+    eng = make_engine(spy=True)
+    await eng.start()
+    try:
+        msgs = [{"role": "user", "content": "count me once"}]
+        before = eng._backend.encodes
+        n = eng.count_prompt_tokens(messages=msgs)
+        r = await eng.chat(msgs, max_tokens=2)
+        assert r.prompt_tokens == n and eng._backend.encodes == before + 1
+    finally:
+        await eng.stop()
