@@ -10,17 +10,38 @@ import os
 import shutil
 import tempfile
 
+import threading as _rt
+import types
+
 import numpy as np
 
+from .. import prims
 from ..core import Context, target
+from ._shapes import describe, shape_module
+
+
+SNAP = "engine.cache.snapshot_store"
+BLOCK = "engine.cache.block_store"
+# regression shapes of tools/regressions/cache_shapes.py, fuzzed through the catalogue's own codemod
+SHAPE_MODULE = {
+    "cache-cleanup-all-skips-barrier": SNAP,
+    "cache-counter-set-not-added": SNAP,
+    "cache-counter-created-for-zero": SNAP,
+    "cache-counter-popped-on-timeout": SNAP,
+    "cache-put-nowait-drop": BLOCK,
+}
+NO_RECHECK = {"no-recheck": "writer takes _writer_busy after queue.get() without re-checking the item"}
 
 
 def _modules(ctx: Context):
     from engine.cache import block_store, safetensors_io, snapshot_store
 
-    for mod in (snapshot_store, block_store, safetensors_io):
+    mods = {SNAP: snapshot_store, BLOCK: block_store}
+    if ctx.variant in SHAPE_MODULE:
+        mods[SHAPE_MODULE[ctx.variant]] = shape_module(ctx.variant, SHAPE_MODULE[ctx.variant])
+    for mod in (mods[SNAP], mods[BLOCK], safetensors_io):
         ctx.instrument(mod, fs=True)
-    return snapshot_store, block_store
+    return mods[SNAP], mods[BLOCK]
 
 
 def _tensors(i: int) -> dict:
@@ -53,14 +74,101 @@ async def _shutdown(ctx: Context, stop) -> None:
     ctx.check(t.state == "done", "shutdown did not finish")
 
 
+class _Pin:
+    """Pins a store's writer inside `stio.write_fd` of the first item matching `match(metadata)` (until `release`
+    is set), or stalls it there for `stall_s` of virtual time. The writer holds its barrier meanwhile, so a bounded
+    acquire of the barrier (or a bounded put on the full queue) really times out on the virtual clock."""
+
+    def __init__(self, ctx: Context, mod, match, stall_s: float | None = None):
+        self.match, self.stall_s = match, stall_s
+        self.entered, self.release = prims.Event(), prims.Event()
+        real = mod.stio
+        proxy = types.ModuleType(f"fuzz.pinned.{real.__name__}")
+        proxy.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        real_write_fd = real.write_fd
+
+        def write_fd(fd, tensors, metadata=None):
+            if not self.entered.is_set() and self.match(metadata or {}):
+                self.entered.set()
+                if self.stall_s is not None:
+                    prims.sleep(self.stall_s)
+                else:
+                    self.release.wait()
+            return real_write_fd(fd, tensors, metadata)
+
+        proxy.write_fd = write_fd
+        ctx.instrument(mod, extra={"stio": proxy})
+
+
+def _check_counter(ctx: Context, store, rid: str, acquired: bool) -> None:
+    """The cancellation-counter contract right after cleanup_request(rid) returned (seed 002)."""
+    with store._lock:
+        counters = dict(store._cancelled_requests)
+        in_flight = sum(1 for it in store._outstanding.get(rid, ()) if it.cancelled and not it.extra.get("finished"))
+    zero = {r: n for r, n in counters.items() if n <= 0}
+    ctx.check(not zero, f"cancellation counter created for 0 pending items after cleanup_request({rid!r}): {zero} "
+                        "(never popped on the timeout path, it pins the request id for the process lifetime)")
+    if acquired:
+        ctx.check(rid not in counters, f"cleanup_request({rid!r}) acquired the writer barrier but left the counter "
+                                       f"{counters}")
+    else:
+        ctx.check(counters.get(rid, 0) == in_flight,
+                  f"cleanup_request({rid!r}) timed out on the writer barrier: counter {counters.get(rid, 0)} != "
+                  f"{in_flight} cancelled item(s) still in flight (the counter must be additive and survive the "
+                  f"timeout fallback for the writer's late-rename rescue)")
+
+
 @target("writer-vs-cleanup-all",
-        "cache: snapshot writer vs cleanup_all(); no file saved before the cleanup survives it, counters balance",
-        uses="toy", variants={"no-recheck": "writer takes _writer_busy after queue.get() without re-checking the item"})
+        "cache: snapshot writer (free, or stalled mid-write by a slow disk) vs cleanup_all(); cleanup_all() never "
+        "returns while the writer is mid-write of an item saved before it, nothing is recreated after it returned, no such file survives, counters balance",
+        uses="toy", variants={**NO_RECHECK, **describe("cache-cleanup-all-skips-barrier")})
 async def writer_vs_cleanup_all(ctx: Context) -> None:
     ss, _bs = _modules(ctx)
     root = _tmpdir(ctx)
+    # Half the schedules: a slow disk (the writer stalls 1 s of virtual time inside its first write, well under
+    # the 5 s cleanup bound) and cleanup_all() starts during the stall.
+    stall = _Pin(ctx, ss, lambda m: True, stall_s=1.0) if ctx.data.random() < 0.5 else None
+    ctx.state["stall"] = stall is not None
     store = _snapshot_store(ctx, ss, root)
     saved: dict[str, int] = {}  # file relpath -> generation observed right after save() returned
+    writing: dict[int, object] = {}  # thread ident -> item inside _process_item
+    returned: dict[str, int] = {}  # "gen": the generation cleanup_all() established, once it returned
+    real_process, real_stale = store._process_item, store._stale_locked
+
+    def process_item(item):
+        writing[_rt.get_ident()] = item
+        try:
+            return real_process(item)
+        finally:
+            writing.pop(_rt.get_ident(), None)
+
+    def stale_locked(item):
+        stale = real_stale(item)
+        item.extra.setdefault("passed_recheck", not stale)  # the first call is the re-check under the barrier
+        return stale
+
+    store._process_item, store._stale_locked = process_item, stale_locked
+
+    # Every directory/file the writer creates after cleanup_all() returned must belong to a newer item.
+    base_os = ss.os
+    watched = types.ModuleType("fuzz.watched.os")
+    watched.__dict__.update({k: v for k, v in vars(base_os).items() if not k.startswith("__")})
+
+    def creating(name):
+        real = getattr(base_os, name)
+
+        def op(*a, **k):
+            it, gen = writing.get(_rt.get_ident()), returned.get("gen")
+            if it is not None and gen is not None and it.generation < gen:
+                ctx.fail("invariant", f"the writer {name}() {os.path.basename(str(a[0]))!r} for {it.request_id}@"
+                                      f"{it.tokens} (saved before cleanup_all) after cleanup_all() returned: a file "
+                                      "of a forgotten request is recreated")
+            return real(*a, **k)
+        return op
+
+    for name in ("makedirs", "mkdir", "open", "replace", "rename"):
+        setattr(watched, name, creating(name))
+    ctx.instrument(ss, extra={"os": watched})
 
     def producer():
         for i in range(3):
@@ -69,7 +177,14 @@ async def writer_vs_cleanup_all(ctx: Context) -> None:
             saved[os.path.join(rid, "64.safetensors")] = store._generation
 
     def cleaner():
+        if stall is not None:
+            ctx.check(stall.entered.wait(60.0), "the writer never reached its first write")
         store.cleanup_all()
+        returned["gen"] = gen = store._generation
+        mid = [it for it in writing.values() if it.generation < gen and it.extra.get("passed_recheck")]
+        ctx.check(not mid, f"cleanup_all() returned while the writer was mid-write of {mid[0].request_id}@"
+                           f"{mid[0].tokens} (saved before it, past its re-check): the writer barrier did not hold the cleanup back"
+                  if mid else "")
 
     p = ctx.spawn(producer, name="producer")
     c = ctx.spawn(cleaner, name="cleanup")
@@ -87,35 +202,61 @@ async def writer_vs_cleanup_all(ctx: Context) -> None:
 
 
 @target("writer-vs-cleanup-request",
-        "cache: snapshot writer vs cleanup_request(X); no X file saved before it survives, a later save of X is "
-        "kept, counters balanced at quiescence",
-        uses="toy", variants={"no-recheck": "writer takes _writer_busy after queue.get() without re-checking the item"})
+        "cache: snapshot writer (free, or pinned mid-item by an unrelated request so the bounded barrier acquire "
+        "times out) vs re-entrant cleanup_request(X) and one for a never-saved id; the cancellation counter is "
+        "additive, never created for 0 items, kept on timeout; nothing saved before a cleanup survives it, saves "
+        "after it are persisted, counters empty at quiescence",
+        uses="toy", variants={**NO_RECHECK, **describe("cache-counter-set-not-added", "cache-counter-created-for-zero",
+                                                       "cache-counter-popped-on-timeout")})
 async def writer_vs_cleanup_request(ctx: Context) -> None:
     ss, _bs = _modules(ctx)
     root = _tmpdir(ctx)
+    pin = _Pin(ctx, ss, lambda m: m.get("request_id") == "P") if ctx.data.random() < 0.5 else None
     store = _snapshot_store(ctx, ss, root)
+    ctx.state["pinned"] = pin is not None
+    events: list[tuple] = []  # ("saved", rid, tokens) after save() returned True / ("cleanup", rid) at its start
+
+    def save(rid, tokens, i):
+        if store.save(rid, tokens, _tensors(i)):
+            events.append(("saved", rid, tokens))
 
     def producer():
-        store.save("X", 64, _tensors(1))
-        store.save("Y", 64, _tensors(2))
-        store.save("X", 128, _tensors(3))
+        if pin is not None:
+            save("P", 64, 0)
+        save("X", 64, 1)
+        save("Y", 64, 2)
 
     def cleaner():
-        store.cleanup_request("X")
-        store.save("X", 192, _tensors(4))  # issued after cleanup_request returned: must not be discarded
+        try:
+            if pin is not None:
+                ctx.check(pin.entered.wait(60.0), "the writer never reached the pinned item")
+            for rid, then in (("X", ("X", 128)), ("X", None), ("Z", None)):  # re-entrant X; Z never saved
+                events.append(("cleanup", rid))
+                acquired = store.cleanup_request(rid)
+                ctx.check(acquired != (pin is not None), f"cleanup_request({rid!r}) acquired={acquired} with the "
+                                                          f"writer {'pinned' if pin else 'free'}")
+                _check_counter(ctx, store, rid, acquired)
+                if then:
+                    save(*then, 3)  # in flight when the next cleanup_request(X) runs
+        finally:
+            if pin is not None:
+                pin.release.set()
+        save("X", 192, 4)  # issued after cleanup_request returned: must not be discarded
+        save("Z", 64, 5)
 
     p = ctx.spawn(producer, name="producer")
     c = ctx.spawn(cleaner, name="cleanup")
     await ctx.quiescent()
     ctx.check(p.state == "done" and c.state == "done", "producer/cleanup did not finish")
-    x_dir = os.path.join(store.session_dir, "X")
-    x_files = sorted(os.listdir(x_dir)) if os.path.isdir(x_dir) else []
-    ctx.state["x_files"] = x_files
-    # 64/128 may legitimately exist only if they were saved after the cleanup's marking; the producer can
-    # interleave, so allow them only when the cleanup ran before that save (not decidable here) - the hard
-    # checks are: the later save survives and counters balance.
-    ctx.check("192.safetensors" in x_files, f"a save issued after cleanup_request returned was lost: {x_files}")
-    ctx.check(os.path.exists(os.path.join(store.session_dir, "Y", "64.safetensors")), "unrelated request Y lost")
+    files = {tuple(f.split(os.sep)[1:]) for f in _files(root)}  # (rid, "N.safetensors")
+    ctx.state["files"] = sorted(files)
+    for rid, tokens in (("X", 192), ("Z", 64), ("Y", 64)) + ((("P", 64),) if pin else ()):
+        ctx.check((rid, f"{tokens}.safetensors") in files,
+                  f"{rid}@{tokens} (saved after any cleanup_request({rid!r}) returned) was not persisted: {sorted(files)}")
+    for i, ev in enumerate(events):
+        if ev[0] == "saved" and any(e == ("cleanup", ev[1]) for e in events[i + 1:]):
+            ctx.check((ev[1], f"{ev[2]}.safetensors") not in files,
+                      f"{ev[1]}@{ev[2]} saved before a cleanup_request({ev[1]!r}) survived it")
     st = store.stats()
     ctx.check(st["in_flight"] == 0, f"in-flight depth {st['in_flight']} at quiescence: {st}")
     ctx.check(store._cancelled_requests == {}, f"cancellation counter pinned: {store._cancelled_requests}")
@@ -123,17 +264,29 @@ async def writer_vs_cleanup_request(ctx: Context) -> None:
 
 
 @target("writer-vs-cleanup-request-ordered",
-        "cache: saves of X, then cleanup_request(X) racing the writer; no X file may survive the cleanup",
-        uses="toy", variants={"no-recheck": "writer takes _writer_busy after queue.get() without re-checking the item"})
+        "cache: saves of X, then cleanup_request(X) racing the writer (free, or pinned mid-write of X so the "
+        "bounded barrier acquire times out); no X file may survive, the counter is kept on timeout and drains",
+        uses="toy", variants={**NO_RECHECK, **describe("cache-counter-popped-on-timeout")})
 async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
     ss, _bs = _modules(ctx)
     root = _tmpdir(ctx)
+    pin = _Pin(ctx, ss, lambda m: m.get("request_id") == "X") if ctx.data.random() < 0.5 else None
     store = _snapshot_store(ctx, ss, root)
+    ctx.state["pinned"] = pin is not None
 
     def body():
-        store.save("X", 64, _tensors(1))
-        store.save("X", 128, _tensors(2))
-        store.cleanup_request("X")
+        try:
+            store.save("X", 64, _tensors(1))
+            store.save("X", 128, _tensors(2))
+            if pin is not None:
+                ctx.check(pin.entered.wait(60.0), "the writer never reached the pinned item")
+            acquired = store.cleanup_request("X")
+            ctx.check(acquired != (pin is not None), f"cleanup_request('X') acquired={acquired} with the writer "
+                                                     f"{'pinned' if pin else 'free'}")
+            _check_counter(ctx, store, "X", acquired)
+        finally:
+            if pin is not None:
+                pin.release.set()
 
     b = ctx.spawn(body, name="request")
     await ctx.quiescent()
@@ -145,9 +298,11 @@ async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
 
 
 @target("eviction-under-saturation",
-        "cache: two savers against a 1-slot write queue and a 3-block limit; eviction never enqueues work, index "
-        "== files on disk, in-flight depth returns to 0",
-        uses="toy", variants={"queued-unlinks": "eviction routes unlinks through the write queue (seed shape)"})
+        "cache: two savers against a 1-slot write queue and a 3-block limit (the writer sometimes stalls); a save "
+        "falls back to an inline write / drop only after waiting put_timeout, no accepted save is silently lost, "
+        "eviction never enqueues work, index == files on disk, in-flight depth returns to 0",
+        uses="toy", variants={"queued-unlinks": "eviction routes unlinks through the write queue (seed shape)",
+                              **describe("cache-put-nowait-drop")})
 async def eviction_under_saturation(ctx: Context) -> None:
     _ss, bs = _modules(ctx)
     root = _tmpdir(ctx)
@@ -172,7 +327,14 @@ async def eviction_under_saturation(ctx: Context) -> None:
                         return True
                 return False
         cls = Queued
-    store = cls(root, "fz", max_bytes=size * 3, queue_size=1, put_timeout=0.05, min_free_bytes=0)
+    put_timeout = 0.05
+    policy = ctx.data.choice(["inline", "drop"])
+    stall = ctx.data.random() < 0.5  # the writer stalls 4 x put_timeout on its first block: real backlog
+    if stall:
+        _Pin(ctx, bs, lambda m: True, stall_s=4 * put_timeout)
+    ctx.state.update(policy=policy, stall=stall)
+    store = cls(root, "fz", max_bytes=size * 3, queue_size=1, put_timeout=put_timeout, min_free_bytes=0,
+                full_policy=policy)
     foreign = []
     real_put = store._write_queue.put
 
@@ -183,10 +345,35 @@ async def eviction_under_saturation(ctx: Context) -> None:
 
     store._write_queue.put = spy
 
+    # A save may give up on the queue (inline write / counted drop) only after riding over put_timeout of backlog.
+    saving: dict[int, tuple[str, float]] = {}  # saver thread ident -> (block hash, virtual start of its save)
+
+    def fallback(what, real):
+        def op(item, *a):
+            cur = saving.get(_rt.get_ident())
+            if cur is not None:
+                waited = ctx.now - cur[1]
+                ctx.check(waited >= put_timeout - 1e-9,
+                          f"save({cur[0][:6]}..) gave up on the write queue ({what}) after {waited:.3f}s of virtual "
+                          f"backlog < put_timeout={put_timeout}: a transient backlog must be ridden over with "
+                          "put(timeout=...), never put_nowait")
+            return real(item, *a)
+        return op
+
+    store._write_item = fallback("inline write", store._write_item)
+    store._forget_locked = fallback("drop", store._forget_locked)
+    accepted = []
+
     def saver(base):
         def run():
             for i in range(4):
-                store.save(f"{base + i:032x}", _tensors(i))
+                h = f"{base + i:032x}"
+                saving[_rt.get_ident()] = (h, ctx.now)
+                try:
+                    if store.save(h, _tensors(i)):
+                        accepted.append(h)
+                finally:
+                    saving.pop(_rt.get_ident(), None)
         return run
 
     a = ctx.spawn(saver(0), name="saver-a")
@@ -200,5 +387,9 @@ async def eviction_under_saturation(ctx: Context) -> None:
     indexed = set(store._index)
     ctx.check(on_disk == indexed, f"index != disk: only-disk {sorted(on_disk - indexed)[:3]}, "
                                   f"only-index {sorted(indexed - on_disk)[:3]}")
+    # No accepted save is silently lost: each one is persisted (and on disk until evicted) or counted.
+    ctx.check(len(accepted) == st["saves"], f"{len(accepted)} save(s) accepted but {st['saves']} counted: {st}")
+    ctx.check(st["saves_persisted"] - st["evictions"] == len(on_disk),
+              f"{st['saves_persisted']} persisted - {st['evictions']} evicted != {len(on_disk)} block(s) on disk: {st}")
     ctx.check(st["bytes"] <= size * 3, f"size limit exceeded at quiescence: {st['bytes']} > {size * 3}")
     await _shutdown(ctx, lambda: store.close(timeout=1.0))
