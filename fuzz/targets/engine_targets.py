@@ -13,6 +13,9 @@ from .. import prims
 from ..core import Context, target
 from ..fake_backend import FakeBackend
 from ..mutants import MUTANTS
+from ._shapes import describe, shape_engine
+
+ENGINE_SHAPES = ("second-admission-midway",)  # catalogue shapes (tools/regressions) fuzzed as variants
 
 STEP_S = 0.01
 
@@ -24,7 +27,7 @@ def _v(*names: str) -> dict[str, str]:
 async def make_engine(ctx: Context, *, admission: str = "fail_fast", max_wait_s: float = 1.0,
                       stop_timeout_s: float = 1.0, slot_check: bool = True):
     """Instrument the engine modules, build a SimpleEngine on the fake backend, start it."""
-    pkg = ctx.engine()
+    pkg = shape_engine(ctx.variant) if ctx.variant in ENGINE_SHAPES else ctx.engine()
     for mod in (pkg.simple, pkg.worker, pkg.admission, pkg.guard):
         ctx.instrument(mod)
     guard = pkg.guard.MLXEntryGuard(enabled=True)
@@ -147,43 +150,76 @@ async def nested_lock(ctx: Context) -> None:
 
 
 @target("admission",
-        "engine (fake step): under fail_fast concurrent arrivals give exactly one admitted request at a time, "
-        "no waiter queue, every rejection immediate; under wait no waiter exceeds max_wait_s (virtual time)",
-        variants=_v("long-wait-admission"))
+        "engine (fake step): under fail_fast concurrent arrivals (generate and streams) give exactly one admitted "
+        "request at a time, no waiter queue, every rejection immediate and before anything is streamed (a request is "
+        "admitted once); under wait no waiter exceeds max_wait_s (virtual time)",
+        variants={**_v("long-wait-admission"), **describe(*ENGINE_SHAPES)})
 async def admission(ctx: Context) -> None:
     for mode in ("fail_fast", "wait"):
         pkg, eng, backend = await make_engine(ctx, admission=mode, max_wait_s=0.05)
         adm = eng._admission
-        orig_take = adm._take
+        orig_take, orig_admit = adm._take, adm.admit
+        admitted: set[int] = set()
 
         def take(req, orig_take=orig_take, adm=adm):
             ctx.check(adm.holder is None, f"{req.id} admitted while {adm.holder and adm.holder.id} holds the slot")
             return orig_take(req)
-        adm._take = take
+
+        async def admit(req, orig_admit=orig_admit, admitted=admitted, mode=mode):
+            # A request is admitted exactly once for its whole life, before its first response byte.
+            ctx.check(id(req) not in admitted, f"{mode}: {req.id} goes through admission a second time after it "
+                                               "was admitted (an accepted request could be rejected midway)")
+            await orig_admit(req)
+            admitted.add(id(req))
+        adm._take, adm.admit = take, admit
         outcomes: dict[str, tuple] = {}
         tasks = []
 
-        async def client(rid, mode=mode, eng=eng, pkg=pkg, adm=adm):
+        def rejected(rid, t0, mode=mode, adm=adm):
+            waited = ctx.now - t0
+            outcomes[rid] = ("busy", waited)
+            if mode == "fail_fast":
+                ctx.check(waited == 0, f"{mode}: {rid} rejected only after {waited:.3f}s of waiting")
+            else:
+                ctx.check(waited <= adm.max_wait_s + 1e-9,
+                          f"wait: {rid} waited {waited:.3f}s > max_wait_s={adm.max_wait_s}")
+
+        async def client(rid, eng=eng, pkg=pkg):
             t0 = ctx.now
             try:
                 await eng.generate(f"prompt {rid}", max_tokens=3, request_id=rid)
                 outcomes[rid] = ("served", ctx.now - t0)
             except pkg.errors.EngineBusy:
-                waited = ctx.now - t0
-                outcomes[rid] = ("busy", waited)
-                if mode == "fail_fast":
-                    ctx.check(waited == 0, f"{mode}: {rid} rejected only after {waited:.3f}s of waiting")
-                else:
-                    ctx.check(waited <= adm.max_wait_s + 1e-9,
-                              f"wait: {rid} waited {waited:.3f}s > max_wait_s={adm.max_wait_s}")
+                rejected(rid, t0)
+
+        async def stream_client(rid, eng=eng, pkg=pkg, mode=mode):
+            t0 = ctx.now
+            try:
+                stream = await eng.open_stream(f"prompt {rid}", max_tokens=3, request_id=rid)
+            except pkg.errors.EngineBusy:
+                rejected(rid, t0)
+                return
+            n = 0
+            try:
+                async for _d in stream:
+                    n += 1
+            except pkg.errors.EngineBusy as e:
+                ctx.fail("invariant", f"{mode}: stream {rid} was admitted at open, then rejected midway after "
+                                      f"{n} delta(s): {e}")
+            finally:
+                await stream.aclose()
+            ctx.check(stream.finish_reason == "length" and stream.completion_tokens == 3,
+                      f"{mode}: admitted stream {rid} not fully served: {stream.completion_tokens} token(s), "
+                      f"finish_reason={stream.finish_reason!r}")
+            outcomes[rid] = ("served", ctx.now - t0)
 
         def watch_waiters(job, produced, adm=adm, mode=mode, slot=backend.on_step):
             slot(job, produced)
             if mode == "fail_fast":
                 ctx.check(adm.waiters == 0, f"fail_fast: {adm.waiters} request(s) queued behind the slot")
         backend.on_step = watch_waiters
-        for rid in ("r1", "r2", "r3"):
-            ctx.external(f"{mode}:arrive({rid})", lambda rid=rid: tasks.append(asyncio.ensure_future(client(rid))))
+        for rid, fn in (("r1", client), ("r2", stream_client), ("r3", client)):
+            ctx.external(f"{mode}:arrive({rid})", lambda rid=rid, fn=fn: tasks.append(asyncio.ensure_future(fn(rid))))
         while len(tasks) < 3:
             await asyncio.sleep(STEP_S)
         await asyncio.gather(*tasks)
