@@ -8,11 +8,9 @@ while the worker is still inside MLX: the runner signals the abort flag and drai
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -22,6 +20,7 @@ from .backend import MlxLmBackend
 from .channel import END, TokenChannel
 from .errors import ContextLengthExceeded, EngineStopped, InvalidRequest
 from .guard import MLXEntryGuard
+from .ids import new_request_id
 from .types import Delta, GenerationJob, GenerationResult
 from .worker import MLXWorker
 
@@ -73,7 +72,6 @@ class SimpleEngine:
         self._active: dict[str, _Request] = {}
         self._encode_memo: dict[tuple, list[int]] = {}  # insertion order = LRU order
         self._jobs: set[asyncio.Task] = set()
-        self._ids = itertools.count(1)
         self._state = "created"
         self.totals = {"admitted": 0, "completed": 0, "cancelled": 0, "failed": 0}
 
@@ -260,7 +258,7 @@ class SimpleEngine:
                 f"of {context} tokens", field="max_tokens" if len(prompt_ids) < context else "prompt",
                 prompt_tokens=len(prompt_ids), context_length=context)
         if request_id is None:
-            request_id = f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            request_id = new_request_id()
         elif (not isinstance(request_id, str) or not request_id or len(request_id) > _MAX_REQUEST_ID_LEN
               or not request_id.isprintable()):
             raise InvalidRequest(f"request_id must be 1..{_MAX_REQUEST_ID_LEN} printable characters",

@@ -28,12 +28,12 @@ import re
 import shutil
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import safetensors_io as stio
+from ..ids import new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class BlockStore:
 
     def _temp_path_for(self, block_hash: str) -> str:
         return os.path.join(self.blocks_dir, block_hash[:2],
-                            f".{block_hash}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+                            f".{block_hash}.{os.getpid()}.{new_request_id('w')}.tmp")
 
     # -- startup scan ------------------------------------------------------------------------------
     def _scan(self) -> None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from . import safetensors_io as stio
+from ..ids import new_request_id
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -179,7 +180,7 @@ class SnapshotStore:
                 return
         req_dir = os.path.join(self.session_dir, item.request_id)
         final = os.path.join(req_dir, f"{item.tokens}.safetensors")
-        tmp = os.path.join(req_dir, f".{item.tokens}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = os.path.join(req_dir, f".{item.tokens}.{new_request_id('w')}.tmp")
         try:
             os.makedirs(req_dir, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

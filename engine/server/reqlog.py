@@ -11,12 +11,12 @@ import json
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine.ids import new_request_id
 from engine.server.errors import ApiError, error_response
 
 log = logging.getLogger("tripwire.server")
@@ -62,7 +62,7 @@ class RequestLogMiddleware:
             if k == b"x-request-id":
                 incoming = v.decode("latin-1")
                 break
-        rid = incoming if incoming and _REQUEST_ID_RE.match(incoming) else f"req-{uuid.uuid4().hex[:16]}"
+        rid = incoming if incoming and _REQUEST_ID_RE.match(incoming) else new_request_id()
         ctx = RequestLog(rid, scope.get("method", ""), scope.get("path", ""))
         state = scope.setdefault("state", {})
         state["reqlog"] = ctx
