@@ -15,7 +15,14 @@ CACHE_TARGETS = ["writer-vs-cleanup-all", "writer-vs-cleanup-request", "writer-v
 # writer-vs-cleanup-request cannot order saves against the cleanup, so its no-recheck variant is found by the
 # -ordered target instead (see the target's description).
 FOUND_BY = [("writer-vs-cleanup-all", "no-recheck"), ("writer-vs-cleanup-request-ordered", "no-recheck"),
-            ("eviction-under-saturation", "queued-unlinks")]
+            ("eviction-under-saturation", "queued-unlinks"),
+            # regression shapes of tools/regressions/cache_shapes.py (the catalogue's own codemod as the variant)
+            ("writer-vs-cleanup-all", "cache-cleanup-all-skips-barrier"),
+            ("writer-vs-cleanup-request", "cache-counter-set-not-added"),
+            ("writer-vs-cleanup-request", "cache-counter-created-for-zero"),
+            ("writer-vs-cleanup-request", "cache-counter-popped-on-timeout"),
+            ("writer-vs-cleanup-request-ordered", "cache-counter-popped-on-timeout"),
+            ("eviction-under-saturation", "cache-put-nowait-drop")]
 
 
 @pytest.fixture(autouse=True)
@@ -35,3 +42,13 @@ def test_cache_bad_shape_found_within_200_random_schedules(name, variant):
     for seed in range(3):
         rep = core.run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
         assert rep.failures, f"{name}@{variant} not found with seed {seed}"
+
+
+def test_every_cache_shape_variant_is_a_catalogue_shape_listing_its_target():
+    """A shape variant is the catalogue's codemod; the catalogue entry must expect that target to catch it."""
+    from tools.regressions import get
+
+    for name, variant in FOUND_BY:
+        if variant.startswith("cache-"):
+            assert variant in core.load_targets()[name].variants
+            assert name in get(variant).fuzz, f"{variant} does not list fuzz target {name}"
