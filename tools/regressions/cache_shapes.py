@@ -140,7 +140,8 @@ CACHE_REGRESSIONS: tuple[Regression, ...] = (
         origin=SEED_002,
         description=(
             "`save` enqueues with `put_nowait`: the first transient writer backlog raises queue.Full and the "
-            "accepted block is silently lost instead of riding over a short window with `put(timeout=...)`."),
+            "accepted block falls back at once (inline write on the saving thread, or a drop under the drop policy) "
+            "instead of riding over a short window with `put(timeout=...)`; the upstream seed lost it silently."),
         edits=(Edit(BLOCK, _PutNowait),),
         rules=("write-queue-put-nowait",),
         tests=(f"{T_BLOCK}::test_save_uses_timeout_put_never_put_nowait",),
