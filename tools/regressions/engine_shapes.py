@@ -193,11 +193,16 @@ class _DefaultExecutor(Codemod):
 # -- 11. fail-fast admission turned into an unbounded wait -------------------------------------------------
 class _UnboundedWait(Codemod):
     target = ('AdmissionController.admit: the fail_fast rejection, `deadline = self._clock() + self.max_wait_s` '
-              "and `async with asyncio.timeout(remaining)`")
-    expected_hits = 3
+              "and `async with asyncio.timeout(remaining)`; AdmissionController.precheck: the fail_fast busy check")
+    expected_hits = 4
 
     def leave_If(self, original, updated):
         if self.inside("AdmissionController", "admit") and _is_fail_fast_if(original):
+            self.hit(None)
+            return cst.RemoveFromParent()
+        # The busy pre-check (before tokenizing) is part of fail-fast admission: a wait-queue admission has none.
+        if self.inside("AdmissionController", "precheck") and " ".join(
+                cst.Module(body=[]).code_for_node(original.test).split()).startswith('self.mode == "fail_fast"'):
             self.hit(None)
             return cst.RemoveFromParent()
         return updated

@@ -24,7 +24,16 @@ class _BusyBecomes500(Codemod):
 
 class _AdmitInsideTheStream(Codemod):
     target = ("_generate: the `try:` that opens the stream (`gs = await _maybe_await(engine.open_chat_stream(...) "
-              "if chat else engine.open_stream(...))`) before the SSE response")
+              "if chat else engine.open_stream(...))`) before the SSE response, and the busy pre-check "
+              "(`if reject_if_busy is not None:`) that answers before any admission")
+    expected_hits = 2
+
+    def leave_If(self, original, updated):
+        # A server that admits lazily inside the stream has no early busy answer either.
+        if self.inside("_generate") and code_of(original.test).strip() == "reject_if_busy is not None":
+            self.hit(None)
+            return cst.RemoveFromParent()
+        return updated
 
     def leave_Try(self, original, updated):
         if not self.inside("_generate"):
