@@ -33,7 +33,11 @@ MUTANTS: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
           "            return await self._complete(req)")]),
     "long-wait-admission": (
         "seed #495: fail_fast admission queues behind the slot with a 120 s wait instead of rejecting",
-        [("admission.py",
+        [("admission.py",  # the busy pre-check is part of fail-fast admission: the shape removes it too
+          '        if self.mode == "fail_fast" and (self.holder is not None or self._waiters):\n'
+          "            self._reject()\n",
+          ""),
+         ("admission.py",
           '        if self.mode == "fail_fast":\n            self._reject()\n',
           ""),
          ("admission.py",

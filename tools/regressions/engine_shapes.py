@@ -29,11 +29,23 @@ def _is_fail_fast_if(node: cst.CSTNode) -> bool:
             and " ".join(cst.Module(body=[]).code_for_node(node.test).split()) == 'self.mode == "fail_fast"')
 
 
+def _is_precheck_if(codemod: Codemod, node: cst.If) -> bool:
+    """The fail_fast busy pre-check (before tokenizing) is part of fail-fast admission: a shape that turns
+    admission into a wait queue removes it too, or the pre-check keeps rejecting and hides the shape."""
+    return codemod.inside("AdmissionController", "precheck") and " ".join(
+        cst.Module(body=[]).code_for_node(node.test).split()).startswith('self.mode == "fail_fast"')
+
+
 # -- 1. the 120 s wait_for admission gate (seed 000) -----------------------------------------------------
 class _FailFastBecomesWaitFor(Codemod):
-    target = 'AdmissionController.admit: `if self.mode == "fail_fast": self._reject()`'
+    target = ('AdmissionController.admit: `if self.mode == "fail_fast": self._reject()`; '
+              "AdmissionController.precheck: the fail_fast busy check")
+    expected_hits = 2
 
     def leave_If(self, original, updated):
+        if _is_precheck_if(self, original):
+            self.hit(None)
+            return cst.RemoveFromParent()
         if self.inside("AdmissionController", "admit") and _is_fail_fast_if(original):
             new = stmt(
                 'if self.mode == "fail_fast":\n'
@@ -200,9 +212,7 @@ class _UnboundedWait(Codemod):
         if self.inside("AdmissionController", "admit") and _is_fail_fast_if(original):
             self.hit(None)
             return cst.RemoveFromParent()
-        # The busy pre-check (before tokenizing) is part of fail-fast admission: a wait-queue admission has none.
-        if self.inside("AdmissionController", "precheck") and " ".join(
-                cst.Module(body=[]).code_for_node(original.test).split()).startswith('self.mode == "fail_fast"'):
+        if _is_precheck_if(self, original):
             self.hit(None)
             return cst.RemoveFromParent()
         return updated
