@@ -69,7 +69,7 @@ def test_custom_name_names_the_thread(workers):
 def test_start_twice_raises(workers):
     w = workers()
     w.start()
-    with pytest.raises(RuntimeError, match="already started"):
+    with pytest.raises(RuntimeError, match="^worker already started$"):
         w.start()
 
 
@@ -170,3 +170,13 @@ def test_stop_is_request_stop_plus_join(workers):
     w.start()
     assert w.stop(5) is True
     assert hooked == ["tripwire-mlx-worker"] and not w.is_alive()
+
+
+def test_stop_is_bounded_by_its_timeout_while_a_job_still_runs(workers):
+    w = workers()
+    w.start()
+    gate, release = _pin(w)
+    assert w.stop(0) is False and w.is_alive()  # did not wait for the pinned job
+    release.set()
+    assert gate.result(5) == "gate"
+    assert w.join(5) is True  # the stop requested above still ends the worker after the job
