@@ -71,3 +71,43 @@ async def test_a_closed_channel_still_delivers_buffered_tokens_before_end():
     ch.put(6)
     ch.close("stop")
     assert [await ch.get(), await ch.get(), await ch.get()] == [5, 6, END]
+
+
+class RecordingLoop(CountingLoop):
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.timers: list[asyncio.TimerHandle] = []
+
+    def call_later(self, *a):
+        h = self._loop.call_later(*a)
+        self.timers.append(h)
+        return h
+
+
+async def test_the_consumer_timer_is_cancelled_once_the_token_arrived():
+    loop = RecordingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop, min_wake_interval_s=3600)
+    getter = asyncio.create_task(ch.get())
+    await asyncio.sleep(0)
+    assert len(loop.timers) == 1 and not loop.timers[0].cancelled()
+    ch.put(1)  # first put: wakes the consumer
+    assert await asyncio.wait_for(getter, 5) == 1
+    assert loop.timers[0].cancelled()  # no stray hour-long timer per waited token
+
+
+async def test_a_put_exactly_one_interval_after_the_last_wakeup_wakes_again(monkeypatch):
+    import engine.channel as channel_mod
+
+    now = [50.0]
+    monkeypatch.setattr(channel_mod, "time", type("T", (), {"monotonic": staticmethod(lambda: now[0])}))
+    loop = CountingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop, min_wake_interval_s=0.5)
+    ch.put(1)
+    assert await ch.get() == 1
+    await asyncio.sleep(0)
+    now[0] = 50.25
+    ch.put(2)  # inside the interval: no wakeup of its own
+    assert loop.wakeups == 1 and await ch.get() == 2
+    now[0] = 50.5
+    ch.put(3)  # exactly one interval after the last wakeup: wakes
+    assert loop.wakeups == 2 and await ch.get() == 3
