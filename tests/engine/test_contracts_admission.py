@@ -286,3 +286,19 @@ async def test_wait_mode_woken_waiter_is_not_overtaken_by_an_arrival_in_the_same
         for t in (w, newcomer):
             t.cancel()
         await asyncio.gather(w, newcomer, return_exceptions=True)
+
+
+# -- precheck (fail_fast busy answer before any per-request work) -----------------------------------------
+def test_precheck_rejects_only_in_fail_fast_while_the_slot_is_held():
+    ctl = AdmissionController(clock=Clock(100.0))
+    ctl.precheck()  # free slot: nothing happens
+    assert ctl.busy_rejections == 0 and ctl.holder is None
+    ctl._take(Req("h", started=99.0, completion_tokens=0, max_tokens=30))
+    with pytest.raises(EngineBusy) as ei:
+        ctl.precheck()
+    assert ei.value.holder["request_id"] == "h" and ei.value.retry_after_s == 0.3
+    assert ctl.busy_rejections == 1 and ctl.admitted == 1
+    waiting = AdmissionController("wait", max_wait_s=1.0, clock=Clock())
+    waiting._take(Req("h"))
+    waiting.precheck()  # wait mode decides in admit(), never here
+    assert waiting.busy_rejections == 0
