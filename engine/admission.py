@@ -40,7 +40,7 @@ class AdmissionController:
         self.holder: SlotHolder | None = None
         self.busy_rejections = 0
         self.admitted = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._waiters: collections.deque[tuple[asyncio.Future, SlotHolder]] = collections.deque()
         self.seconds_per_token = 0.01  # refined from finished requests; only feeds Retry-After
 
     @property
@@ -54,23 +54,23 @@ class AdmissionController:
         if self.mode == "fail_fast":
             self._reject()
         deadline = self._clock() + self.max_wait_s
-        while True:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                self._reject()
-            wake = asyncio.get_running_loop().create_future()
-            self._waiters.append(wake)
-            try:
-                async with asyncio.timeout(remaining):  # bounded by max_wait_s <= 2 s, validated above
-                    await wake
-            except TimeoutError:
-                pass
-            finally:
-                if wake in self._waiters:
-                    self._waiters.remove(wake)
-            if self.holder is None:
-                self._take(req)
-                return
+        remaining = deadline - self._clock()
+        waiter = (asyncio.get_running_loop().create_future(), req)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(remaining):  # bounded by max_wait_s <= 2 s, validated above
+                await waiter[0]
+        except TimeoutError:
+            pass
+        except BaseException:
+            if self.holder is req:  # handed the slot, then cancelled before running: pass it on, never leak it
+                self.release(req)
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        if self.holder is not req:  # the deadline passed before release() handed the slot over
+            self._reject()
 
     def precheck(self) -> None:
         """fail_fast: reject a request at once when the slot is taken, before any per-request work (tokenizing,
@@ -87,8 +87,11 @@ class AdmissionController:
             self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (elapsed / req.completion_tokens)
         self.holder = None
         while self._waiters:
-            wake = self._waiters.popleft()
+            wake, nxt = self._waiters.popleft()
             if not wake.done():
+                # A direct handoff: an arrival scheduled in the same loop iteration cannot take the slot
+                # before the woken waiter runs (FIFO, no waiter sent back to the tail).
+                self._take(nxt)
                 wake.set_result(None)
                 break
 
@@ -104,7 +107,8 @@ class AdmissionController:
         if h is None:
             return 0.0
         remaining = max(0, h.max_tokens - h.completion_tokens)
-        return max(0.05, math.ceil(remaining * self.seconds_per_token * 100) / 100)
+        # round() first: 7 * 0.01 * 100 is 7.000000000000001 in floats, which ceil() would turn into 0.08.
+        return max(0.05, math.ceil(round(remaining * self.seconds_per_token * 100, 6)) / 100)
 
     def _take(self, req: SlotHolder) -> None:
         self.holder = req

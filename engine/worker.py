@@ -26,6 +26,11 @@ class MLXWorker:
         self._thread: threading.Thread | None = None
         self._on_exit = on_exit
         self.jobs_run = 0
+        # Makes "check not stopping + enqueue" atomic against request_stop(): no job is queued behind the stop
+        # marker, where it would never run and its future would never resolve.
+        self._submit_lock = threading.Lock()
+        self._stopping = False
+        self._stop_waiters: list[concurrent.futures.Future] = []  # later request_stop() callers
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -44,16 +49,24 @@ class MLXWorker:
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError(f"MLX worker {self.name!r} is not running")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((fut, fn, args))
+        with self._submit_lock:
+            if self._stopping:
+                raise RuntimeError(f"MLX worker {self.name!r} is stopping; no new work is accepted")
+            self._jobs.put((fut, fn, args))
         return fut
 
     def request_stop(self) -> concurrent.futures.Future:
         """Finish queued jobs, then run the exit hook on the worker; the future resolves when it has ended."""
         ended: concurrent.futures.Future = concurrent.futures.Future()
-        if self._thread is None or not self._thread.is_alive():
-            ended.set_result(None)
-        else:
-            self._jobs.put((_STOP, ended))
+        with self._submit_lock:
+            already = self._stopping
+            self._stopping = True
+            if self._thread is None or not self._thread.is_alive():
+                ended.set_result(None)
+            elif already:
+                self._stop_waiters.append(ended)
+            else:
+                self._jobs.put((_STOP, ended))
         return ended
 
     def join(self, timeout: float) -> bool:
@@ -90,5 +103,8 @@ class MLXWorker:
                     self._on_exit()
                 except Exception:
                     log.exception("MLX worker exit hook failed")
-            if ended is not None:
-                ended.set_result(None)
+            with self._submit_lock:
+                waiters = [ended, *self._stop_waiters] if ended is not None else list(self._stop_waiters)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)

@@ -180,3 +180,12 @@ def test_stop_is_bounded_by_its_timeout_while_a_job_still_runs(workers):
     release.set()
     assert gate.result(5) == "gate"
     assert w.join(5) is True  # the stop requested above still ends the worker after the job
+
+
+def test_submit_after_request_stop_raises_instead_of_queueing_a_job_that_never_runs():
+    w = MLXWorker(name="stopping-worker")
+    w.start()
+    ended = w.request_stop()
+    with pytest.raises(RuntimeError, match="stopping"):
+        w.submit(lambda: 1)
+    assert ended.result(5) is None and w.join(5)

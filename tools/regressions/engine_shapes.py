@@ -51,9 +51,8 @@ class _FailFastBecomesWaitFor(Codemod):
                 'if self.mode == "fail_fast":\n'
                 "    # Queue behind the current holder for up to 120 s instead of rejecting.\n"
                 "    wake = asyncio.get_running_loop().create_future()\n"
-                "    self._waiters.append(wake)\n"
-                "    await asyncio.wait_for(wake, timeout=120)\n"
-                "    self._take(req)\n"
+                "    self._waiters.append((wake, req))\n"
+                "    await asyncio.wait_for(wake, timeout=120)  # release() hands the slot over\n"
                 "    return\n")
             return self.hit(new.with_changes(leading_lines=updated.leading_lines))
         return updated
