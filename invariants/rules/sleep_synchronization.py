@@ -67,6 +67,7 @@ class SleepSynchronization(Rule):
                 continue
             v = const_value(arg)
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= limit:
+                ctx.note(call, f"{q}({v:g}) yields to the scheduler without waiting (<= {limit:g}s): allowed")
                 continue
             shown = f"{v:g}s" if isinstance(v, (int, float)) else "a computed delay"
             ctx.report(call, f"{q}({shown}) used to order events in a test: synchronize on an Event/Barrier/"

@@ -102,8 +102,10 @@ class UncheckedEventWait(Rule):
                 return d
             return d if (last not in other and self.name_re.search(last)) else None
 
+        discarded = set()  # Call nodes whose result is thrown away (reported below)
         for st in ctx.nodes(ast.Expr):
             v = st.value
+            discarded.add(id(v.value if isinstance(v, ast.Await) else v))
             if isinstance(v, ast.Await):
                 v = v.value
             if not isinstance(v, ast.Call):
@@ -128,3 +130,11 @@ class UncheckedEventWait(Rule):
                 if ev:
                     ctx.report(st, f"the bool returned by {ev}.wait(timeout) (via {last}) is discarded: on "
                                    f"timeout the test continues as if the event fired; assert it")
+        # Evidence for the report: every timed Event.wait whose bool the test does use (asserts, ifs, ...).
+        for call in ctx.nodes(ast.Call):
+            f = call.func
+            if (id(call) not in discarded and isinstance(f, ast.Attribute) and f.attr == "wait"
+                    and (call.args or any(k.arg == "timeout" for k in call.keywords))):
+                ev = is_event(f.value)
+                if ev:
+                    ctx.note(call, f"{ev}.wait(timeout): result used")
