@@ -270,6 +270,9 @@ class SimpleEngine:
     async def _admit(self, req: _Request) -> None:
         self._check_running()
         await self._admission.admit(req)  # raises EngineBusy; no slot is held on failure
+        if self._state != "running":  # wait mode: handed the slot while stop() was draining
+            self._admission.release(req)
+            raise EngineStopped(f"engine is {self._state}; not accepting requests")
         req.started = time.monotonic()
         self._active[req.id] = req
         self.totals["admitted"] += 1

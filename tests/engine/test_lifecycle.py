@@ -202,3 +202,25 @@ async def test_cancelling_stop_keeps_the_lock_until_the_worker_has_ended(make_en
     with pytest.raises(asyncio.CancelledError):
         await stopper
     assert not eng._worker.is_alive() and not eng._generation_lock.locked()
+
+
+async def test_a_waiter_handed_the_slot_during_stop_gets_engine_stopped(make_engine):
+    eng = make_engine("wait", max_wait_s=2.0)
+    await eng.start()
+    holder = asyncio.create_task(eng.generate("long", max_tokens=1500))
+    for _ in range(100_000):
+        if eng.status()["generation_lock"]["locked"]:
+            break
+        await asyncio.sleep(0)
+    waiter = asyncio.create_task(eng.generate("waiting", max_tokens=4))
+    for _ in range(1000):
+        if eng.status()["waiters"] == 1:
+            break
+        await asyncio.sleep(0)
+    assert eng.status()["waiters"] == 1
+    async with asyncio.timeout(15):
+        await eng.stop()  # aborts the holder, whose release hands the slot to the waiter
+    assert (await holder).finish_reason == "cancelled"
+    with pytest.raises(EngineStopped):
+        await waiter
+    assert eng.status()["slot_holder"] is None
