@@ -18,15 +18,15 @@ $(STAMP): pyproject.toml | $(VPY)
 setup: $(STAMP)
 
 report: $(STAMP)
-	$(VPY) -m tools.report
+	$(VPY) -m tripwire.tools.report
 
 # Generic mutation testing of engine/ (mutmut, bounded; not in CI): kill rate + survivors by file.
 mutation: $(STAMP)
 	$(VPY) -m pip install -q -e '.[mutation]'
-	$(VPY) -m tools.mutation
+	$(VPY) -m tripwire.tools.mutation
 
 test: $(STAMP)
-	$(VPY) -m tools.run_tests
+	$(VPY) -m tripwire.tools.run_tests
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -x

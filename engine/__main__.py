@@ -1,4 +1,4 @@
-"""``python -m engine serve``: run the OpenAI-compatible server (default: the embedded tiny model)."""
+"""``python -m tripwire.engine serve``: run the OpenAI-compatible server (default: the embedded tiny model)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def default_cache_dir() -> Path:
 
 
 def _memory(value: str) -> str:
-    from engine.server.preflight import resolve_memory_limit
+    from tripwire.engine.server.preflight import resolve_memory_limit
 
     try:
         resolve_memory_limit(value)
@@ -38,7 +38,7 @@ def _memory(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine", description="tripwire engine commands")
+    p = argparse.ArgumentParser(prog="python -m tripwire.engine", description="tripwire engine commands")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API",
                        description="Serve /v1/completions, /v1/chat/completions, /v1/models, /v1/status, /health.")
@@ -82,10 +82,10 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from engine import SimpleEngine
-    from engine.errors import EngineError
-    from engine.server import create_app
-    from engine.tiny_model import ensure_tiny_model
+    from tripwire.engine import SimpleEngine
+    from tripwire.engine.errors import EngineError
+    from tripwire.engine.server import create_app
+    from tripwire.engine.tiny_model import ensure_tiny_model
 
     model = args.model or str(ensure_tiny_model())
     try:

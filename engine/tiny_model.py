@@ -4,7 +4,7 @@ No hub, no network: the weights are seeded random numbers and the tokenizer is a
 byte-level BPE trained on `engine/data/corpus.txt`. Two builds produce byte-identical
 files, so a cached model is reproducible on any machine.
 
-    python -m engine.tiny_model [--size tiny|small] [--path DIR]   # prints the directory
+    python -m tripwire.engine.tiny_model [--size tiny|small] [--path DIR]   # prints the directory
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def param_count(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.tiny_model", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tripwire.engine.tiny_model", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--path", help="build into this directory (default: the user cache, or $TRIPWIRE_MODEL_DIR)")
     a = p.parse_args(argv)

@@ -1,3 +1,3 @@
-from .cli import main
+from tripwire.fuzz.cli import main
 
 raise SystemExit(main())

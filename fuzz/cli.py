@@ -1,4 +1,4 @@
-"""python -m fuzz list | run TARGET | replay FILE | shrink FILE"""
+"""python -m tripwire.fuzz list | run TARGET | replay FILE | shrink FILE"""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _run_one(args_tuple):
 def cmd_run(args) -> int:
     targets = core.load_targets()
     if args.target not in targets:
-        print(f"unknown target {args.target!r}; see `python -m fuzz list`", file=sys.stderr)
+        print(f"unknown target {args.target!r}; see `python -m tripwire.fuzz list`", file=sys.stderr)
         return 2
     if args.jobs > 1:
         # independent seeds per job, each in its own process (module-name swaps are per process)
@@ -117,7 +117,7 @@ def cmd_shrink(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tripwire.fuzz", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="targets with one-line descriptions")
     r = sub.add_parser("run", help="explore schedules of a target")

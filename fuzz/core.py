@@ -106,7 +106,7 @@ class Context:
         if self.variant:
             from .mutants import load_mutant
             return load_mutant(self.variant)
-        import engine
+        from tripwire import engine
         return engine
 
     @property
@@ -371,7 +371,7 @@ def replay_command(path: Path) -> str:
         rel = path.resolve().relative_to(ROOT)
     except ValueError:
         rel = path
-    return f"python -m fuzz replay {rel}"
+    return f"python -m tripwire.fuzz replay {rel}"
 
 
 # --------------------------------------------------------------------------- exploration

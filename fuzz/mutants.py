@@ -78,7 +78,7 @@ def build_mutant(name: str, dest: Path) -> Path:
     # absolute self-imports would load the real engine: rewrite them to the copy
     for f in pkg.rglob("*.py"):
         src = f.read_text()
-        new = re.sub(r"\b(from|import) engine(\.|\b)", lambda m: f"{m.group(1)} {pkg.name}{m.group(2)}", src)
+        new = re.sub(r"\b(from|import) (?:tripwire\.)?engine(\.|\b)", lambda m: f"{m.group(1)} {pkg.name}{m.group(2)}", src)
         if new != src:
             f.write_text(new)
     return pkg

@@ -40,7 +40,7 @@ class FuzzRunner:
         and a name prefix like 'writer-vs-cleanup-request' must not pick up '...-ordered' artifacts)."""
         import json
 
-        from fuzz import core
+        from tripwire.fuzz import core
         out = []
         for path in sorted(core.FAILURE_DIR.glob("*.json")):
             try:
@@ -52,7 +52,7 @@ class FuzzRunner:
         return out
 
     def __call__(self, target: str, budget: int, strategy: str = "random") -> None:
-        from fuzz import core
+        from tripwire.fuzz import core
         logging.disable(logging.CRITICAL)
         try:
             for path in self.saved_failures(target):

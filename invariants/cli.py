@@ -1,4 +1,4 @@
-"""`python -m invariants` / `tripwire`: check, rules, explain, report.
+"""`python -m tripwire.invariants` / `tripwire`: check, rules, explain, report.
 
 Exit status: 0 clean, 1 findings, 2 usage / configuration / internal error.
 """

@@ -34,7 +34,7 @@ class TripwireItem(pytest.Item):
         cfg = self.config
         res = getattr(cfg, _RESULT_KEY, None)
         if res is None:
-            from invariants.checker import run
+            from tripwire.invariants.checker import run
 
             tcfg, paths = cfg._tripwire_cfg
             res = run(tcfg, paths)
@@ -74,7 +74,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     if not config.getoption("--tripwire"):
         return
-    from invariants.config import ConfigError, load
+    from tripwire.invariants.config import ConfigError, load
 
     try:
         tcfg = load(config.getoption("--tripwire-config"), start=config.rootpath)

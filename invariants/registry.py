@@ -19,7 +19,7 @@ def all_rules() -> list:
         for fn in sorted(os.listdir(here)):
             if not fn.endswith(".py") or fn.startswith("_"):
                 continue
-            mod = importlib.import_module(f"invariants.rules.{fn[:-3]}")
+            mod = importlib.import_module(f"{__package__}.rules.{fn[:-3]}")
             for obj in vars(mod).values():
                 if isinstance(obj, type) and issubclass(obj, Rule) and obj.__module__ == mod.__name__ and obj.name:
                     found.append(obj)

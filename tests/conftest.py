@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from engine.tiny_model import ensure_tiny_model
+    from tripwire.engine.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model()
 

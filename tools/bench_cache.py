@@ -1,4 +1,4 @@
-"""`python -m tools.bench_cache`: SSD prefix cache benchmark on the small embedded model.
+"""`python -m tripwire.tools.bench_cache`: SSD prefix cache benchmark on the small embedded model.
 
 Prints: TTFT for a repeated ~1,000-token prompt cold vs with prefix reuse (target warm <= 0.15 x cold),
 block save throughput with the writer thread (blocks/s, MB/s), the p99 latency inline eviction adds to
@@ -36,7 +36,7 @@ async def _ttft(eng, prompt: str, rid: str) -> float:
 
 
 async def bench_ttft(model_path, cache_dir: str, repeats: int) -> dict:
-    from engine import SimpleEngine
+    from tripwire.engine import SimpleEngine
 
     base = open(os.path.join(os.path.dirname(__file__), "..", "engine", "data", "corpus.txt")).read()
     eng = SimpleEngine(model_path, cache_dir=cache_dir)
@@ -80,7 +80,7 @@ def _block(rng, layers=5, kv_heads=2, tokens=64, head_dim=32):
 
 
 def bench_save_throughput(root: str, n: int) -> dict:
-    from engine.cache.block_store import BlockStore
+    from tripwire.engine.cache.block_store import BlockStore
 
     rng = np.random.default_rng(0)
     blocks = [_block(rng) for _ in range(16)]
@@ -99,8 +99,8 @@ def bench_save_throughput(root: str, n: int) -> dict:
 
 
 def bench_eviction_latency(root: str, n: int) -> dict:
-    from engine.cache import safetensors_io as stio
-    from engine.cache.block_store import FORMAT, FORMAT_VERSION, BlockStore
+    from tripwire.engine.cache import safetensors_io as stio
+    from tripwire.engine.cache.block_store import FORMAT, FORMAT_VERSION, BlockStore
 
     rng = np.random.default_rng(1)
     blk = _block(rng)
@@ -130,8 +130,8 @@ def bench_eviction_latency(root: str, n: int) -> dict:
 
 
 def bench_restart(root: str, n: int) -> dict:
-    from engine.cache import safetensors_io as stio
-    from engine.cache.block_store import FORMAT, FORMAT_VERSION, BlockStore
+    from tripwire.engine.cache import safetensors_io as stio
+    from tripwire.engine.cache.block_store import FORMAT, FORMAT_VERSION, BlockStore
 
     s = BlockStore(root, "bench", max_bytes=1 << 40, min_free_bytes=0, start_writer=False)
     rng = np.random.default_rng(2)
@@ -153,14 +153,14 @@ def bench_restart(root: str, n: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_cache", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.bench_cache", description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--save-blocks", type=int, default=500)
     ap.add_argument("--evict-saves", type=int, default=400)
     ap.add_argument("--restart-blocks", type=int, default=10_000)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    from engine.tiny_model import ensure_tiny_model
+    from tripwire.engine.tiny_model import ensure_tiny_model
 
     model = ensure_tiny_model(size="small")
     out = {}

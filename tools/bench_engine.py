@@ -1,6 +1,6 @@
 """Engine benchmark: what the serialization, admission and drain machinery cost, measured in one run.
 
-    python -m tools.bench_engine [--size tiny|small] [--tokens 128] [--rounds 5]
+    python -m tripwire.tools.bench_engine [--size tiny|small] [--tokens 128] [--rounds 5]
 
 Prints decode tok/s through SimpleEngine.stream_generate and through plain mlx_lm.stream_generate on the
 same model (their ratio; target >= 0.97), the MLX entry guard's cost per entry, the time from
@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 
-from engine import EngineBusy, MLXEntryGuard, SimpleEngine, ensure_tiny_model
+from tripwire.engine import EngineBusy, MLXEntryGuard, SimpleEngine, ensure_tiny_model
 
 PROMPT = "Tell me a short story about a lighthouse keeper who counts the waves at night."
 
@@ -133,7 +133,7 @@ async def run(size: str, tokens: int, rounds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_engine", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.bench_engine", description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=["tiny", "small"], default="tiny")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=5)

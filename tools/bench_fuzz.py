@@ -1,4 +1,4 @@
-"""Benchmark of the deterministic fuzzer: `python -m tools.bench_fuzz [--quick] [--targets a,b]`.
+"""Benchmark of the deterministic fuzzer: `python -m tripwire.tools.bench_fuzz [--quick] [--targets a,b]`.
 
 For each target and each of its bad-shape variants: seeds found / 20 (random, <= 200 schedules each),
 median and max schedules to find, max wall time to find, schedules/s, bounded:2 (runs to find, minimal
@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 
-from fuzz import core
+from tripwire.fuzz import core
 
 
 def bench_variant(tgt, variant, seeds, budget, plain_runs):
@@ -45,7 +45,7 @@ def bench_correct(tgt, random_budget, bounded_budget):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_fuzz", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.bench_fuzz", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="5 seeds, 200 correct schedules, 100 plain runs")
     ap.add_argument("--targets", default=None)
     ap.add_argument("--seeds", type=int, default=20)

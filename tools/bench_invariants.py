@@ -1,11 +1,11 @@
 """Benchmark the static checker (not a test).
 
-    python -m tools.bench_invariants [PATHS...] [--repeat N] [--jobs N]
+    python -m tripwire.tools.bench_invariants [PATHS...] [--repeat N] [--jobs N]
 
 Default corpus: the installed `mlx_lm` package plus the stdlib `asyncio` package (~73k lines). Prints files,
 lines, the wall time of a bare `ast.parse` of the same files, a cold run (empty cache), a warm run (cache
 filled), a 5-file run (what pre-commit does on a small change) both in-process and as a fresh
-`python -m invariants` process, lines/s, and the ratio to the bare parse. Uses the full default rule set.
+`python -m tripwire.invariants` process, lines/s, and the ratio to the bare parse. Uses the full default rule set.
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ def _best(fn, repeat: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench_invariants")
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.bench_invariants")
     ap.add_argument("paths", nargs="*")
     ap.add_argument("--repeat", type=int, default=3, help="best of N for each measurement")
     ap.add_argument("--jobs", type=int, default=None, help="pass --jobs to the checker (default: auto)")
     args = ap.parse_args(argv)
 
-    from invariants.checker import run
-    from invariants.config import from_table
+    from tripwire.invariants.checker import run
+    from tripwire.invariants.config import from_table
 
     paths = [os.path.abspath(p) for p in (args.paths or default_corpus())]
     files = _files(paths)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         (root / "pyproject.toml").write_text("[tool.tripwire]\n")
 
         def proc(extra: list[str], target: list[str]):
-            subprocess.run([sys.executable, "-m", "invariants", "check", "-q", *extra, *target], cwd=root,
+            subprocess.run([sys.executable, "-m", "tripwire.invariants", "check", "-q", *extra, *target], cwd=root,
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
         t_proc_cold = _best(lambda: proc(["--no-cache"], paths), args.repeat)

@@ -1,4 +1,4 @@
-"""Regression injection: `python -m tools.inject list | show NAME | prove [NAME ...] [--jobs N] [--json FILE]`.
+"""Regression injection: `python -m tripwire.tools.inject list | show NAME | prove [NAME ...] [--jobs N] [--json FILE]`.
 
 `prove` copies the project to a temp dir per regression, applies its codemod, runs the detectors expected to
 catch it and prints which fired (with timings). Exit 1 if any regression survives, or if a codemod no longer
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools.regressions import NotApplicable, catalogue, get
-from tools.regressions.prove import ROOT, ProofResult, exit_code, prove
+from tripwire.tools.regressions import NotApplicable, catalogue, get
+from tripwire.tools.regressions.prove import ROOT, ProofResult, exit_code, prove
 
 MARK = {"fired": "✔", "silent": "·", "unavailable": "?", "error": "!"}
 
@@ -90,7 +90,7 @@ def cmd_prove(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.inject", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.inject", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the catalogue: name, invariants, expected detectors")

@@ -1,8 +1,8 @@
 """The invariants this project guards: what each protects, where it comes from, and every detector pinning it.
 
 One entry per invariant id (TW-*). Static rules (invariants/rules), pytest node ids (a file path pins every
-test in it), fuzz targets (`python -m fuzz list`) and the regression shapes proving the detectors work
-(`tools/regressions`, derived from the catalogue by invariant id). The report (`python -m tools.report`)
+test in it), fuzz targets (`python -m tripwire.fuzz list`) and the regression shapes proving the detectors work
+(`tools/regressions`, derived from the catalogue by invariant id). The report (`python -m tripwire.tools.report`)
 renders this registry with live evidence; `tests/tools/test_invariant_registry.py` keeps it consistent.
 """
 
@@ -37,7 +37,7 @@ class Invariant:
     fuzz: tuple[str, ...] = ()
 
     def regressions(self) -> list:
-        from tools.regressions import catalogue
+        from tripwire.tools.regressions import catalogue
 
         return [r for r in catalogue() if self.id in r.invariants]
 

@@ -1,6 +1,6 @@
 """Load generator for the tripwire HTTP server (a measuring script, not a test).
 
-    python -m tools.load --url http://127.0.0.1:8000 --clients 32 --seconds 20 [--stream] [--disconnect-rate 0.2]
+    python -m tripwire.tools.load --url http://127.0.0.1:8000 --clients 32 --seconds 20 [--stream] [--disconnect-rate 0.2]
 
 Each client loops until the deadline: one chat completion at a time, retried at once after a 503 (maximum
 admission pressure; pass --honor-retry-after to back off instead). With --disconnect-rate p, a fraction p of
@@ -183,7 +183,7 @@ def print_report(rep: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.load", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tripwire.tools.load", description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20.0)

@@ -4,7 +4,7 @@ Runs in a temp copy of the project (mutmut rewrites sources; the shared working 
 mutmut's fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
 Prints the kill rate and the surviving mutants by file; writes reports/mutation.{json,md}.
 
-    python -m tools.mutation [--modules engine/admission.py ...] [--tests tests/engine] [--minutes 25] [--jobs 2]
+    python -m tripwire.tools.mutation [--modules engine/admission.py ...] [--tests tests/engine] [--minutes 25] [--jobs 2]
 
 Default modules are the engine's concurrency core that the tiny-model tests exercise quickly; pass
 `--modules all` for every engine module (hours on 2 cores).
@@ -49,7 +49,7 @@ def _module_of(mutant: str) -> str:
 
 
 def run(modules: list[str], tests: list[str], minutes: float, jobs: int, out: Path) -> dict:
-    from tools.regressions.prove import copy_project
+    from tripwire.tools.regressions.prove import copy_project
 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tripwire-mutation-") as tmp:
@@ -143,7 +143,7 @@ def markdown(s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.mutation", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.mutation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES))
     ap.add_argument("--tests", nargs="+", default=["tests/engine"])

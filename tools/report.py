@@ -5,7 +5,7 @@ the checker's evidence; the regressions that prove its detectors fire (injected 
 the fuzz targets guarding it (schedules run, failures found on the real engine); the tests pinning it.
 Summary on top. Exit 1 if an invariant is violated or a regression survives (or a codemod no longer applies).
 
-    python -m tools.report [--jobs N] [--fuzz-budget N] [--fresh-proofs] [--out reports]
+    python -m tripwire.tools.report [--jobs N] [--fuzz-budget N] [--fresh-proofs] [--out reports]
 
 Content is deterministic across runs on an unchanged tree (timings aside). Detectors that do not exist yet are
 reported as "unavailable", never crash the report.
@@ -39,7 +39,7 @@ def log(msg: str) -> None:
 
 def tree_hash(root: Path = ROOT) -> str:
     """Content hash of everything a proof copies: reused proofs are valid only for the same tree."""
-    from tools.regressions.prove import COPY_ITEMS
+    from tripwire.tools.regressions.prove import COPY_ITEMS
 
     h = hashlib.sha256()
     for item in COPY_ITEMS:
@@ -65,7 +65,7 @@ def _git_commit() -> str:
 # -- 1. static checker ----------------------------------------------------------------------------------
 def run_static(out_dir: Path) -> dict[str, Any]:
     try:
-        from invariants.report import build_report, public, write_reports
+        from tripwire.invariants.report import build_report, public, write_reports
     except Exception as exc:
         return {"available": False, "error": f"static checker unavailable: {type(exc).__name__}: {exc}", "rules": {}}
     t0 = time.monotonic()
@@ -97,9 +97,9 @@ def run_static(out_dir: Path) -> dict[str, Any]:
 
 # -- 2. injection proofs --------------------------------------------------------------------------------
 def load_or_run_proofs(out_dir: Path, jobs: int, fresh: bool) -> tuple[list[dict], float, bool]:
-    from tools.inject import print_result
-    from tools.regressions import catalogue
-    from tools.regressions.prove import prove
+    from tripwire.tools.inject import print_result
+    from tripwire.tools.regressions import catalogue
+    from tripwire.tools.regressions.prove import prove
 
     cache = out_dir / "proofs.json"
     current = tree_hash()
@@ -130,16 +130,16 @@ def save_proofs(results: list, wall: float, path: Path, tree: str | None = None)
 def _fuzz_targets() -> tuple[set[str] | None, str]:
     if not (ROOT / "fuzz" / "__main__.py").exists():
         return None, "fuzz CLI unavailable (fuzz/__main__.py missing)"
-    p = subprocess.run([PY, "-m", "fuzz", "list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([PY, "-m", "tripwire.fuzz", "list"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
-        return None, f"`python -m fuzz list` failed: {(p.stderr or p.stdout).strip()[-300:]}"
+        return None, f"`python -m tripwire.fuzz list` failed: {(p.stderr or p.stdout).strip()[-300:]}"
     return {m.group(1) for m in re.finditer(r"^\s*([a-z0-9][a-z0-9-]+)\b", p.stdout, re.M)}, ""
 
 
 def run_fuzz_target(target: str, budget: int) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
-        p = subprocess.run([PY, "-m", "fuzz", "run", target, "--budget", str(budget), "--seed", str(FUZZ_SEED)],
+        p = subprocess.run([PY, "-m", "tripwire.fuzz", "run", target, "--budget", str(budget), "--seed", str(FUZZ_SEED)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
         return {"target": target, "status": "error", "schedules": 0, "failures": 0, "detail": "timed out",
@@ -171,7 +171,7 @@ def run_fuzz(targets: list[str], budget: int) -> dict[str, dict]:
             out[t] = {"target": t, "status": "unavailable", "schedules": 0, "failures": 0, "detail": err, "seconds": 0}
         elif t not in available:
             out[t] = {"target": t, "status": "unavailable", "schedules": 0, "failures": 0,
-                      "detail": "no such target in `python -m fuzz list` (not built yet)", "seconds": 0}
+                      "detail": "no such target in `python -m tripwire.fuzz list` (not built yet)", "seconds": 0}
         else:
             todo.append(t)
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -198,8 +198,8 @@ def collect_counts() -> dict[str, Any]:
 
 def run_pinned(nodes: list[str], with_coverage: bool) -> tuple[dict[str, dict], dict[str, Any] | None]:
     """Run the pinned node ids once (junit), optionally under coverage of engine/."""
-    from tools.invariant_registry import node_exists
-    from tools.regressions.prove import case_outcome, cases_for, junit_cases
+    from tripwire.tools.invariant_registry import node_exists
+    from tripwire.tools.regressions.prove import case_outcome, cases_for, junit_cases
 
     status: dict[str, dict] = {}
     present = [n for n in nodes if node_exists(ROOT, n)]
@@ -263,7 +263,7 @@ STATIC_WORST = ("violated", "suppressed", "holds", "not-applicable", "unavailabl
 
 def assemble(static: dict, proofs: list[dict], fuzz: dict[str, dict], tests: dict[str, dict],
              counts: dict, cov: dict | None) -> dict[str, Any]:
-    from tools.invariant_registry import INVARIANTS
+    from tripwire.tools.invariant_registry import INVARIANTS
 
     by_name = {p["name"]: p for p in proofs}
     invs = []
@@ -319,7 +319,7 @@ def assemble(static: dict, proofs: list[dict], fuzz: dict[str, dict], tests: dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1))
@@ -328,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from tools.invariant_registry import INVARIANTS
-    from tools.report_html import render_html, render_markdown
+    from tripwire.tools.invariant_registry import INVARIANTS
+    from tripwire.tools.report_html import render_html, render_markdown
 
     t_all = time.monotonic()
     timings: dict[str, float] = {}
 
-    log("[1/5] static checker (python -m invariants report) …")
+    log("[1/5] static checker (python -m tripwire.invariants report) …")
     t0 = time.monotonic()
     static = run_static(out)
     timings["static"] = round(time.monotonic() - t0, 2)

@@ -133,7 +133,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                           if d["status"] == "fired") or "—"
         out.append(f"| `{p['name']}` | {', '.join(p['invariants'])} | {MARK.get(p['status'], '')} {p['status']} "
                    f"| {fired} |")
-    out += ["", "Diffs: `python -m tools.inject show NAME`. Re-run one proof: `python -m tools.inject prove NAME`.", ""]
+    out += ["", "Diffs: `python -m tripwire.tools.inject show NAME`. Re-run one proof: `python -m tripwire.tools.inject prove NAME`.", ""]
     return "\n".join(out)
 
 
@@ -272,6 +272,6 @@ def render_html(data: dict[str, Any]) -> str:
                           if d["status"] == "fired") or "—"
         h.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(', '.join(p['invariants']))}</td>"
                  f"<td>{_st(p['status'])}</td><td>{e(fired)}</td><td>{p.get('seconds', 0):.1f}s</td></tr>")
-    h.append("</table><p class=muted>Diffs: <code>python -m tools.inject show NAME</code>; one proof: "
-             "<code>python -m tools.inject prove NAME</code>.</p></main></body></html>")
+    h.append("</table><p class=muted>Diffs: <code>python -m tripwire.tools.inject show NAME</code>; one proof: "
+             "<code>python -m tripwire.tools.inject prove NAME</code>.</p></main></body></html>")
     return "\n".join(h) + "\n"

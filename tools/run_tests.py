@@ -1,6 +1,6 @@
 """`make test`: the whole suite under coverage (branch + thread), then the engine's coverage total.
 
-Extra arguments are passed to pytest: `python -m tools.run_tests -k admission`.
+Extra arguments are passed to pytest: `python -m tripwire.tools.run_tests -k admission`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""OpenAI-compatible HTTP server over SimpleEngine (issue 3). See ``create_app`` and ``python -m engine serve``."""
+"""OpenAI-compatible HTTP server over SimpleEngine (issue 3). See ``create_app`` and ``python -m tripwire.engine serve``."""
 
-from engine.server.app import create_app
+from tripwire.engine.server.app import create_app
 
 __all__ = ["create_app"]

@@ -26,15 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
-from engine.server.preflight import (DEFAULT_PREFILL_CHUNK, ModelMemoryShape, PrefillMemoryExceeded,
+from tripwire.engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
+from tripwire.engine.server.preflight import (DEFAULT_PREFILL_CHUNK, ModelMemoryShape, PrefillMemoryExceeded,
                                      check_prefill_memory, estimate_prefill_peak_bytes, resolve_memory_limit)
-from engine.server.reqlog import RequestLog, RequestLogMiddleware
-from engine.server.schemas import (DEFAULT_MAX_BODY_BYTES, AssistantMessage, ChatChoice, ChatCompletion,
+from tripwire.engine.server.reqlog import RequestLog, RequestLogMiddleware
+from tripwire.engine.server.schemas import (DEFAULT_MAX_BODY_BYTES, AssistantMessage, ChatChoice, ChatCompletion,
                                    ChatCompletionRequest, Completion, CompletionChoice, CompletionRequest,
                                    ErrorResponse, Health, ModelCard, ModelList, Usage, read_json_object,
                                    validate_request)
-from engine.server.sse import (DONE, EngineSSEResponse, chat_chunk, completion_chunk, run_unless_disconnected,
+from tripwire.engine.server.sse import (DONE, EngineSSEResponse, chat_chunk, completion_chunk, run_unless_disconnected,
                                sse_event)
 
 log = logging.getLogger("tripwire.server")

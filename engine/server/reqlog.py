@@ -16,8 +16,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.ids import new_request_id
-from engine.server.errors import ApiError, error_response
+from tripwire.engine.ids import new_request_id
+from tripwire.engine.server.errors import ApiError, error_response
 
 log = logging.getLogger("tripwire.server")
 access_log = logging.getLogger("tripwire.server.access")

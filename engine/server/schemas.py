@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from engine.server.errors import ApiError
+from tripwire.engine.server.errors import ApiError
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB
 

@@ -1,10 +1,10 @@
 """Regression shapes of the catalogue (tools/regressions) as fuzz variants.
 
 A shape variant is the catalogue's OWN codemod applied in memory to the current source (never the real
-files), so the variant a fuzz test finds is byte-for-byte the shape `python -m tools.inject prove` injects;
+files), so the variant a fuzz test finds is byte-for-byte the shape `python -m tripwire.tools.inject prove` injects;
 a codemod whose target is gone raises NotApplicable instead of silently fuzzing the correct code.
 
-- `shape_module(shape, "engine.cache.snapshot_store")`: that one module rewritten, loaded as a sibling
+- `shape_module(shape, "tripwire.engine.cache.snapshot_store")`: that one module rewritten, loaded as a sibling
   module of the same package (relative imports resolve to the real package), once per process.
 - `shape_engine(shape)`: a temp copy of the engine package with the shape's edits, importable as
   `fuzzshape_<name>` (like fuzz.mutants), for targets that build a whole SimpleEngine.
@@ -27,7 +27,7 @@ _tmp_root: Path | None = None
 
 
 def _changes(shape: str) -> dict[str, str]:
-    from tools.regressions import get  # libcst: only imported when a shape variant is requested
+    from tripwire.tools.regressions import get  # libcst: only imported when a shape variant is requested
 
     return {ch.path: ch.after for ch in get(shape).transform(ROOT)}
 
@@ -37,7 +37,7 @@ def shape_module(shape: str, modname: str):
     key = (shape, modname)
     if key in _modules:
         return _modules[key]
-    rel = modname.replace(".", "/") + ".py"
+    rel = modname.removeprefix("tripwire.").replace(".", "/") + ".py"
     changes = _changes(shape)
     if rel not in changes:
         raise RuntimeError(f"regression shape {shape!r} does not edit {rel} (it edits {sorted(changes)})")
@@ -78,7 +78,7 @@ def shape_engine(shape: str):
         (pkg / rel[len("engine/"):]).write_text(after, encoding="utf-8")
     for f in pkg.rglob("*.py"):  # absolute self-imports would load the real engine
         src = f.read_text(encoding="utf-8")
-        new = re.sub(r"\b(from|import) engine(\.|\b)", lambda m: f"{m.group(1)} {pkg.name}{m.group(2)}", src)
+        new = re.sub(r"\b(from|import) (?:tripwire\.)?engine(\.|\b)", lambda m: f"{m.group(1)} {pkg.name}{m.group(2)}", src)
         if new != src:
             f.write_text(new, encoding="utf-8")
     mod = importlib.import_module(pkg.name)
@@ -90,5 +90,5 @@ def shape_engine(shape: str):
 
 def describe(*shapes: str) -> dict[str, str]:
     """Variant descriptions for @target(variants=...) without importing the catalogue at registration."""
-    return {s: f"regression shape {s} (tools/regressions codemod; `python -m tools.inject show {s}`)"
+    return {s: f"regression shape {s} (tools/regressions codemod; `python -m tripwire.tools.inject show {s}`)"
             for s in shapes}

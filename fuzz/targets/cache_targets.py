@@ -20,8 +20,8 @@ from ..core import Context, target
 from ._shapes import describe, shape_module
 
 
-SNAP = "engine.cache.snapshot_store"
-BLOCK = "engine.cache.block_store"
+SNAP = "tripwire.engine.cache.snapshot_store"
+BLOCK = "tripwire.engine.cache.block_store"
 # regression shapes of tools/regressions/cache_shapes.py, fuzzed through the catalogue's own codemod
 SHAPE_MODULE = {
     "cache-cleanup-all-skips-barrier": SNAP,
@@ -34,7 +34,7 @@ NO_RECHECK = {"no-recheck": "writer takes _writer_busy after queue.get() without
 
 
 def _modules(ctx: Context):
-    from engine.cache import block_store, safetensors_io, snapshot_store
+    from tripwire.engine.cache import block_store, safetensors_io, snapshot_store
 
     mods = {SNAP: snapshot_store, BLOCK: block_store}
     if ctx.variant in SHAPE_MODULE:
@@ -306,7 +306,7 @@ async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
 async def eviction_under_saturation(ctx: Context) -> None:
     _ss, bs = _modules(ctx)
     root = _tmpdir(ctx)
-    from engine.cache import safetensors_io as stio
+    from tripwire.engine.cache import safetensors_io as stio
 
     size = stio.serialized_size(_tensors(0), dict(format=bs.FORMAT, version=bs.FORMAT_VERSION, model="fz",
                                                   hash="0" * 32))

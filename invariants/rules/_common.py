@@ -6,7 +6,7 @@ import ast
 import fnmatch
 from typing import Any, Callable
 
-from invariants.core import FileContext, const_value, dotted, iter_calls_shallow, walk_body
+from tripwire.invariants.core import FileContext, const_value, dotted, iter_calls_shallow, walk_body
 
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log", "fatal",
                "print_exc", "print_exception", "print_stack", "format_exc"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ast
 
-from invariants.core import const_value, dotted, walk_body
-from invariants.lockflow import flow
+from tripwire.invariants.core import const_value, dotted, walk_body
+from tripwire.invariants.lockflow import flow
 
 from ._common import match_any
 

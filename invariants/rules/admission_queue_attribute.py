@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Option, Rule
+from tripwire.invariants.core import Option, Rule
 
 from ._common import match_any
 

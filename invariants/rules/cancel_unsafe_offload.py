@@ -1,8 +1,8 @@
 import ast
 import re
 
-from invariants.core import Option, Rule, dotted
-from invariants.lockflow import class_locks, flow, module_locks
+from tripwire.invariants.core import Option, Rule, dotted
+from tripwire.invariants.lockflow import class_locks, flow, module_locks
 
 from ._common import enclosing_class_map, is_cancel_handler
 

@@ -1,4 +1,4 @@
-from invariants.core import Option, Rule, dotted
+from tripwire.invariants.core import Option, Rule, dotted
 
 from ._common import match_any
 from ._store import acquire_is_nonblocking, file_removers, is_remove_call, method_flow, store_classes

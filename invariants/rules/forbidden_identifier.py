@@ -2,7 +2,7 @@ import ast
 import fnmatch
 import re
 
-from invariants.core import Option, Rule
+from tripwire.invariants.core import Option, Rule
 
 
 class ForbiddenIdentifier(Rule):
@@ -36,7 +36,7 @@ class ForbiddenIdentifier(Rule):
             pass
         """,
         """
-        from engine.routes import TextModelDirectRunner as Runner
+        from tripwire.engine.routes import TextModelDirectRunner as Runner
 
         def use(engine):
             return engine._serialized_textmodel_direct()

@@ -1,4 +1,4 @@
-from invariants.core import Rule
+from tripwire.invariants.core import Rule
 
 
 class InvalidSuppression(Rule):

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Option, Rule, const_value
+from tripwire.invariants.core import Option, Rule, const_value
 
 from ._common import module_env
 

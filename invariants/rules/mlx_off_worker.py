@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Option, Rule, Sample, iter_calls_shallow, walk_body
+from tripwire.invariants.core import Option, Rule, Sample, iter_calls_shallow, walk_body
 
 from ._common import match_any
 

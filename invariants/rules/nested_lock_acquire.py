@@ -1,7 +1,7 @@
 import ast
 
-from invariants.core import Rule
-from invariants.lockflow import class_locks, flow, module_locks
+from tripwire.invariants.core import Rule
+from tripwire.invariants.lockflow import class_locks, flow, module_locks
 
 # a call passed to one of these runs later / elsewhere, not inside the caller's critical section
 _DEFERRING = {"create_task", "ensure_future", "run_coroutine_threadsafe", "to_thread", "run_in_executor",

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Option, Rule, walk_body
+from tripwire.invariants.core import Option, Rule, walk_body
 
 from ._common import calls_logging, handler_kinds, is_cancel_handler
 

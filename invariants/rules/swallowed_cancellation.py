@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Rule, dotted, walk_body
+from tripwire.invariants.core import Rule, dotted, walk_body
 
 from ._common import LOG_METHODS, handler_kinds
 

@@ -1,4 +1,4 @@
-from invariants.core import Option, Rule
+from tripwire.invariants.core import Option, Rule
 
 from ._common import match_any
 from ._store import method_flow, store_classes

@@ -1,7 +1,7 @@
 import ast
 import re
 
-from invariants.core import Option, Rule, dotted
+from tripwire.invariants.core import Option, Rule, dotted
 
 _EVENT_FACTORIES = ("threading.Event", "multiprocessing.Event", "threading.Condition", "multiprocessing.Condition")
 

@@ -2,7 +2,7 @@ import ast
 import fnmatch
 import re
 
-from invariants.core import Option, Rule, dotted
+from tripwire.invariants.core import Option, Rule, dotted
 
 
 class UndocumentedLock(Rule):

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Rule, dotted
+from tripwire.invariants.core import Rule, dotted
 
 
 class UnkeptTask(Rule):

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Option, Rule, dotted, walk_body
+from tripwire.invariants.core import Option, Rule, dotted, walk_body
 
 from ._common import match_any
 from ._store import method_flow, reachable, store_classes

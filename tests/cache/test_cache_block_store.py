@@ -14,9 +14,9 @@ import pytest
 import safetensors.numpy as st_np
 
 from cache_helpers import OsProxy, block, h
-from engine.cache import block_store as bs_mod
-from engine.cache import safetensors_io as stio
-from engine.cache.block_store import BlockStore, _WriteItem
+from tripwire.engine.cache import block_store as bs_mod
+from tripwire.engine.cache import safetensors_io as stio
+from tripwire.engine.cache.block_store import BlockStore, _WriteItem
 
 SIG = "sig-test"
 

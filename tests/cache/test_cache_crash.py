@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cache_helpers import block, h
-from engine.cache.block_store import BlockStore
+from tripwire.engine.cache.block_store import BlockStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,8 +21,8 @@ CHILD = textwrap.dedent(r"""
     import os, sys, threading
     sys.path.insert(0, sys.argv[2]); sys.path.insert(0, sys.argv[3])
     from cache_helpers import block, h
-    from engine.cache import safetensors_io as stio
-    from engine.cache.block_store import BlockStore
+    from tripwire.engine.cache import safetensors_io as stio
+    from tripwire.engine.cache.block_store import BlockStore
 
     s = BlockStore(sys.argv[1], "crash-sig", min_free_bytes=0)
     for i in range(3):

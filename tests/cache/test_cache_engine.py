@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine import SimpleEngine
+from tripwire.engine import SimpleEngine
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from engine.cache import PrefixCache, block_hashes, model_signature, prefill_with_cache
+from tripwire.engine.cache import PrefixCache, block_hashes, model_signature, prefill_with_cache
 
 BS = 16
 

@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from cache_helpers import block
-from engine.cache import safetensors_io as stio
-from engine.cache import snapshot_store as ss_mod
-from engine.cache.snapshot_store import InvalidRequestId, SnapshotStore
+from tripwire.engine.cache import safetensors_io as stio
+from tripwire.engine.cache import snapshot_store as ss_mod
+from tripwire.engine.cache.snapshot_store import InvalidRequestId, SnapshotStore
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from engine import SimpleEngine
-from engine.backend import MlxLmBackend
+from tripwire.engine import SimpleEngine
+from tripwire.engine.backend import MlxLmBackend
 
 
 class SpyBackend(MlxLmBackend):
@@ -77,7 +77,7 @@ def make_engine(tiny_model_path):
     made: list[SimpleEngine] = []
 
     def make(admission="fail_fast", spy=False, **kw):
-        from engine.guard import MLXEntryGuard
+        from tripwire.engine.guard import MLXEntryGuard
 
         guard = MLXEntryGuard(enabled=True)
         backend = SpyBackend(tiny_model_path, guard) if spy else None

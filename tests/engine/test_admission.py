@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from engine import EngineBusy
-from engine.admission import AdmissionController
+from tripwire.engine import EngineBusy
+from tripwire.engine.admission import AdmissionController
 
 pytestmark = pytest.mark.anyio
 
@@ -104,7 +104,7 @@ async def test_wait_mode_admits_the_waiter_when_the_slot_frees(make_engine):
 
 
 def test_admission_config_is_validated():
-    from engine import InvalidRequest
+    from tripwire.engine import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="unknown admission mode"):
         AdmissionController("queue")
@@ -146,7 +146,7 @@ async def test_a_busy_engine_rejects_before_tokenizing(make_engine):
         with pytest.raises(EngineBusy):
             eng.reject_if_busy()
         assert backend.encodes == before and eng.status()["busy_rejections"] == 3
-        from engine import InvalidRequest
+        from tripwire.engine import InvalidRequest
         with pytest.raises(InvalidRequest):  # structural validation still comes first: a bad request is a 400
             await eng.chat([{"role": "robot", "content": "x"}], max_tokens=4)
         backend.release.set()

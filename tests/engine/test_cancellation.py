@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from engine import EngineBusy
+from tripwire.engine import EngineBusy
 
 pytestmark = pytest.mark.anyio
 
@@ -120,7 +120,7 @@ async def test_worker_error_while_draining_is_logged_with_the_request_id(make_en
         await _wait_thread_event(backend.pinned)
         task.cancel()
         backend.release.set()
-        with caplog.at_level(logging.ERROR, logger="engine.simple"), pytest.raises(asyncio.CancelledError):
+        with caplog.at_level(logging.ERROR, logger="tripwire.engine.simple"), pytest.raises(asyncio.CancelledError):
             await task
         errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
         assert any("doomed-1" in r.getMessage() and r.exc_info for r in errors), caplog.text

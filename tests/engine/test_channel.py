@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from engine.channel import END, TokenChannel
+from tripwire.engine.channel import END, TokenChannel
 
 pytestmark = pytest.mark.anyio
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import pytest
 
-import engine.admission as admission_mod
-from engine import EngineBusy, InvalidRequest
-from engine.admission import AdmissionController
+import tripwire.engine.admission as admission_mod
+from tripwire.engine import EngineBusy, InvalidRequest
+from tripwire.engine.admission import AdmissionController
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from engine.channel import END, TokenChannel
+from tripwire.engine.channel import END, TokenChannel
 
 pytestmark = pytest.mark.anyio
 
@@ -96,8 +96,7 @@ async def test_the_consumer_timer_is_cancelled_once_the_token_arrived():
 
 
 async def test_a_put_exactly_one_interval_after_the_last_wakeup_wakes_again(monkeypatch):
-    import engine.channel as channel_mod
-
+    import tripwire.engine.channel as channel_mod
     now = [50.0]
     monkeypatch.setattr(channel_mod, "time", type("T", (), {"monotonic": staticmethod(lambda: now[0])}))
     loop = CountingLoop(asyncio.get_running_loop())

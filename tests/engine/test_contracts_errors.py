@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import (ConcurrentMLXEntry, ContextLengthExceeded, EngineBusy, EngineError, EngineStopped,
+from tripwire.engine import (ConcurrentMLXEntry, ContextLengthExceeded, EngineBusy, EngineError, EngineStopped,
                     InvalidRequest, ModelLoadError)
 
 

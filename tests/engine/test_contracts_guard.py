@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from engine import ConcurrentMLXEntry, MLXEntryGuard
+from tripwire.engine import ConcurrentMLXEntry, MLXEntryGuard
 
 
 def _enter_from_other_thread(guard: MLXEntryGuard, request_id: str) -> BaseException | None:

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from engine.worker import MLXWorker
+from tripwire.engine.worker import MLXWorker
 
 
 class Boom(BaseException):
@@ -147,11 +147,11 @@ def test_exit_hook_failure_is_logged_and_the_stop_still_completes(workers, caplo
 
     w = workers(on_exit=bad_hook)
     w.start()
-    with caplog.at_level(logging.ERROR, logger="engine.worker"):
+    with caplog.at_level(logging.ERROR, logger="tripwire.engine.worker"):
         ended = w.request_stop()
         assert ended.result(5) is None
         assert w.join(5) is True
-    recs = [r for r in caplog.records if r.name == "engine.worker"]
+    recs = [r for r in caplog.records if r.name == "tripwire.engine.worker"]
     assert len(recs) == 1 and recs[0].getMessage() == "MLX worker exit hook failed"
     assert recs[0].exc_info is not None and str(recs[0].exc_info[1]) == "close failed"
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from engine import ConcurrentMLXEntry, MLXEntryGuard
+from tripwire.engine import ConcurrentMLXEntry, MLXEntryGuard
 
 
 def test_second_thread_entering_while_one_is_inside_raises_with_both_names():
@@ -74,7 +74,7 @@ async def test_mlx_work_hopping_to_another_thread_trips_the_guard(make_engine):
         backend.pin_after_tokens = 2
         task = asyncio.create_task(eng.generate("worker holds MLX", max_tokens=50))
         assert await asyncio.to_thread(backend.pinned.wait, 10)
-        from engine.types import GenerationJob
+        from tripwire.engine.types import GenerationJob
 
         job = GenerationJob("hop", [1, 2, 3], 2, 0.0, threading.Event(), lambda t: None)
         with pytest.raises(ConcurrentMLXEntry):

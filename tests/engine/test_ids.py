@@ -1,4 +1,4 @@
-from engine.ids import new_request_id
+from tripwire.engine.ids import new_request_id
 
 
 def test_request_ids_are_unique_and_path_safe():

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine import ContextLengthExceeded, EngineStopped, InvalidRequest, ModelLoadError, SimpleEngine
+from tripwire.engine import ContextLengthExceeded, EngineStopped, InvalidRequest, ModelLoadError, SimpleEngine
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = """
 import asyncio, sys
-from engine import SimpleEngine
+from tripwire.engine import SimpleEngine
 async def main():
     eng = SimpleEngine(sys.argv[1])
     await eng.start()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from engine.tiny_model import SIZES, ensure_tiny_model, param_count
+from tripwire.engine.tiny_model import SIZES, ensure_tiny_model, param_count
 
 
 def test_two_builds_are_byte_identical(tmp_path):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from fuzz import core
+from tripwire.fuzz import core
 
 pytestmark = pytest.mark.fuzz
 
@@ -41,7 +41,7 @@ def test_engine_target_exhaustive_zero_and_one_deviation(name):
 
 @pytest.mark.parametrize("name,variant", BAD_SHAPES)
 def test_bad_shape_found_random_within_200_schedules(name, variant):
-    # Wall time per find is a benchmark figure (python -m tools.bench_fuzz), not an assertion.
+    # Wall time per find is a benchmark figure (python -m tripwire.tools.bench_fuzz), not an assertion.
     for seed in range(3):
         rep = core.run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
         assert rep.failures, f"{name}@{variant} not found with seed {seed}"
@@ -55,8 +55,9 @@ def test_bad_shape_found_by_bounded2_within_50_runs(name, variant):
 
 
 def test_mutant_copies_leave_the_real_engine_untouched():
-    import engine.simple
-    from fuzz.mutants import load_mutant
+    import tripwire.engine.simple
+    from tripwire import engine
+    from tripwire.fuzz.mutants import load_mutant
     m = load_mutant("release-on-cancel")
     assert m.__name__ != "engine" and "await self._drain(req, fut)" in open(engine.simple.__file__).read()
     assert "await self._drain(req, fut)\n                raise" not in open(m.simple.__file__).read()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import core, prims
-from fuzz.core import Target
-from fuzz.strategies import RandomChooser, ReplayChooser
+from tripwire.fuzz import core, prims
+from tripwire.fuzz.core import Target
+from tripwire.fuzz.strategies import RandomChooser, ReplayChooser
 
 pytestmark = pytest.mark.fuzz
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,12 +53,12 @@ def test_failure_artifact_contents(tmp_path):
         assert key in art
     assert path.name.startswith("toy-cancel-drain@release-on-cancel-")
     assert art["trace_hash"] == res.trace_hash
-    assert core.replay_command(path).startswith("python -m fuzz replay ")
+    assert core.replay_command(path).startswith("python -m tripwire.fuzz replay ")
 
 
 def test_replay_in_fresh_interpreter_100_of_100(tmp_path):
     _i, res, path = _find(tmp_path)
-    p = subprocess.run([sys.executable, "-m", "fuzz", "replay", str(path), "--repeat", "100"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "replay", str(path), "--repeat", "100"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "failure reproduced 100/100, same trace hash 100/100" in p.stdout, p.stdout
@@ -78,12 +78,12 @@ def test_shrink_reduces_and_prints_readable_trace(tmp_path):
 
 
 def test_cli_run_exit_codes_and_replay_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "fuzz", "run", "toy-cancel-drain", "--variant", "release-on-cancel",
+    p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "run", "toy-cancel-drain", "--variant", "release-on-cancel",
                         "--budget", "200"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
-    assert "replay:   python -m fuzz replay .fuzz/failures/toy-cancel-drain@release-on-cancel-" in p.stdout
+    assert "replay:   python -m tripwire.fuzz replay .fuzz/failures/toy-cancel-drain@release-on-cancel-" in p.stdout
     assert "schedules" in p.stderr and "failures 1" in p.stderr
-    p = subprocess.run([sys.executable, "-m", "fuzz", "run", "toy-cancel-drain", "--budget", "30"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "run", "toy-cancel-drain", "--budget", "30"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and "OK: 30 schedules" in p.stdout
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from invariants.api import check_source
-from invariants.registry import all_rules
+from tripwire.invariants.api import check_source
+from tripwire.invariants.registry import all_rules
 
 def pytest_collect_file(file_path, parent):
     if file_path.name == "rule_samples.tripwire":

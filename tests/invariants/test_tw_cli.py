@@ -135,7 +135,7 @@ def seed_tree(root, configured=True):
 
 
 def test_json_on_seed_shapes_reports_every_rule_name(tmp_path):
-    """The done-when check, through a real subprocess: `python -m invariants check --format json`."""
+    """The done-when check, through a real subprocess: `python -m tripwire.invariants check --format json`."""
     seed_tree(tmp_path)
     r = tripwire("check", "--format", "json", "--no-cache", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
@@ -209,5 +209,5 @@ def test_markdown_and_output_file(proj, capsys):
 
 def test_console_script_declared():
     text = (REPO / "pyproject.toml").read_text()
-    assert 'tripwire = "invariants.cli:main"' in text
-    assert 'tripwire = "invariants.pytest_plugin"' in text
+    assert 'tripwire = "tripwire.invariants.cli:main"' in text
+    assert 'tripwire = "tripwire.invariants.pytest_plugin"' in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tw_helpers import run_main, write
-from invariants.config import ConfigError, from_table, load
+from tripwire.invariants.config import ConfigError, from_table, load
 
 BAD = [
     ("[tool.tripwire]\npathz = ['x']\n", "unknown key"),

@@ -51,7 +51,7 @@ def _entry_exe(argv: list[str]) -> list[str]:
     exe = Path(sys.executable).parent / argv[0]
     if exe.exists():
         return [str(exe), *argv[1:]]
-    return [sys.executable, "-m", "invariants", *argv[1:]]
+    return [sys.executable, "-m", "tripwire.invariants", *argv[1:]]
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -95,9 +95,9 @@ def test_repo_precommit_config_uses_the_checker():
 
 
 def test_engine_is_clean_with_zero_suppressions():
-    """`python -m invariants check engine` on this repo exits 0 with every configured rule on and no
+    """`python -m tripwire.invariants check engine` on this repo exits 0 with every configured rule on and no
     in-source suppression at all (the done-when criterion of the checker's issue)."""
-    r = subprocess.run([sys.executable, "-m", "invariants", "check", "engine", "--format", "json", "--no-cache"],
+    r = subprocess.run([sys.executable, "-m", "tripwire.invariants", "check", "engine", "--format", "json", "--no-cache"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     import json
 
@@ -115,11 +115,11 @@ def test_checker_imports_neither_mlx_nor_libcst():
     """The checker never imports the code it checks, nor MLX (an engine-only extra), nor libcst eagerly."""
     code = (
         "import sys\n"
-        "from invariants.api import check_source\n"
+        "from tripwire.invariants.api import check_source\n"
         "r = check_source('import mlx.core as mx\\nasync def f(x):\\n    mx.eval(x)\\n', "
         "rules={'mlx-off-worker': {}})\n"
         "assert [f.rule for f in r.findings] == ['mlx-off-worker'], r.findings\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'libcst', 'engine'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'libcst') or m.startswith('tripwire.engine'))\n"
         "assert not bad, bad\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from tw_helpers import json_findings, run_main, write
-from invariants.config import from_table
-from invariants.report import build_report
+from tripwire.invariants.config import from_table
+from tripwire.invariants.report import build_report
 
 VIOLATING = """
 import asyncio
@@ -111,7 +111,7 @@ def test_parse_errors_are_findings_not_crashes(proj, capsys):
 def test_cache_warm_run_and_invalidation(proj, capsys):
     write(proj, "pkg/a.py", "import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, 60)\n")
     write(proj, "pkg/b.py", "import asyncio\n\nasync def g(aw):\n    asyncio.create_task(aw)\n")
-    from invariants.checker import run
+    from tripwire.invariants.checker import run
 
     cfg = from_table({"paths": ["pkg"]}, proj, None)
     cold = run(cfg, cwd=proj)
@@ -131,7 +131,7 @@ def test_cache_warm_run_and_invalidation(proj, capsys):
 
 
 def test_parallel_jobs_same_result(proj):
-    from invariants.checker import run
+    from tripwire.invariants.checker import run
 
     for i in range(12):
         write(proj, f"pkg/m{i}.py", f"import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, {i})\n")

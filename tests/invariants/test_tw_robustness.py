@@ -7,8 +7,8 @@ import hashlib
 import hypothesmith
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from invariants.checker import analyze
-from invariants.config import from_table
+from tripwire.invariants.checker import analyze
+from tripwire.invariants.config import from_table
 
 _RULES = from_table({"rules": {
     "admission-queue-attribute": {"classes": ["*"]}, "forbidden-identifier": {"patterns": ["a*"]},

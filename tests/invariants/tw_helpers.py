@@ -23,7 +23,7 @@ def write(root: Path, rel: str, text: str) -> Path:
 
 def tripwire(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([PY, "-m", "invariants", *args], cwd=cwd, env=env, capture_output=True, text=True,
+    r = subprocess.run([PY, "-m", "tripwire.invariants", *args], cwd=cwd, env=env, capture_output=True, text=True,
                        timeout=60)
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}")
@@ -31,7 +31,7 @@ def tripwire(*args: str, cwd: Path, check: bool = False) -> subprocess.Completed
 
 
 def run_main(args: list[str], cwd: Path, capsys) -> tuple[int, str, str]:
-    from invariants.cli import main
+    from tripwire.invariants.cli import main
 
     old = os.getcwd()
     os.chdir(cwd)

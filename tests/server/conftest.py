@@ -9,8 +9,8 @@ from typing import Iterator
 import pytest
 import uvicorn
 
-from engine import SimpleEngine
-from engine.server import create_app
+from tripwire.engine import SimpleEngine
+from tripwire.engine.server import create_app
 from server_helpers import LiveServer, _Server
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import httpx
 import uvicorn
 
-from engine import SimpleEngine
+from tripwire.engine import SimpleEngine
 
 LONG = 2000  # tokens: ~4 s on the tiny model, far longer than any assertion made while it runs
 

@@ -1,10 +1,10 @@
-"""`python -m engine serve` argument handling (no server is started here)."""
+"""`python -m tripwire.engine serve` argument handling (no server is started here)."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.__main__ import build_parser, default_cache_dir, engine_kwargs, is_loopback, main
+from tripwire.engine.__main__ import build_parser, default_cache_dir, engine_kwargs, is_loopback, main
 
 
 def test_loopback_detection():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.server.preflight import (
+from tripwire.engine.server.preflight import (
     ModelMemoryShape,
     PrefillMemoryExceeded,
     auto_memory_limit,

@@ -15,8 +15,8 @@ from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from engine import SimpleEngine
-from engine.server import create_app
+from tripwire.engine import SimpleEngine
+from tripwire.engine.server import create_app
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from tools.invariant_registry import BY_ID, INVARIANTS, node_exists
-from tools.regressions import catalogue
-from tools.regressions.prove import ROOT
+from tripwire.tools.invariant_registry import BY_ID, INVARIANTS, node_exists
+from tripwire.tools.regressions import catalogue
+from tripwire.tools.regressions.prove import ROOT
 
 REQUIRED = ("TW-SERIAL-MLX", "TW-ADMISSION", "TW-CANCEL-DRAIN", "TW-NO-NESTED-LOCK", "TW-MLX-WORKER",
             "TW-DRAIN-ERRORS-LOGGED", "TW-BUSY-503", "TW-STOP-DRAINS", "TW-CACHE-WRITER-BARRIER", "TW-CACHE-COUNTER",

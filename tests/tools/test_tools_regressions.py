@@ -15,9 +15,9 @@ from pathlib import Path
 import libcst as cst
 import pytest
 
-from tools.invariant_registry import BY_ID
-from tools.regressions import NOT_APPLICABLE, NotApplicable, catalogue, get
-from tools.regressions.prove import ROOT, copy_env, copy_project, exit_code, prove
+from tripwire.tools.invariant_registry import BY_ID
+from tripwire.tools.regressions import NOT_APPLICABLE, NotApplicable, catalogue, get
+from tripwire.tools.regressions.prove import ROOT, copy_env, copy_project, exit_code, prove
 
 REGS = catalogue()
 LIVE = [r for r in REGS if not r.pending(ROOT)]
@@ -51,7 +51,7 @@ def test_codemod_applies_to_the_current_tree_with_a_minimal_parseable_diff(reg):
 
 @pytest.mark.parametrize("reg", LIVE, ids=[r.name for r in LIVE])
 def test_expected_test_ids_exist(reg):
-    from tools.invariant_registry import node_exists
+    from tripwire.tools.invariant_registry import node_exists
 
     missing = [t for t in reg.tests if not node_exists(ROOT, t)]
     assert not missing, f"{reg.name} expects test ids that do not exist: {missing}"
@@ -68,7 +68,7 @@ def test_stale_codemod_is_reported_not_applicable(tmp_path):
         reg.transform(tmp_path)
     assert NOT_APPLICABLE in str(exc.value) and "drain-swallows-worker-errors" in str(exc.value)
     # ...and through the CLI: prove exits 1 and says so
-    p = subprocess.run([sys.executable, "-m", "tools.inject", "prove", "drain-swallows-worker-errors",
+    p = subprocess.run([sys.executable, "-m", "tripwire.tools.inject", "prove", "drain-swallows-worker-errors",
                         "--root", str(tmp_path), "--jobs", "1"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
@@ -101,7 +101,7 @@ def test_a_regression_whose_detectors_were_removed_survives_and_prove_exits_1():
 
 def test_the_copy_imports_engine_from_the_copy_not_the_editable_install(tmp_path):
     copy_project(ROOT, tmp_path)
-    out = subprocess.run([sys.executable, "-c", "import engine, tools; print(engine.__file__); print(tools.__file__)"],
+    out = subprocess.run([sys.executable, "-c", "import tripwire.engine, tripwire.tools; print(tripwire.engine.__file__); print(tripwire.tools.__file__)"],
                          cwd=tmp_path, env=copy_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     for line in out.stdout.split():
@@ -111,7 +111,7 @@ def test_the_copy_imports_engine_from_the_copy_not_the_editable_install(tmp_path
 def test_pytest_refuses_to_run_when_engine_is_not_the_copy(tmp_path):
     env = dict(os.environ, TRIPWIRE_PROOF_ROOT=str(tmp_path))
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tripwire",
-                        "-p", "tools.regressions.pytest_verify", "tests/engine/test_guard.py", "--co"],
+                        "-p", "tripwire.tools.regressions.pytest_verify", "tests/engine/test_guard.py", "--co"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "proof isolation broken" in (p.stdout + p.stderr)
 
@@ -121,7 +121,7 @@ def test_every_catalogued_regression_is_caught():
     """The proof run of `make test`: every live bug shape must be caught by at least one expected detector."""
     import time
 
-    from tools.report import save_proofs, tree_hash
+    from tripwire.tools.report import save_proofs, tree_hash
 
     tree, t0 = tree_hash(), time.monotonic()
     results = prove(REGS, jobs=min(2, os.cpu_count() or 1))

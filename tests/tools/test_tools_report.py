@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import tools.report as report
-from tools.invariant_registry import INVARIANTS
+import tripwire.tools.report as report
+from tripwire.tools.invariant_registry import INVARIANTS
 
 
 def _proof(name, invs, status="caught"):

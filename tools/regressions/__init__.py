@@ -1,6 +1,6 @@
 """The regression catalogue: every known bug shape, a codemod that puts it back, and who must catch it.
 
-    from tools.regressions import catalogue, get
+    from tripwire.tools.regressions import catalogue, get
     for reg in catalogue(): print(reg.name, reg.invariants, reg.detectors)
 
 Add a shape: see CONTRIBUTING.md, "Adding a regression shape and wiring its detectors".
@@ -28,7 +28,7 @@ def get(name: str) -> Regression:
     for r in catalogue():
         if r.name == name:
             return r
-    raise KeyError(f"unknown regression {name!r}; `python -m tools.inject list` shows the catalogue")
+    raise KeyError(f"unknown regression {name!r}; `python -m tripwire.tools.inject list` shows the catalogue")
 
 
 __all__ = ["NOT_APPLICABLE", "Codemod", "Edit", "FileChange", "NotApplicable", "Regression", "catalogue", "get"]

@@ -28,7 +28,8 @@ from typing import Callable, Iterable
 from .base import NotApplicable, Regression
 
 ROOT = Path(__file__).resolve().parents[2]
-COPY_ITEMS = ("engine", "invariants", "fuzz", "tests", "tools", "pyproject.toml", "setup.cfg", "conftest.py")
+COPY_ITEMS = ("tripwire", "engine", "invariants", "fuzz", "tests", "tools", "pyproject.toml", "setup.py", "setup.cfg",
+              "conftest.py")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".fuzz", ".tripwire_cache",
                                 ".hypothesis", "reports", ".coverage*", "*.egg-info")
 FUZZ_BUDGET = int(os.environ.get("TRIPWIRE_PROOF_FUZZ_BUDGET", "200"))
@@ -105,10 +106,10 @@ def _tail(text: str, n: int = 400) -> str:
 _PROBE = r"""
 import json, sys
 out = {}
-import engine
+from tripwire import engine
 out["engine"] = engine.__file__
 try:
-    from invariants.registry import all_rules
+    from tripwire.invariants.registry import all_rules
     out["rules"] = sorted(r.name for r in all_rules())
 except Exception as exc:
     out["rules_error"] = f"{type(exc).__name__}: {exc}"
@@ -131,11 +132,11 @@ class Environment:
         self.fuzz_targets: set[str] | None = None
         self.fuzz_error = ""
         if (snapshot / "fuzz" / "__main__.py").exists():
-            rc, out, err, _ = _run([sys.executable, "-m", "fuzz", "list"], snapshot, 60)
+            rc, out, err, _ = _run([sys.executable, "-m", "tripwire.fuzz", "list"], snapshot, 60)
             if rc == 0:
                 self.fuzz_targets = {m.group(1) for m in re.finditer(r"^\s*([a-z0-9][a-z0-9-]+)\b", out, re.M)}
             else:
-                self.fuzz_error = f"`python -m fuzz list` exit {rc}: {_tail(err or out)}"
+                self.fuzz_error = f"`python -m tripwire.fuzz list` exit {rc}: {_tail(err or out)}"
         else:
             self.fuzz_error = "fuzz package has no CLI (fuzz/__main__.py missing)"
         self._baseline: dict[tuple[str, ...], tuple[list[dict] | None, str]] = {}
@@ -158,8 +159,8 @@ def static_paths(reg: Regression) -> tuple[str, ...]:
 
 
 def static_findings(copy: Path, paths: Iterable[str]) -> tuple[list[dict] | None, str, float]:
-    """Unsuppressed findings of `python -m invariants check PATHS --format json`, run with the copy's config."""
-    rc, out, err, secs = _run([sys.executable, "-m", "invariants", "check", *paths, "--format", "json"],
+    """Unsuppressed findings of `python -m tripwire.invariants check PATHS --format json`, run with the copy's config."""
+    rc, out, err, secs = _run([sys.executable, "-m", "tripwire.invariants", "check", *paths, "--format", "json"],
                               copy, STATIC_TIMEOUT_S)
     if rc not in (0, 1):
         return None, f"checker exit {rc}: {_tail(err or out)}", secs
@@ -262,7 +263,7 @@ def run_tests(reg: Regression, copy: Path) -> list[DetectorResult]:
     if present:
         junit = copy / ".proof-junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tripwire",
-               "-p", "tools.regressions.pytest_verify", f"--timeout={reg.pytest_timeout}",
+               "-p", "tripwire.tools.regressions.pytest_verify", f"--timeout={reg.pytest_timeout}",
                f"--junitxml={junit}", *present]
         rc, out, err, secs = _run(cmd, copy, reg.pytest_timeout * len(present) + 120)
         cases = junit_cases(junit)
@@ -286,9 +287,9 @@ def run_fuzz(reg: Regression, copy: Path, env: Environment) -> list[DetectorResu
             continue
         if target not in env.fuzz_targets:
             out_results.append(DetectorResult("fuzz", target, "unavailable", 0.0,
-                                              "no such target in `python -m fuzz list`"))
+                                              "no such target in `python -m tripwire.fuzz list`"))
             continue
-        rc, out, err, secs = _run([sys.executable, "-m", "fuzz", "run", target, "--budget", str(FUZZ_BUDGET),
+        rc, out, err, secs = _run([sys.executable, "-m", "tripwire.fuzz", "run", target, "--budget", str(FUZZ_BUDGET),
                                    "--seed", str(FUZZ_SEED)], copy, FUZZ_TIMEOUT_S)
         text = (out + "\n" + err).replace("\r", "\n").strip()
         fail = [ln.strip() for ln in text.splitlines() if ln.startswith("FAIL")]

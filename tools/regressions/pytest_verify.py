@@ -16,8 +16,7 @@ def pytest_configure(config):
     root = os.environ.get("TRIPWIRE_PROOF_ROOT")
     if not root:
         return
-    import engine
-
+    from tripwire import engine
     where = Path(engine.__file__).resolve()
     if not where.is_relative_to(Path(root).resolve()):
         raise pytest.UsageError(f"proof isolation broken: engine imported from {where}, not from the copy {root}")
