@@ -21,6 +21,7 @@ from .channel import END, TokenChannel
 from .errors import ContextLengthExceeded, EngineStopped, InvalidRequest
 from .guard import MLXEntryGuard
 from .ids import new_request_id
+from .protocol import Backend, SupportsPrefixCache
 from .types import Delta, GenerationJob, GenerationResult
 from .worker import MLXWorker
 
@@ -49,7 +50,7 @@ class _Request:
 
 class SimpleEngine:
     def __init__(self, model_path: str | Path | None = None, admission: str = "fail_fast", *,
-                 max_wait_s: float = 1.0, backend: Any = None, guard: MLXEntryGuard | None = None,
+                 max_wait_s: float = 1.0, backend: Backend | None = None, guard: MLXEntryGuard | None = None,
                  cache_dir: str | Path | None = None, stop_timeout_s: float = 10.0):
         self._admission = AdmissionController(admission, max_wait_s)
         self.guard = guard or MLXEntryGuard()
@@ -59,7 +60,7 @@ class SimpleEngine:
             backend = MlxLmBackend(model_path, self.guard)
         self._backend = backend
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        if self.cache_dir is not None and hasattr(backend, "enable_prefix_cache"):
+        if self.cache_dir is not None and isinstance(backend, SupportsPrefixCache):
             backend.enable_prefix_cache(self.cache_dir)  # SSD prefix cache (issue 6); closed on worker exit
         self._stop_timeout_s = stop_timeout_s
         self._worker = MLXWorker(on_exit=backend.close)
@@ -195,9 +196,8 @@ class SimpleEngine:
             "mlx_guard": {"enabled": self.guard.enabled, "entries": self.guard.entries, "trips": self.guard.trips},
             "worker": {"alive": self._worker.is_alive(), "jobs_run": self._worker.jobs_run},
             # Sampled on the worker after load and after each generation (never read from MLX here).
-            "memory": dict(getattr(self._backend, "memory", {"active_bytes": 0, "peak_bytes": 0})),
-            "cache": (self._backend.prefix_cache.stats()
-                      if getattr(self._backend, "prefix_cache", None) is not None else None),
+            "memory": dict(self._backend.memory),
+            "cache": self._backend.prefix_cache.stats() if self._backend.prefix_cache is not None else None,
         }
 
     # -- request plumbing ------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class _Detok:
 
 
 class FakeBackend:
-    """Backend protocol: load/close/generate on the worker; encode/encode_chat/decode on the loop."""
+    """A `tripwire.engine.protocol.Backend`: load/close/generate on the worker; tokenizer calls off it."""
 
     def __init__(self, guard, *, step_s: float = 0.01, context_length: int = 256,
                  on_step: Callable[[Any, int], None] | None = None, fail_on_guard: bool = True):
@@ -50,6 +50,7 @@ class FakeBackend:
         self.steps: dict[str, int] = {}     # request id -> tokens produced
         self.finished: dict[str, str] = {}  # request id -> finish reason
         self.prefix_cache = None
+        self.memory = {"active_bytes": 0, "peak_bytes": 0}
         self.info = {"name": "fake", "path": "<fake>", "context_length": context_length,
                      "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1,
                      "head_dim": 8, "hidden_size": 8, "vocab_size": 256, "dtype_bytes": 4}
