@@ -9,7 +9,8 @@ from setuptools import find_packages, setup
 
 PARTS = ("engine", "invariants", "fuzz", "tools")
 
-packages = ["tripwire"]
+# tripwire/ itself holds what sits below all four parts (the bug-shape catalogue).
+packages = ["tripwire"] + [f"tripwire.{sub}" for sub in find_packages("tripwire")]
 package_dir = {"tripwire": "tripwire"}
 for part in PARTS:
     package_dir[f"tripwire.{part}"] = part

@@ -104,8 +104,8 @@ class Context:
     def engine(self):
         """The engine package under test: the real one, or the mutant copy named by the variant."""
         if self.variant:
-            from .mutants import load_mutant
-            return load_mutant(self.variant)
+            from tripwire.catalogue.loader import load_engine
+            return load_engine(self.variant)
         from tripwire import engine
         return engine
 

@@ -65,7 +65,9 @@ def test_every_declared_name_exists(path):
 def test_every_codemod_scope_is_declared():
     declared = _declared()
     scopes = set()
-    for f in (ROOT / "tools" / "regressions").glob("*_shapes.py"):
+    shape_files = sorted((ROOT / "tripwire" / "catalogue").glob("*_shapes.py"))
+    assert shape_files, "no catalogue shape modules found"
+    for f in shape_files:
         for args in re.findall(r"inside\(([^)]*)\)", f.read_text(encoding="utf-8")):
             parts = re.findall(r'"([^"]+)"', args)
             scopes.add(tuple(parts))

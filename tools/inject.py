@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from tripwire.tools.regressions import NotApplicable, catalogue, get
+from tripwire.catalogue import catalogue, get
+from tripwire.catalogue.base import NotApplicable
 from tripwire.tools.regressions.prove import ROOT, ProofResult, exit_code, prove
 
 MARK = {"fired": "✔", "silent": "·", "unavailable": "?", "error": "!"}

@@ -1,6 +1,6 @@
 """`make report`: the reviewers' invariant report — `reports/index.html` + `reports/invariants.md` (+ JSON, SARIF).
 
-Per invariant (tools/invariant_registry.py): what it protects and where it comes from; its static status and
+Per invariant (tripwire/catalogue/invariants.py): what it protects and where it comes from; its static status and
 the checker's evidence; the regressions that prove its detectors fire (injected into a copy, with timings);
 the fuzz targets guarding it (schedules run, failures found on the real engine); the tests pinning it.
 Summary on top. Exit 1 if an invariant is violated or a regression survives (or a codemod no longer applies).
@@ -98,7 +98,7 @@ def run_static(out_dir: Path) -> dict[str, Any]:
 # -- 2. injection proofs --------------------------------------------------------------------------------
 def load_or_run_proofs(out_dir: Path, jobs: int, fresh: bool) -> tuple[list[dict], float, bool]:
     from tripwire.tools.inject import print_result
-    from tripwire.tools.regressions import catalogue
+    from tripwire.catalogue import catalogue
     from tripwire.tools.regressions.prove import prove
 
     cache = out_dir / "proofs.json"
@@ -198,7 +198,7 @@ def collect_counts() -> dict[str, Any]:
 
 def run_pinned(nodes: list[str], with_coverage: bool) -> tuple[dict[str, dict], dict[str, Any] | None]:
     """Run the pinned node ids once (junit), optionally under coverage of engine/."""
-    from tripwire.tools.invariant_registry import node_exists
+    from tripwire.catalogue.invariants import node_exists
     from tripwire.tools.regressions.prove import case_outcome, cases_for, junit_cases
 
     status: dict[str, dict] = {}
@@ -263,7 +263,7 @@ STATIC_WORST = ("violated", "suppressed", "holds", "not-applicable", "unavailabl
 
 def assemble(static: dict, proofs: list[dict], fuzz: dict[str, dict], tests: dict[str, dict],
              counts: dict, cov: dict | None) -> dict[str, Any]:
-    from tripwire.tools.invariant_registry import INVARIANTS
+    from tripwire.catalogue.invariants import INVARIANTS
 
     by_name = {p["name"]: p for p in proofs}
     invs = []
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from tripwire.tools.invariant_registry import INVARIANTS
+    from tripwire.catalogue.invariants import INVARIANTS
     from tripwire.tools.report_html import render_html, render_markdown
 
     t_all = time.monotonic()

@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import prims
 from ..core import Context, target
-from ._shapes import describe, shape_module
+from tripwire.catalogue import describe
+from tripwire.catalogue.loader import load_module
 
 
 SNAP = "tripwire.engine.cache.snapshot_store"
@@ -38,7 +39,7 @@ def _modules(ctx: Context):
 
     mods = {SNAP: snapshot_store, BLOCK: block_store}
     if ctx.variant in SHAPE_MODULE:
-        mods[SHAPE_MODULE[ctx.variant]] = shape_module(ctx.variant, SHAPE_MODULE[ctx.variant])
+        mods[SHAPE_MODULE[ctx.variant]] = load_module(ctx.variant, SHAPE_MODULE[ctx.variant])
     for mod in (mods[SNAP], mods[BLOCK], safetensors_io):
         ctx.instrument(mod, fs=True)
     return mods[SNAP], mods[BLOCK]

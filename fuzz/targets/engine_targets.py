@@ -12,22 +12,15 @@ import asyncio
 from .. import prims
 from ..core import Context, target
 from ..fake_backend import FakeBackend
-from ..mutants import MUTANTS
-from ._shapes import describe, shape_engine
-
-ENGINE_SHAPES = ("second-admission-midway",)  # catalogue shapes (tools/regressions) fuzzed as variants
+from tripwire.catalogue import describe
 
 STEP_S = 0.01
-
-
-def _v(*names: str) -> dict[str, str]:
-    return {n: MUTANTS[n][0] for n in names}
 
 
 async def make_engine(ctx: Context, *, admission: str = "fail_fast", max_wait_s: float = 1.0,
                       stop_timeout_s: float = 1.0, slot_check: bool = True):
     """Instrument the engine modules, build a SimpleEngine on the fake backend, start it."""
-    pkg = shape_engine(ctx.variant) if ctx.variant in ENGINE_SHAPES else ctx.engine()
+    pkg = ctx.engine()
     for mod in (pkg.simple, pkg.worker, pkg.admission, pkg.guard):
         ctx.instrument(mod)
     guard = pkg.guard.MLXEntryGuard(enabled=True)
@@ -83,7 +76,7 @@ async def served(eng, pkg, prompt: str, rid: str, max_tokens: int, retries: int 
 @target("cancel-serialization",
         "engine (fake step): request A cancelled at any point while B arrives; guard never trips, the lock "
         "and slot are released only after the worker finished, B is served",
-        variants=_v("release-on-cancel"))
+        variants=describe("lock-released-before-drain"))
 async def cancel_serialization(ctx: Context) -> None:
     pkg, eng, backend = await make_engine(ctx)
     a = asyncio.ensure_future(eng.generate("prompt A", max_tokens=4, request_id="A"))
@@ -105,7 +98,7 @@ async def cancel_serialization(ctx: Context) -> None:
 @target("nested-lock",
         "engine (fake step): every public path (generate, chat, streams, stream_chat, status, count, stop) "
         "completes under every schedule - no self-deadlock",
-        variants=_v("nested-lock"))
+        variants=describe("chat-holds-lock-around-runner", "stream-holds-lock-around-runner"))
 async def nested_lock(ctx: Context) -> None:
     pkg, eng, backend = await make_engine(ctx)
     msgs = [{"role": "user", "content": "hi"}]
@@ -153,7 +146,7 @@ async def nested_lock(ctx: Context) -> None:
         "engine (fake step): under fail_fast concurrent arrivals (generate and streams) give exactly one admitted "
         "request at a time, no waiter queue, every rejection immediate and before anything is streamed (a request is "
         "admitted once); under wait no waiter exceeds max_wait_s (virtual time)",
-        variants={**_v("long-wait-admission"), **describe(*ENGINE_SHAPES)})
+        variants=describe("admission-deadline-120s", "second-admission-midway"))
 async def admission(ctx: Context) -> None:
     for mode in ("fail_fast", "wait"):
         pkg, eng, backend = await make_engine(ctx, admission=mode, max_wait_s=0.05)
@@ -231,7 +224,7 @@ async def admission(ctx: Context) -> None:
 @target("stream-abort",
         "engine (fake step): a stream closed / disconnected at any point stops within one token, nothing stays "
         "locked, the next request is served",
-        variants=_v("no-abort-on-close"))
+        variants=describe("stream-close-without-abort"))
 async def stream_abort(ctx: Context) -> None:
     pkg, eng, backend = await make_engine(ctx)
     stream = await eng.open_stream("prompt S", max_tokens=12, request_id="S")
@@ -267,7 +260,7 @@ async def stream_abort(ctx: Context) -> None:
 @target("stop-during-generation",
         "engine (fake step): stop() racing with a long generate, a stream client and its disconnect drains "
         "within its bound (virtual time); afterwards the worker ended and nothing is held",
-        variants=_v("stop-without-abort"))
+        variants=describe("stop-does-not-abort"))
 async def stop_during_generation(ctx: Context) -> None:
     bound = 0.5
     pkg, eng, backend = await make_engine(ctx, stop_timeout_s=bound)

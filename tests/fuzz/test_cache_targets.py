@@ -46,7 +46,7 @@ def test_cache_bad_shape_found_within_200_random_schedules(name, variant):
 
 def test_every_cache_shape_variant_is_a_catalogue_shape_listing_its_target():
     """A shape variant is the catalogue's codemod; the catalogue entry must expect that target to catch it."""
-    from tripwire.tools.regressions import get
+    from tripwire.catalogue import get
 
     for name, variant in FOUND_BY:
         if variant.startswith("cache-"):

@@ -54,10 +54,10 @@ def test_bad_shape_found_by_bounded2_within_50_runs(name, variant):
     assert rep.failures[0][1].preemptions <= 2
 
 
-def test_mutant_copies_leave_the_real_engine_untouched():
+def test_shaped_engine_copies_leave_the_real_engine_untouched():
     import tripwire.engine.simple
     from tripwire import engine
-    from tripwire.fuzz.mutants import load_mutant
-    m = load_mutant("release-on-cancel")
+    from tripwire.catalogue.loader import load_engine
+    m = load_engine("lock-released-before-drain")
     assert m.__name__ != "engine" and "await self._drain(req, fut)" in open(engine.simple.__file__).read()
     assert "await self._drain(req, fut)\n                raise" not in open(m.simple.__file__).read()

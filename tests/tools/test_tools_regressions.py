@@ -15,8 +15,9 @@ from pathlib import Path
 import libcst as cst
 import pytest
 
-from tripwire.tools.invariant_registry import BY_ID
-from tripwire.tools.regressions import NOT_APPLICABLE, NotApplicable, catalogue, get
+from tripwire.catalogue.invariants import BY_ID
+from tripwire.catalogue import catalogue, get
+from tripwire.catalogue.base import NOT_APPLICABLE, NotApplicable
 from tripwire.tools.regressions.prove import ROOT, copy_env, copy_project, exit_code, prove
 
 REGS = catalogue()
@@ -51,7 +52,7 @@ def test_codemod_applies_to_the_current_tree_with_a_minimal_parseable_diff(reg):
 
 @pytest.mark.parametrize("reg", LIVE, ids=[r.name for r in LIVE])
 def test_expected_test_ids_exist(reg):
-    from tripwire.tools.invariant_registry import node_exists
+    from tripwire.catalogue.invariants import node_exists
 
     missing = [t for t in reg.tests if not node_exists(ROOT, t)]
     assert not missing, f"{reg.name} expects test ids that do not exist: {missing}"

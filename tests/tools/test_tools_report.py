@@ -8,7 +8,7 @@ import re
 import pytest
 
 import tripwire.tools.report as report
-from tripwire.tools.invariant_registry import INVARIANTS
+from tripwire.catalogue.invariants import INVARIANTS
 
 
 def _proof(name, invs, status="caught"):

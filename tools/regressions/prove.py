@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .base import NotApplicable, Regression
+from tripwire.catalogue.base import NotApplicable, Regression
 
 ROOT = Path(__file__).resolve().parents[2]
 COPY_ITEMS = ("tripwire", "engine", "invariants", "fuzz", "tests", "tools", "pyproject.toml", "setup.py", "setup.cfg",

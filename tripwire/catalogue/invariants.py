@@ -2,8 +2,8 @@
 
 One entry per invariant id (TW-*). Static rules (invariants/rules), pytest node ids (a file path pins every
 test in it), fuzz targets (`python -m tripwire.fuzz list`) and the regression shapes proving the detectors work
-(`tools/regressions`, derived from the catalogue by invariant id). The report (`python -m tripwire.tools.report`)
-renders this registry with live evidence; `tests/tools/test_invariant_registry.py` keeps it consistent.
+(`tripwire.catalogue`, derived by invariant id). The report (`python -m tripwire.tools.report`)
+renders this registry with live evidence; `tests/tools/test_tools_registry.py` keeps it consistent.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Invariant:
     fuzz: tuple[str, ...] = ()
 
     def regressions(self) -> list:
-        from tripwire.tools.regressions import catalogue
+        from tripwire.catalogue import catalogue
 
         return [r for r in catalogue() if self.id in r.invariants]
 

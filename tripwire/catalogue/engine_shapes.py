@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import libcst as cst
 
-from .base import Codemod, Edit, Regression, comment_lines, matches_line, stmt
+from .base import Codemod, Edit, Patch, Regression, comment_lines, matches_line, stmt
 
 SEED_000 = "seeds/000_e5b8092de68ac2ca.txt (upstream PR #514, issue #495)"
 SEED_001 = "seeds/001_711d17b0cbcfb0be.txt (upstream PR #8 + review)"
@@ -421,6 +421,52 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         tests=(f"{T_LIFE}::test_stop_refuses_new_requests_aborts_active_ones_and_ends_the_worker",
                f"{T_LIFE}::test_stop_drains_an_open_stream"),
         fuzz=("stop-during-generation",),
+    ),
+    Regression(
+        name="chat-holds-lock-around-runner",
+        invariants=("TW-NO-NESTED-LOCK",),
+        origin=SEED_001,
+        description=(
+            "The non-streaming chat path takes `_generation_lock` around `_complete`, whose serialized runner "
+            "acquires the same non-reentrant asyncio.Lock again: every chat request deadlocks on its own lock."),
+        edits=(Patch(SIMPLE,
+                     '        req = self._new_request("chat", self._encode_messages(messages), max_tokens, temperature, '
+                     'request_id)\n        return await self._complete(req)',
+                     '        req = self._new_request("chat", self._encode_messages(messages), max_tokens, temperature, '
+                     'request_id)\n        async with self._generation_lock:\n            return await self._complete(req)'),),
+        rules=("nested-lock-acquire",),
+        tests=(f"{T_LIFE}::test_every_public_path_completes_no_nested_lock_acquisition",),
+        fuzz=("nested-lock",),
+        pytest_timeout=15,
+    ),
+    Regression(
+        name="admission-deadline-120s",
+        invariants=("TW-ADMISSION",),
+        origin=SEED_000,
+        description=(
+            "Fail-fast admission queues behind the slot instead of rejecting: the busy pre-check and the immediate "
+            "rejection are removed and a waiter's deadline becomes 120 s, the seed's wait queue in disguise."),
+        edits=(Patch(ADMISSION,
+                     '        if self.mode == "fail_fast" and (self.holder is not None or self._waiters):\n'
+                     '            self._reject()\n', ""),
+               Patch(ADMISSION, '        if self.mode == "fail_fast":\n            self._reject()\n', ""),
+               Patch(ADMISSION, "        deadline = self._clock() + self.max_wait_s",
+                     "        deadline = self._clock() + 120.0"),
+               Patch(ADMISSION, "async with asyncio.timeout(remaining):  # bounded by max_wait_s <= 2 s, validated above",
+                     "async with asyncio.timeout(remaining):")),
+        tests=(f"{T_ADM}::test_fifty_concurrent_requests_one_admitted_rest_rejected_without_waiting",),
+        fuzz=("admission",),
+    ),
+    Regression(
+        name="stream-close-without-abort",
+        invariants=("TW-CANCEL-DRAIN",),
+        origin=SEED_001,
+        description=(
+            "Closing a stream waits for its job but never sets the abort flag: the worker keeps generating to "
+            "max_tokens while the closed stream's slot and the serialized worker stay taken."),
+        edits=(Patch(SIMPLE, "        self._req.abort.set()\n        cancelled_again = False",
+                     "        cancelled_again = False"),),
+        fuzz=("stream-abort",),
     ),
     Regression(
         name="test-unchecked-event-wait",

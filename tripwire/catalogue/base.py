@@ -1,6 +1,6 @@
-"""The regression-catalogue machinery: an entry describes one known bug shape and how to put it back.
+"""The catalogue's machinery: an entry describes one known bug shape and how to put it back.
 
-Each entry owns a list of libcst codemods (`Edit`s). A codemod rewrites one file of a *copy* of the project;
+Each entry owns a list of edits: libcst codemods (`Edit`) or exact-text patches (`Patch`). A codemod rewrites one file of a *copy* of the project;
 libcst keeps every byte it does not touch, so the diff is exactly the bug shape. A codemod that does not find
 its target raises `NotApplicable` — the catalogue must never rot silently when the engine changes.
 """
@@ -68,6 +68,40 @@ class Edit:
     path: str
     codemod: type[Codemod]
 
+    def rewrite(self, regression: str, src: str) -> str:
+        """`src` rewritten by the codemod. Raises NotApplicable when its target is gone."""
+        try:
+            module = cst.parse_module(src)
+        except cst.ParserSyntaxError as exc:
+            raise NotApplicable(regression, f"{self.path} does not parse: {exc}") from exc
+        mod = self.codemod()
+        new = module.visit(mod)
+        if mod.hits < mod.expected_hits:
+            raise NotApplicable(regression, f"{self.path}: {mod.target} — found {mod.hits} of "
+                                            f"{mod.expected_hits} target(s)")
+        if new.code == src:
+            raise NotApplicable(regression, f"{self.path}: {mod.target} — codemod changed nothing")
+        return new.code
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Replace the exact text `old` in `path` with `new`, for a shape whose anchor reads best as text.
+
+    `old` must occur exactly once: an anchor that is gone or ambiguous raises NotApplicable, so a stale patch can
+    never silently leave the correct code in place."""
+
+    path: str
+    old: str
+    new: str
+
+    def rewrite(self, regression: str, src: str) -> str:
+        count = src.count(self.old)
+        if count != 1:
+            raise NotApplicable(regression, f"{self.path}: anchor found {count} time(s), expected once: "
+                                            f"{self.old[:70]!r}")
+        return src.replace(self.old, self.new)
+
 
 @dataclass(frozen=True)
 class FileChange:
@@ -86,7 +120,7 @@ class Regression:
     invariants: tuple[str, ...]          # TW-* ids this shape violates (first = primary)
     origin: str                          # seed file + upstream PR/issue
     description: str                     # one paragraph
-    edits: tuple[Edit, ...]
+    edits: tuple[Edit | Patch, ...]
     rules: tuple[str, ...] = ()          # tripwire rule names expected to fire
     tests: tuple[str, ...] = ()          # pytest node ids expected to fail
     fuzz: tuple[str, ...] = ()           # fuzz targets expected to find a failure
@@ -119,18 +153,7 @@ class Regression:
             src = sources.get(edit.path)
             if src is None:
                 src = path.read_text(encoding="utf-8")
-            try:
-                module = cst.parse_module(src)
-            except cst.ParserSyntaxError as exc:
-                raise NotApplicable(self.name, f"{edit.path} does not parse: {exc}") from exc
-            mod = edit.codemod()
-            new = module.visit(mod)
-            if mod.hits < mod.expected_hits:
-                raise NotApplicable(self.name, f"{edit.path}: {mod.target} — found {mod.hits} of "
-                                               f"{mod.expected_hits} target(s)")
-            if new.code == src:
-                raise NotApplicable(self.name, f"{edit.path}: {mod.target} — codemod changed nothing")
-            sources[edit.path] = new.code
+            sources[edit.path] = edit.rewrite(self.name, src)
         changes = []
         for rel, after in sources.items():
             before = (root / rel).read_text(encoding="utf-8")
