@@ -34,15 +34,16 @@ class FuzzRunner:
     def __init__(self, config):
         self.budget = _opt(config, "--fuzz-budget", "FUZZ_BUDGET")
         self.seed = _opt(config, "--fuzz-seed", "FUZZ_SEED") or 0
+        from .artifacts import default_failure_dir
+        self.failure_dir = default_failure_dir()
 
     def saved_failures(self, target: str) -> list[Path]:
         """Saved failures of exactly this target on the correct code (bad-shape variants are expected to fail,
         and a name prefix like 'writer-vs-cleanup-request' must not pick up '...-ordered' artifacts)."""
         import json
 
-        from tripwire.fuzz import core
         out = []
-        for path in sorted(core.FAILURE_DIR.glob("*.json")):
+        for path in sorted(self.failure_dir.glob("*.json")):
             try:
                 meta = json.loads(path.read_text())
             except (OSError, ValueError):
@@ -52,21 +53,23 @@ class FuzzRunner:
         return out
 
     def __call__(self, target: str, budget: int, strategy: str = "random") -> None:
-        from tripwire.fuzz import core
+        from .artifacts import replay_command
+        from .explore import run
+        from .replay import replay
         logging.disable(logging.CRITICAL)
         try:
             for path in self.saved_failures(target):
-                res = core.replay(path)[0]
+                res = replay(path)[0]
                 if res.failure is not None:
                     pytest.fail(f"saved failure still reproduces: {res.failure.summary()}\n"
-                                f"  replay: {core.replay_command(path)}\n{res.failure.details}", pytrace=False)
-            rep = core.run(target, strategy=strategy, budget=self.budget or budget, seed=self.seed)
+                                f"  replay: {replay_command(path)}\n{res.failure.details}", pytrace=False)
+            rep = run(target, strategy=strategy, budget=self.budget or budget, seed=self.seed)
         finally:
             logging.disable(logging.NOTSET)
         if rep.failures:
             _i, res, path = rep.failures[0]
             pytest.fail(f"{target}: {res.failure.summary()} after {rep.schedules} schedule(s)\n"
-                        f"  replay: {core.replay_command(path) if path else '?'}\n{res.failure.details}",
+                        f"  replay: {replay_command(path) if path else '?'}\n{res.failure.details}",
                         pytrace=False)
 
 

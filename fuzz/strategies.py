@@ -183,15 +183,45 @@ class BoundedExplorer(Explorer):
         self.exhausted = True
 
 
-def make_explorer(spec: str, seed: int, budget: int, choices: list | None = None) -> Explorer:
-    name, _, arg = spec.partition(":")
+STRATEGIES = "random | pct:D | bounded:K (D, K positive integers)"
+
+
+class StrategyError(ValueError):
+    """An unknown or malformed strategy spec; the message names the valid choices."""
+
+
+def parse_strategy(spec: str) -> tuple[str, int | None]:
+    """("random", None), ("pct", D) or ("bounded", K).
+
+    Raises:
+        StrategyError: unknown name or a missing/invalid/non-positive argument.
+    """
+    name, sep, arg = spec.partition(":")
+    defaults = {"random": None, "pct": 3, "bounded": 2}
+    if name not in defaults:
+        raise StrategyError(f"unknown strategy {spec!r}; valid: {STRATEGIES}")
     if name == "random":
-        return RandomExplorer(seed, budget)
-    if name == "pct":
-        return PCTExplorer(seed, budget, int(arg or 3))
-    if name == "bounded":
-        return BoundedExplorer(seed, budget, int(arg or 2))
-    if name == "replay":
+        if sep:
+            raise StrategyError(f"strategy 'random' takes no argument (got {spec!r}); valid: {STRATEGIES}")
+        return name, None
+    if not sep:
+        return name, defaults[name]
+    try:
+        n = int(arg)
+    except ValueError:
+        raise StrategyError(f"strategy {spec!r}: {arg!r} is not an integer; valid: {STRATEGIES}") from None
+    if n < 1:
+        raise StrategyError(f"strategy {spec!r}: the argument must be >= 1; valid: {STRATEGIES}")
+    return name, n
+
+
+def make_explorer(spec: str, seed: int, budget: int, choices: list | None = None) -> Explorer:
+    """The explorer for ``spec`` ("random", "pct:D", "bounded:K"; "replay" replays ``choices``).
+
+    Raises:
+        StrategyError: see ``parse_strategy``.
+    """
+    if spec == "replay":
         class _R(Explorer):
             spec = "replay"
 
@@ -199,4 +229,9 @@ def make_explorer(spec: str, seed: int, budget: int, choices: list | None = None
                 for _ in range(budget):
                     yield seed, ReplayChooser(choices or [])
         return _R()
-    raise ValueError(f"unknown strategy {spec!r} (random, pct:D, bounded:K, replay)")
+    name, arg = parse_strategy(spec)
+    if name == "random":
+        return RandomExplorer(seed, budget)
+    if name == "pct":
+        return PCTExplorer(seed, budget, arg)
+    return BoundedExplorer(seed, budget, arg)

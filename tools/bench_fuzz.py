@@ -14,31 +14,33 @@ import statistics
 import sys
 import time
 
-from tripwire.fuzz import core
+from fuzz import registry
+from fuzz.explore import run
+from fuzz.plain import run_plain
 
 
 def bench_variant(tgt, variant, seeds, budget, plain_runs):
     found, scheds, walls, rates = 0, [], [], []
     for seed in range(seeds):
-        rep = core.run(tgt, strategy="random", budget=budget, seed=seed, variant=variant, artifacts=False)
+        rep = run(tgt, strategy="random", budget=budget, seed=seed, variant=variant, artifacts=False)
         rates.append(rep.rate)
         if rep.failures:
             found += 1
             scheds.append(rep.first_found)
             walls.append(rep.elapsed)
-    b = core.run(tgt, strategy="bounded:2", budget=50, seed=0, variant=variant, artifacts=False)
+    b = run(tgt, strategy="bounded:2", budget=50, seed=0, variant=variant, artifacts=False)
     bres = (f"run {b.first_found}, preemptions={b.failures[0][1].preemptions}, "
             f"deviations={b.failures[0][1].deviations}") if b.failures else "NOT FOUND in 50"
     kinds: dict = {}
-    hits, _ = core.run_plain(tgt, plain_runs, variant=variant, timeout=0.5, kinds=kinds) if plain_runs else (0, 0)
+    hits, _ = run_plain(tgt, plain_runs, variant=variant, timeout=0.5, kinds=kinds) if plain_runs else (0, 0)
     return dict(found=found, seeds=seeds, median=statistics.median(scheds) if scheds else None,
                 max=max(scheds) if scheds else None, wall_max=max(walls) if walls else None,
                 rate=statistics.median(rates), bounded=bres, plain=f"{hits}/{plain_runs}")
 
 
 def bench_correct(tgt, random_budget, bounded_budget):
-    rep = core.run(tgt, strategy="random", budget=random_budget, seed=12345, artifacts=False)
-    b = core.run(tgt, strategy="bounded:2", budget=bounded_budget, seed=0, artifacts=False)
+    rep = run(tgt, strategy="random", budget=random_budget, seed=12345, artifacts=False)
+    b = run(tgt, strategy="bounded:2", budget=bounded_budget, seed=0, artifacts=False)
     return dict(random=rep.schedules, random_fail=len(rep.failures), rate=rep.rate,
                 bounded=b.schedules, bounded_exhausted=b.exhausted, bounded_fail=len(b.failures),
                 first=(rep.failures or b.failures or [(None, None, None)])[0][1])
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.seeds, args.plain_runs, args.correct_budget, args.bounded_budget = 5, 100, 200, 2000
     logging.disable(logging.CRITICAL)
-    targets = core.load_targets()
+    targets = registry.load_targets()
     names = args.targets.split(",") if args.targets else list(targets)
     ok = True
     print(f"{'target':<24} {'variant':<22} {'found':>6} {'med':>5} {'max':>5} {'wall_max_s':>10} {'sched/s':>8}  "
