@@ -33,7 +33,8 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
     """Run one schedule of ``tgt`` in a fresh loop thread, with a watchdog for bypassing blocking calls."""
     if _s.ACTIVE is not None:
         raise RuntimeError("a fuzz execution is already active in this process")
-    sched = Scheduler(chooser, timers=tgt.timers, max_steps=tgt.max_steps, record_trace=record_trace)
+    sched = Scheduler(chooser, timers=tgt.timers, max_steps=tgt.max_steps, record_trace=record_trace,
+                      callbacks=tgt.callbacks)
     ctx = Context(sched, run_seed, variant)
     done = _rt.Event()
     wd = tgt.watchdog_s if watchdog_s is None else watchdog_s

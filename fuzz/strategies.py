@@ -51,7 +51,10 @@ class PCTChooser:
         self.step += 1
         if self.step in self.change_points and current is not None:
             self.low -= 1.0
-            self.prio[current.id] = self.low
+            if options[0].kind == "callback":  # asyncio tasks: demote the task that would run now
+                self.prio[max(options, key=lambda t: self._p(t.id)).id] = self.low
+            else:
+                self.prio[current.id] = self.low
         return max(options, key=lambda t: self._p(t.id))
 
 
