@@ -11,6 +11,7 @@ Module map (each one job; imports only go down this list):
   replay                          replay and shrink of an artifact
   plain, hypothesis_glue          plain repetition; Hypothesis as the decision source
   user_target                     ``file.py::name`` / ``pkg.module:name`` targets
+  decorator                       ``@schedules(...)`` on an ordinary async test (pytest-native)
   registry                        loads the built-in targets (``fuzz.targets``)
   cli, pytest_plugin              the command line and the pytest integration
 """
@@ -24,6 +25,7 @@ from .explore import run
 from .replay import replay, shrink
 from .registry import load_targets
 from .hypothesis_glue import run_hypothesis
+from .decorator import schedules
 
-__all__ = ["point", "sleep", "FuzzAbort", "Failure", "Context", "Target", "target", "execute", "run",
+__all__ = ["schedules", "point", "sleep", "FuzzAbort", "Failure", "Context", "Target", "target", "execute", "run",
            "replay", "shrink", "load_targets", "run_hypothesis"]

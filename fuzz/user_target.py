@@ -89,6 +89,7 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
     else:
         raise TargetSpecError(f"{spec!r} is neither a built-in target nor 'file.py::name' / 'pkg.module:name'")
     fn = getattr(mod, fname, None)
+    fn = getattr(fn, "__fuzz_inner__", fn)  # a @schedules test: explore the undecorated function
     if fn is None or not callable(fn):
         names = sorted(n for n, v in vars(mod).items() if inspect.iscoroutinefunction(v) and not n.startswith("_"))
         raise TargetSpecError(f"{mod.__name__} has no function {fname!r}"
@@ -97,15 +98,20 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
                   callbacks="explore", ref=ref, instrument=instrument)
 
 
-def _modules(own: ModuleType, prefixes: tuple[str, ...]) -> list[ModuleType]:
-    mods = [own]
+def _modules(own: ModuleType | None, prefixes: tuple[str, ...]) -> list[ModuleType]:
+    mods = [own] if own is not None else []
     for name, m in list(sys.modules.items()):
         if m is not None and m is not own and any(name == p or name.startswith(p + ".") for p in prefixes):
             mods.append(m)
     return mods
 
 
-def _body(fn: Callable, own: ModuleType, prefixes: tuple[str, ...]):
+def body_for(fn: Callable, own: ModuleType | None, prefixes: tuple[str, ...]):
+    """A target body calling ``fn()`` with ``own`` and the instrumented modules' names swapped."""
+    return _body(fn, own, prefixes)
+
+
+def _body(fn: Callable, own: ModuleType | None, prefixes: tuple[str, ...]):
     async def body(ctx: Context) -> None:
         for m in _modules(own, prefixes):
             ctx.instrument(m)

@@ -1,0 +1,126 @@
+"""``@fuzz.schedules(...)``: an ordinary async test explored over many schedules, Hypothesis-style.
+
+    @schedules(budget=200, strategy="random", seed=0, instrument=("mypkg",))
+    async def test_two_deposits():
+        ...
+        assert acct.balance == 2
+
+The decorated test is a plain function pytest runs without any async plugin. Saved failures of this test
+(``<project root>/.fuzz/failures``) are replayed first; on a failure the AssertionError carries the failing
+seed, the replay command (paste it in the directory pytest ran in) and the shrunk schedule.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .artifacts import default_failure_dir, replay_command
+from .explore import run
+from .replay import replay, shrink
+from .target import Target
+from .trace_format import format_trace
+from .user_target import body_for
+
+
+class FuzzFailure(AssertionError):
+    """A schedule of a ``@schedules`` test failed (the message holds seed, replay command, shrunk trace)."""
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    return int(v) if v else None
+
+
+def schedules(budget: int = 100, strategy: str = "random", seed: int | None = None,
+              instrument: Iterable[str] = (), shrink_runs: int = 200, artifacts: str | Path | None = None
+              ) -> Callable[[Callable], Callable]:
+    """Run the decorated ``async def`` (or coroutine-returning function) under ``budget`` schedules.
+
+    ``FUZZ_BUDGET`` / ``FUZZ_SEED`` in the environment (and ``--fuzz-budget`` / ``--fuzz-seed``) override
+    budget and seed; under pytest-xdist each worker explores its own seed range.
+
+    Raises (from the decorated test):
+        FuzzFailure: a schedule (saved or new) failed.
+    """
+    if budget <= 0:
+        raise ValueError(f"budget must be positive (got {budget})")
+    instrument = tuple(instrument)
+
+    def deco(fn: Callable) -> Callable:
+        mod = inspect.getmodule(fn)
+        path = Path(inspect.getfile(fn)).resolve()
+        ref = f"{path}::{fn.__name__}"
+
+        @functools.wraps(fn)
+        def test(*args, **kwargs):
+            if instrument:
+                from .instrument_ast import install
+                install(instrument)
+            tgt = Target(f"{path.name}::{fn.__name__}", "", body_for(lambda: fn(*args, **kwargs), mod, instrument),
+                         uses="user", callbacks="explore", ref=None if (args or kwargs) else ref,
+                         instrument=instrument)
+            fail_dir = Path(artifacts) if artifacts else default_failure_dir()
+            logging.disable(logging.CRITICAL)
+            try:
+                for saved in _saved(fail_dir, ref):
+                    res = replay(saved)[0]
+                    if res.failure is not None:
+                        raise FuzzFailure(_message(tgt, "saved failure still reproduces", saved, res))
+                b = _env_int("FUZZ_BUDGET") or budget
+                s = _worker_seed(_env_int("FUZZ_SEED") if _env_int("FUZZ_SEED") is not None else (seed or 0))
+                rep = run(tgt, strategy=strategy, budget=b, seed=s, artifacts=fail_dir)
+                if rep.failures:
+                    i, res, saved = rep.failures[0]
+                    final = None
+                    if tgt.ref is not None:
+                        final, _choices, _runs = shrink(saved, max_runs=shrink_runs)
+                    raise FuzzFailure(_message(tgt, f"failed after {i} schedule(s) (seed={s}, strategy={strategy})",
+                                               saved, res, final))
+                if rep.nothing_explored:
+                    raise FuzzFailure(f"{tgt.name}: nothing explored - every schedule was the same single "
+                                      "interleaving; start tasks/threads or pass instrument=(\"yourpkg\",)")
+            finally:
+                logging.disable(logging.NOTSET)
+        test.__fuzz_inner__ = fn
+        # pytest must not see a coroutine function (it would want an async plugin)
+        test.__signature__ = inspect.signature(fn)
+        return test
+    return deco
+
+
+def _worker_seed(seed: int) -> int:
+    """Seeds partitioned by pytest-xdist worker: gw0 explores seed, gw1 seed + 1_000_003, ..."""
+    w = os.environ.get("PYTEST_XDIST_WORKER", "")
+    n = int(w[2:]) if w.startswith("gw") and w[2:].isdigit() else 0
+    return seed + n * 1_000_003
+
+
+def _saved(directory: Path, ref: str) -> list[Path]:
+    out = []
+    for p in sorted(directory.glob("*.json")) if directory.is_dir() else ():
+        try:
+            if json.loads(p.read_text()).get("ref") == ref:
+                out.append(p)
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _message(tgt: Target, head: str, path: Path | None, res, final=None) -> str:
+    lines = [f"{tgt.name}: {head}: {res.failure.summary()}"]
+    if path is not None:
+        lines.append(f"  replay: {replay_command(path)}")
+    if final is not None and final.failure is not None:
+        lines.append("  shrunk schedule:")
+        lines.append("    " + format_trace(final.sched, limit=30).replace("\n", "\n    "))
+    elif res.sched is not None:
+        lines.append("    " + format_trace(res.sched, limit=30).replace("\n", "\n    "))
+    if res.failure.details:
+        lines.append("  " + res.failure.details.strip().replace("\n", "\n  "))
+    return "\n".join(lines)
