@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 from .artifacts import default_failure_dir, replay_command
 from .explore import run
+from .instrument_ast import install, installed_prefixes
 from .replay import replay, shrink
 from .target import Target
 from .trace_format import format_trace
@@ -60,11 +61,11 @@ def schedules(budget: int = 100, strategy: str = "random", seed: int | None = No
         @functools.wraps(fn)
         def test(*args, **kwargs):
             if instrument:
-                from .instrument_ast import install
                 install(instrument)
-            tgt = Target(f"{path.name}::{fn.__name__}", "", body_for(lambda: fn(*args, **kwargs), mod, instrument),
+            prefixes = tuple(sorted(set(instrument) | installed_prefixes()))  # recorded for replay
+            tgt = Target(f"{path.name}::{fn.__name__}", "", body_for(lambda: fn(*args, **kwargs), mod, prefixes),
                          uses="user", callbacks="explore", ref=None if (args or kwargs) else ref,
-                         instrument=instrument)
+                         instrument=prefixes)
             fail_dir = Path(artifacts) if artifacts else default_failure_dir()
             logging.disable(logging.CRITICAL)
             try:

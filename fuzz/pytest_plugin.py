@@ -1,4 +1,5 @@
-"""pytest integration: ``--fuzz-budget N`` / ``--fuzz-seed S`` and the ``fuzz_target`` fixture.
+"""pytest integration: ``--fuzz-budget N`` / ``--fuzz-seed S`` / ``--fuzz-instrument MODULE`` and the
+``fuzz_target`` fixture (built-in targets); ``@fuzz.schedules`` tests read budget and seed from here too.
 
 Each target runs in the normal suite with a small fixed budget (marker ``fuzz``). Saved failures for the
 target (``.fuzz/failures/<target>-*.json``, correct code only) are re-run first, so a bug found once keeps
@@ -18,6 +19,27 @@ def pytest_addoption(parser):
     group = parser.getgroup("fuzz", "deterministic concurrency fuzzing")
     group.addoption("--fuzz-budget", type=int, default=None, help="schedules per fuzz target (default: per test)")
     group.addoption("--fuzz-seed", type=int, default=None, help="base seed for fuzz targets (default 0)")
+    group.addoption("--fuzz-instrument", action="append", default=None, metavar="MODULE",
+                    help="add preemption points at shared-state accesses in MODULE and its submodules "
+                         "(rewritten on import, before collection); repeatable or comma-separated")
+
+
+def pytest_configure(config):
+    try:
+        mods = config.getoption("--fuzz-instrument")
+    except ValueError:
+        mods = None
+    prefixes = [p.strip() for v in mods or () for p in v.split(",") if p.strip()]
+    if prefixes:
+        from .instrument_ast import install
+        install(prefixes)
+    for opt, env in (("--fuzz-budget", "FUZZ_BUDGET"), ("--fuzz-seed", "FUZZ_SEED")):
+        try:
+            v = config.getoption(opt)
+        except ValueError:
+            v = None
+        if v is not None:  # @schedules tests read the environment (they have no config object)
+            os.environ[env] = str(v)
 
 
 def _opt(config, name, env):

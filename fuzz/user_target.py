@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Callable, Iterable
 
 from .context import Context
+from .instrument_ast import install, installed_prefixes
 from .target import Target
 
 
@@ -68,7 +69,6 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
     instrument = tuple(p for p in instrument if p)
     base = Path(cwd or os.getcwd())
     if instrument:
-        from .instrument_ast import install
         install(instrument)
     if "::" in spec:
         file, _, fname = spec.rpartition("::")
@@ -88,6 +88,8 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
         ref = display = spec
     else:
         raise TargetSpecError(f"{spec!r} is neither a built-in target nor 'file.py::name' / 'pkg.module:name'")
+    if instrument:  # the target's own module too, when a prefix names it (a file target is loaded directly)
+        install(instrument)
     fn = getattr(mod, fname, None)
     fn = getattr(fn, "__fuzz_inner__", fn)  # a @schedules test: explore the undecorated function
     if fn is None or not callable(fn):
@@ -100,6 +102,7 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
 
 def _modules(own: ModuleType | None, prefixes: tuple[str, ...]) -> list[ModuleType]:
     mods = [own] if own is not None else []
+    prefixes = tuple(prefixes) + tuple(installed_prefixes())  # also --fuzz-instrument / earlier install()
     for name, m in list(sys.modules.items()):
         if m is not None and m is not own and any(name == p or name.startswith(p + ".") for p in prefixes):
             mods.append(m)
