@@ -28,6 +28,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .hb import HappensBefore
+
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
 _STDLIB_DIRS = tuple(
     os.path.dirname(os.path.abspath(m.__file__)) for m in (asyncio, concurrent.futures)
@@ -152,6 +154,8 @@ class Scheduler:
         self.timers = timers
         self.callbacks = callbacks  # "fifo" | "explore": the strategy picks which ready task step runs next
         self._callback_ids: dict[str, int] = {}
+        # happens-before digest, only for strategies that reduce by it (bounded search)
+        self.hb = HappensBefore() if getattr(strategy, "wants_hb", False) else None
         self.max_steps = max_steps
         self.record_trace = record_trace
         self.tasks: list[Task] = []
@@ -200,6 +204,8 @@ class Scheduler:
         ev = Event(self.steps, task_name, kind, detail, where)
         self._hash.update(ev.key().encode())
         self._hash.update(b"\n")
+        if self.hb is not None:
+            self.hb.add(task_name, kind, detail, where)
         if self.record_trace:
             self.trace.append(ev)
 
