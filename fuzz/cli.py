@@ -24,7 +24,7 @@ from .registry import load_targets
 from .replay import replay, shrink
 from .strategies import StrategyError, parse_strategy
 from .target import Target
-from .trace_format import format_trace
+from .explain import explain
 from .user_target import TargetSpecError, is_user_spec, load_user_target
 
 
@@ -144,6 +144,8 @@ def cmd_run(args) -> int:
                   f"(preemptions={res.preemptions}, decisions={res.decisions})")
             if res.failure.details:
                 print("  " + res.failure.details.replace("\n", "\n  "))
+            if res.sched is not None and res.sched.trace:
+                print(explain(res.sched, limit=30))
             if path:
                 print(f"  artifact: {path}")
                 print(f"  replay:   {replay_command(path)}")
@@ -194,7 +196,7 @@ def cmd_replay(args) -> int:
     if r0.failure is not None:
         print(f"  {r0.failure.summary()}")
         if args.verbose:
-            print(format_trace(r0.sched, limit=args.limit))
+            print(explain(r0.sched, limit=args.limit))
         if r0.failure.details:
             print("  " + r0.failure.details.replace("\n", "\n  "))
     return 1 if failed else 0
@@ -211,7 +213,7 @@ def cmd_shrink(args) -> int:
         return 0
     print(f"shrunk {art['target']}: {len(art['choices'])} choices -> {sum(c is not None for c in choices)} "
           f"deviation(s) from the default schedule, preemptions={final.preemptions}, {runs} runs")
-    print(format_trace(final.sched, limit=args.limit))
+    print(explain(final.sched, limit=args.limit))
     if final.failure and final.failure.details:
         print("  " + final.failure.details.replace("\n", "\n  "))
     if args.write and final.failure is not None:

@@ -25,7 +25,7 @@ from .explore import run
 from .instrument_ast import install, installed_prefixes
 from .replay import replay, shrink
 from .target import Target
-from .trace_format import format_trace
+from .explain import explain
 from .user_target import body_for
 
 
@@ -118,10 +118,9 @@ def _message(tgt: Target, head: str, path: Path | None, res, final=None) -> str:
     if path is not None:
         lines.append(f"  replay: {replay_command(path)}")
     if final is not None and final.failure is not None:
-        lines.append("  shrunk schedule:")
-        lines.append("    " + format_trace(final.sched, limit=30).replace("\n", "\n    "))
-    elif res.sched is not None:
-        lines.append("    " + format_trace(res.sched, limit=30).replace("\n", "\n    "))
+        lines.append("  shrunk schedule, " + explain(final.sched, limit=30).replace("\n", "\n    "))
+    elif res.sched is not None and res.sched.trace:
+        lines.append("  " + explain(res.sched, limit=30).replace("\n", "\n    "))
     if res.failure.details:
         lines.append("  " + res.failure.details.strip().replace("\n", "\n  "))
     return "\n".join(lines)

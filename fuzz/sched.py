@@ -63,6 +63,7 @@ class Event:
     kind: str
     detail: str
     where: str
+    actor: str = ""  # on the loop thread: the asyncio task whose step was running (not part of the key)
 
     def key(self) -> str:
         return f"{self.task}|{self.kind}|{self.detail}|{self.where}"
@@ -156,6 +157,7 @@ class Scheduler:
         self._callback_ids: dict[str, int] = {}
         # happens-before digest, only for strategies that reduce by it (bounded search)
         self.hb = HappensBefore() if getattr(strategy, "wants_hb", False) else None
+        self.actor = ""  # label of the asyncio task whose step the loop is running (traces only)
         self.max_steps = max_steps
         self.record_trace = record_trace
         self.tasks: list[Task] = []
@@ -207,6 +209,8 @@ class Scheduler:
         if self.hb is not None:
             self.hb.add(task_name, kind, detail, where)
         if self.record_trace:
+            if self.actor and task_name == self.loop_task.name:
+                ev.actor = self.actor
             self.trace.append(ev)
 
     @property
@@ -649,9 +653,12 @@ class FuzzLoop(asyncio.SelectorEventLoop):
             detail, where = self._describe(h)
             s.record(me.name, "callback", detail, where)
             me.busy = True
+            if s.record_trace and detail.startswith("step "):
+                s.actor = detail[5:]
             try:
                 h._run()
             finally:
                 me.busy = False
+                s.actor = ""
             break
         h = None

@@ -123,5 +123,8 @@ def _body(fn: Callable, own: ModuleType | None, prefixes: tuple[str, ...]):
             if inspect.isawaitable(r):
                 await r
         except AssertionError as e:
-            ctx.fail("invariant", str(e) or "assertion failed", "".join(traceback.format_exception(e)))
+            # the user's frames only (this adapter's frame is noise in their report)
+            tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+            ctx.fail("invariant", str(e) or "assertion failed",
+                     "".join(traceback.format_exception(type(e), e, tb)))
     return body

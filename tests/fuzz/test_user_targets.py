@@ -149,7 +149,7 @@ def test_pytest_decorator_reports_seed_replay_and_shrunk_trace(project):
     out = p.stdout
     assert p.returncode == 1 and "1 failed, 1 passed" in out, out + p.stderr
     assert "failed after 1 schedule(s) (seed=0, strategy=random)" in out
-    assert "shrunk schedule:" in out and "lost update: 1" in out
+    assert "shrunk schedule, what each task/thread did" in out and "lost update: 1" in out
     r = _sh(_printed(out, "replay"), project)
     assert r.returncode == 1 and "failure reproduced 1/1" in r.stdout, r.stdout + r.stderr
     # the saved failure is replayed first on the next run
