@@ -1,8 +1,4 @@
-"""Failure artifacts: where they go (``<project root>/.fuzz/failures``), what they hold, how to replay them.
-
-The project root is the nearest parent of the current directory holding ``pyproject.toml``, ``.git`` or
-``setup.cfg`` (else the current directory) - never the installed package's directory.
-"""
+"""Failure artifacts: what they hold, where they go (``fuzz.project``), how to replay them."""
 
 from __future__ import annotations
 
@@ -17,25 +13,12 @@ import sys
 from pathlib import Path
 
 from .execute import RunResult
+from .project import default_failure_dir, project_root
 from .target import Target
 from .trace_format import format_trace
 
-_PROJECT_MARKERS = ("pyproject.toml", ".git", "setup.cfg")
 # `python -m <this>` runs the CLI whatever the installed package is called (fuzz, tripwire.fuzz)
 CLI_MODULE = __name__.rpartition(".")[0]
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """Nearest parent of ``start`` (default: the current directory) with a project marker, else ``start``."""
-    here = Path(start or os.getcwd()).resolve()
-    for d in (here, *here.parents):
-        if any((d / m).exists() for m in _PROJECT_MARKERS):
-            return d
-    return here
-
-
-def default_failure_dir() -> Path:
-    return project_root() / ".fuzz" / "failures"
 
 
 _GIT: dict[str, str] = {}
@@ -54,6 +37,24 @@ def git_commit(root: Path | None = None) -> str:
     return _GIT[key]
 
 
+def artifact_data(tgt: Target, spec: str, run_seed: int, res: RunResult, variant: str | None) -> dict:
+    """The JSON-able record of a failing schedule (what a failure database stores)."""
+    return dict(key=target_key(tgt, variant), target=tgt.name, ref=tgt.ref, instrument=list(tgt.instrument),
+                cwd=os.getcwd(), variant=variant, strategy=spec, seed=run_seed, choices=res.choices,
+                trace_hash=res.trace_hash, failure=dataclasses.asdict(res.failure),
+                preemptions=res.preemptions, steps=res.steps, python=platform.python_version(),
+                git_commit=git_commit(), trace_tail=format_trace(res.sched, limit=20) if res.sched else "")
+
+
+def target_key(tgt: Target, variant: str | None = None) -> str:
+    """A machine-independent name of (target, variant): the key failures are shared under."""
+    return (tgt.key or tgt.name) + (f"@{variant}" if variant else "")
+
+
+def artifact_path(directory: Path, data: dict) -> Path:
+    return Path(directory) / f"{_file_safe(data['key'])}-{data['trace_hash'][:12]}.json"
+
+
 def write_artifact(tgt: Target, spec: str, run_seed: int, res: RunResult, variant: str | None,
                    directory: Path | None = None) -> Path:
     """Write the failing schedule as JSON into ``directory`` (default ``<project root>/.fuzz/failures``).
@@ -63,13 +64,8 @@ def write_artifact(tgt: Target, spec: str, run_seed: int, res: RunResult, varian
     """
     directory = Path(directory or default_failure_dir())
     directory.mkdir(parents=True, exist_ok=True)
-    name = _file_safe(tgt.name) + (f"@{variant}" if variant else "")
-    path = directory / f"{name}-{res.trace_hash[:12]}.json"
-    data = dict(target=tgt.name, ref=tgt.ref, instrument=list(tgt.instrument), cwd=os.getcwd(),
-                variant=variant, strategy=spec, seed=run_seed, choices=res.choices,
-                trace_hash=res.trace_hash, failure=dataclasses.asdict(res.failure),
-                preemptions=res.preemptions, steps=res.steps, python=platform.python_version(),
-                git_commit=git_commit(), trace_tail=format_trace(res.sched, limit=20) if res.sched else "")
+    data = artifact_data(tgt, spec, run_seed, res, variant)
+    path = artifact_path(directory, data)
     path.write_text(json.dumps(data, indent=1))
     return path
 

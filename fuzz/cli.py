@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .artifacts import CLI_MODULE, load_artifact, replay_command, resolve_target, write_artifact
 from .explore import Report, run
+from .failure_db import FailureDBError, open_db, replay_known
 from .registry import load_targets
 from .replay import replay, shrink
 from .strategies import StrategyError, parse_strategy
@@ -109,10 +110,37 @@ def _nothing_explored(name: str) -> int:
     return 2
 
 
+def _open_db(spec: str | None):
+    if not spec:
+        return None
+    try:
+        return open_db(spec)
+    except FailureDBError as e:
+        raise UsageError(str(e)) from None
+
+
+def _save_failures(db, paths) -> None:
+    for p in paths:
+        if p:
+            data = load_artifact(p)
+            db.save(data["key"], data)
+
+
 def cmd_run(args) -> int:
     tgt = _check_run_args(args)
     instrument = _instrument_list(args.instrument)
     artifacts = Path(args.artifacts) if args.artifacts else True
+    db = _open_db(args.fuzz_db)
+    if db is not None:  # failures found anywhere are replayed first
+        known = replay_known(tgt, db, args.variant)
+        if known is not None:
+            data, res = known
+            path = write_artifact(tgt, data.get("strategy", "?"), data["seed"], res, args.variant,
+                                  artifacts if artifacts is not True else None)
+            print(f"FAIL replayed from the failure database ({db.url}): {res.failure.summary()}")
+            print(explain(res.sched, limit=30))
+            print(f"  artifact: {path}\n  replay:   {replay_command(path)}")
+            return 1
     if args.jobs > 1:
         # independent seeds per job, each in its own process (module-name swaps are per process)
         per = max(1, args.budget // args.jobs)
@@ -127,6 +155,8 @@ def cmd_run(args) -> int:
         dt = time.perf_counter() - t0
         print(f"[{tgt.name} {args.strategy}] schedules {total} (distinct {distinct})  {total / dt:.1f}/s  "
               f"failures {len(fails)}")
+        if db is not None:
+            _save_failures(db, [f[2] for f in fails])
         for _i, summary, path, pre in fails:
             print(f"FAIL {summary} (preemptions={pre})")
             if path:
@@ -138,6 +168,8 @@ def cmd_run(args) -> int:
     rep = run(tgt, strategy=args.strategy, budget=args.budget, seed=args.seed, variant=args.variant,
               progress=show, stop_on_failure=not args.keep_going, artifacts=artifacts)
     show(rep, final=True)
+    if db is not None:
+        _save_failures(db, [p for _i, _r, p in rep.failures])
     if rep.failures:
         for i, res, path in rep.failures:
             print(f"FAIL after {i} schedule(s) ({rep.distinct} distinct): {res.failure.summary()}  "
@@ -245,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     r.add_argument("--artifacts", default=None, metavar="DIR",
                    help="where failure artifacts go (default <project root>/.fuzz/failures)")
+    r.add_argument("--fuzz-db", default=None, metavar="URL",
+                   help="shared failure database, replayed first and fed with new failures: "
+                        "redis://HOST[:PORT]/N or a directory")
     r.add_argument("--instrument", action="append", metavar="MODULE",
                    help="user targets: add preemption points at shared-state accesses in these modules "
                         "(and their submodules); repeatable or comma-separated")

@@ -5,8 +5,9 @@
         ...
         assert acct.balance == 2
 
-The decorated test is a plain function pytest runs without any async plugin. Saved failures of this test
-(``<project root>/.fuzz/failures``) are replayed first; on a failure the AssertionError carries the failing
+The decorated test is a plain function pytest runs without any async plugin. Failures of this test in the
+failure database (``FUZZ_DB`` / ``--fuzz-db``: default ``<project root>/.fuzz/failures``, or redis://HOST/N)
+are replayed first, on every worker and machine; on a failure the AssertionError carries the failing
 seed, the replay command (paste it in the directory pytest ran in) and the shrunk schedule.
 """
 
@@ -14,16 +15,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .artifacts import default_failure_dir, replay_command
+from .artifacts import artifact_data, replay_command, target_key, write_artifact
+from .failure_db import open_db, replay_known, worker_seed
+from .project import default_failure_dir, file_key
 from .explore import run
 from .instrument_ast import install, installed_prefixes
-from .replay import replay, shrink
+from .replay import shrink
 from .target import Target
 from .explain import explain
 from .user_target import body_for
@@ -65,19 +67,25 @@ def schedules(budget: int = 100, strategy: str = "random", seed: int | None = No
             prefixes = tuple(sorted(set(instrument) | installed_prefixes()))  # recorded for replay
             tgt = Target(f"{path.name}::{fn.__name__}", "", body_for(lambda: fn(*args, **kwargs), mod, prefixes),
                          uses="user", callbacks="explore", ref=None if (args or kwargs) else ref,
-                         instrument=prefixes)
+                         instrument=prefixes, key=file_key(path, fn.__name__))
             fail_dir = Path(artifacts) if artifacts else default_failure_dir()
+            db = open_db(os.environ.get("FUZZ_DB"), fail_dir)
             logging.disable(logging.CRITICAL)
             try:
-                for saved in _saved(fail_dir, ref):
-                    res = replay(saved)[0]
-                    if res.failure is not None:
-                        raise FuzzFailure(_message(tgt, "saved failure still reproduces", saved, res))
+                known = replay_known(tgt, db)
+                if known is not None:
+                    data, res = known
+                    saved = data.get("_path")
+                    if saved is None:  # from a shared database: keep a local copy for the replay command
+                        saved = write_artifact(tgt, data.get("strategy", "?"), data["seed"], res, None, fail_dir)
+                    raise FuzzFailure(_message(tgt, f"replayed from the failure database ({db.url}), still fails",
+                                               Path(saved), res))
                 b = _env_int("FUZZ_BUDGET") or budget
-                s = _worker_seed(_env_int("FUZZ_SEED") if _env_int("FUZZ_SEED") is not None else (seed or 0))
+                s = worker_seed(_env_int("FUZZ_SEED") if _env_int("FUZZ_SEED") is not None else (seed or 0))
                 rep = run(tgt, strategy=strategy, budget=b, seed=s, artifacts=fail_dir)
                 if rep.failures:
                     i, res, saved = rep.failures[0]
+                    db.save(target_key(tgt), artifact_data(tgt, strategy, res.run_seed, res, None))
                     final = None
                     if tgt.ref is not None:
                         final, _choices, _runs = shrink(saved, max_runs=shrink_runs)
@@ -93,24 +101,6 @@ def schedules(budget: int = 100, strategy: str = "random", seed: int | None = No
         test.__signature__ = inspect.signature(fn)
         return test
     return deco
-
-
-def _worker_seed(seed: int) -> int:
-    """Seeds partitioned by pytest-xdist worker: gw0 explores seed, gw1 seed + 1_000_003, ..."""
-    w = os.environ.get("PYTEST_XDIST_WORKER", "")
-    n = int(w[2:]) if w.startswith("gw") and w[2:].isdigit() else 0
-    return seed + n * 1_000_003
-
-
-def _saved(directory: Path, ref: str) -> list[Path]:
-    out = []
-    for p in sorted(directory.glob("*.json")) if directory.is_dir() else ():
-        try:
-            if json.loads(p.read_text()).get("ref") == ref:
-                out.append(p)
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def _message(tgt: Target, head: str, path: Path | None, res, final=None) -> str:

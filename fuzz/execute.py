@@ -26,6 +26,7 @@ class RunResult:
     deviations: int
     sched: Scheduler | None = None
     leaked: list[str] = dataclasses.field(default_factory=list)
+    run_seed: int = 0
 
 
 def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
@@ -126,4 +127,4 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
     preempt = sum(1 for opts, d, c, cur in sched.decisions if c != d and cur in opts)
     dev = sum(1 for opts, d, c, cur in sched.decisions if c != d)
     return RunResult(sched.failure, list(sched.choices), sched.trace_hash, sched.steps, len(sched.decisions),
-                     preempt, dev, sched, ctx.state.get("_leaked", []))
+                     preempt, dev, sched, ctx.state.get("_leaked", []), run_seed)

@@ -32,6 +32,7 @@ class Target:
     callbacks: str = "fifo"
     ref: str | None = None  # user targets: the spec that loads it again ("file.py::name", "pkg.mod:name")
     instrument: tuple[str, ...] = ()  # user targets: module prefixes rewritten with preemption points
+    key: str | None = None  # user targets: machine-independent name failures are shared under (default: name)
 
 
 TARGETS: dict[str, Target] = {}

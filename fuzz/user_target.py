@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Callable, Iterable
 
 from .context import Context
+from .project import file_key
 from .instrument_ast import install, installed_prefixes
 from .target import Target
 
@@ -75,6 +76,7 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
         mod = _load_file(Path(file), base)
         ref = f"{Path(mod.__file__).resolve()}::{fname}"
         display = f"{Path(file).name}::{fname}"
+        key = file_key(mod.__file__, fname)
     elif ":" in spec:
         modname, _, fname = spec.partition(":")
         if str(base) not in sys.path:
@@ -85,7 +87,7 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
             if e.name and modname.startswith(e.name):
                 raise TargetSpecError(f"cannot import module {modname!r} from {base} (is it on sys.path?)") from None
             raise
-        ref = display = spec
+        ref = display = key = spec
     else:
         raise TargetSpecError(f"{spec!r} is neither a built-in target nor 'file.py::name' / 'pkg.module:name'")
     if instrument:  # the target's own module too, when a prefix names it (a file target is loaded directly)
@@ -97,7 +99,7 @@ def load_user_target(spec: str, *, instrument: Iterable[str] = (), cwd: str | Pa
         raise TargetSpecError(f"{mod.__name__} has no function {fname!r}"
                               + (f"; async functions there: {', '.join(names)}" if names else ""))
     return Target(display, (inspect.getdoc(fn) or "").split("\n")[0], _body(fn, mod, instrument), uses="user",
-                  callbacks="explore", ref=ref, instrument=instrument)
+                  callbacks="explore", ref=ref, instrument=instrument, key=key)
 
 
 def _modules(own: ModuleType | None, prefixes: tuple[str, ...]) -> list[ModuleType]:

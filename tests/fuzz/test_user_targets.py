@@ -155,4 +155,4 @@ def test_pytest_decorator_reports_seed_replay_and_shrunk_trace(project):
     # the saved failure is replayed first on the next run
     p2 = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py::test_lost_update"],
              project, 180)
-    assert p2.returncode == 1 and "saved failure still reproduces" in p2.stdout, p2.stdout
+    assert p2.returncode == 1 and "replayed from the failure database" in p2.stdout, p2.stdout
