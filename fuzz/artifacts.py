@@ -71,7 +71,7 @@ def write_artifact(tgt: Target, spec: str, run_seed: int, res: RunResult, varian
 
 
 def _file_safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("_") or "target"
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name).strip("_") or "target"
 
 
 def load_artifact(path: str | Path) -> dict:

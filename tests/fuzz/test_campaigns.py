@@ -15,7 +15,7 @@ import pytest
 import fuzz
 from fuzz.failure_db import DirectoryDB, open_db, worker_seed
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]  # subprocesses on a shared machine
 CLI = fuzz.__name__
 
 TESTS = '''
@@ -88,7 +88,6 @@ def test_directory_db_round_trip(tmp_path):
     assert [(d["seed"], d["choices"]) for d in got] == [(3, [1])]
 
 
-@pytest.mark.timeout(300)  # four pytest subprocesses on a shared machine
 def test_xdist_two_workers_replay_each_others_failures(tmp_path):
     pytest.importorskip("xdist")
     proj = _project(tmp_path / "proj")
@@ -127,7 +126,6 @@ def redis_url(tmp_path):
         proc.wait(10)
 
 
-@pytest.mark.timeout(300)
 def test_two_machines_share_failures_through_redis(tmp_path, redis_url):
     a = _project(tmp_path / "machine-a")
     b = _project(tmp_path / "machine-b")

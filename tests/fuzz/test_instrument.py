@@ -15,7 +15,7 @@ from fuzz import instrument_ast
 from fuzz.explore import run
 from fuzz.user_target import load_user_target
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]  # subprocesses on a shared machine
 CLI = fuzz.__name__
 
 COUNTER = '''
@@ -129,7 +129,8 @@ def test_unmodified_thread_race_found_only_with_instrumentation(counter_file):
 
 def test_cli_instrument_and_replay(counter_file):
     cwd = counter_file.parent
-    env = {k: v for k, v in os.environ.items() if k not in ("FUZZ_BUDGET", "FUZZ_SEED")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUZZ_BUDGET", "FUZZ_SEED", "FUZZ_DB", "PYTEST_XDIST_WORKER")}
     p = subprocess.run([sys.executable, "-m", CLI, "run", "fzcounter_mod.py::racy", "--instrument", "fzcounter_mod"],
                        cwd=cwd, capture_output=True, text=True, timeout=120, env=env)
     assert p.returncode == 1 and "lost update: 1" in p.stdout, p.stdout + p.stderr
@@ -158,7 +159,8 @@ def test_pytest_equivalents(counter_file):
         async def test_option_instruments():
             fzcounter_mod._run(False)
     '''))
-    env = {k: v for k, v in os.environ.items() if k not in ("FUZZ_BUDGET", "FUZZ_SEED")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FUZZ_BUDGET", "FUZZ_SEED", "FUZZ_DB", "PYTEST_XDIST_WORKER")}
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(cwd)]
     p = subprocess.run(base + ["test_counter.py"], cwd=cwd, capture_output=True, text=True, timeout=180, env=env)
     assert p.returncode == 1 and "lost update: 1" in p.stdout, p.stdout[-3000:]

@@ -14,7 +14,7 @@ import pytest
 
 import fuzz
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]  # subprocesses on a shared machine
 REPO = Path(__file__).resolve().parents[2]
 CLI = fuzz.__name__
 
@@ -72,6 +72,8 @@ def _env():
     env.pop("PYTHONPATH", None)
     env.pop("FUZZ_BUDGET", None)
     env.pop("FUZZ_SEED", None)
+    env.pop("FUZZ_DB", None)
+    env.pop("PYTEST_XDIST_WORKER", None)  # the inner pytest is not an xdist worker (its seeds are not shifted)
     return env
 
 
