@@ -1,5 +1,5 @@
 """Deterministic concurrency fuzzing: one baton passed between the event loop, worker threads and
-external events; see CONTRIBUTING.md ("Fuzz targets") and ``python -m fuzz --help``.
+external events; see CONTRIBUTING.md ("Fuzz targets") and ``python -m tripwire.fuzz --help``.
 
 Module map (each one job; imports only go down this list):
   sched, strategies, prims        the baton scheduler, decision strategies, instrumented primitives
@@ -15,6 +15,17 @@ Module map (each one job; imports only go down this list):
   registry                        loads the built-in targets (``fuzz.targets``)
   cli, pytest_plugin              the command line and the pytest integration
 """
+
+if __name__ == "fuzz":
+    # A checkout's short form (`python -m fuzz ...` from the repository root) imports this folder as the
+    # top-level package `fuzz`. Hand out the one real package instead and resolve the relative imports below
+    # inside it, so no module is ever loaded twice under two names.
+    import importlib as _importlib
+    import sys as _sys
+
+    _sys.modules[__name__] = _importlib.import_module("tripwire." + __name__)
+    __path__ = _sys.modules[__name__].__path__
+    __package__ = "tripwire." + __name__
 
 from .prims import point, sleep
 from .sched import FuzzAbort, Failure

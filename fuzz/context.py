@@ -60,7 +60,7 @@ class Context:
         if self.variant:
             from .mutants import load_mutant
             return load_mutant(self.variant)
-        import engine
+        from tripwire import engine
         return engine
 
     @property

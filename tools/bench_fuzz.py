@@ -1,5 +1,5 @@
-"""Benchmark of the deterministic fuzzer: `python -m tools.bench_fuzz [--quick] [--targets a,b]`, and the race
-suite side by side with peers: `python -m tools.bench_fuzz --races [--peer-python PY]`.
+"""Benchmark of the deterministic fuzzer: `python -m tripwire.tools.bench_fuzz [--quick] [--targets a,b]`, and the race
+suite side by side with peers: `python -m tripwire.tools.bench_fuzz --races [--peer-python PY]`.
 
 Peers (the `bench` extra) need Python >= 3.12 (interleave-test, simloom) / 3.13 (ploom); install them next to
 the repo:  python3.13 -m venv .venv-peers && .venv-peers/bin/pip install frontrun interleave-test simloom ploom
@@ -18,9 +18,9 @@ import statistics
 import sys
 import time
 
-from fuzz import registry
-from fuzz.explore import run
-from fuzz.plain import run_plain
+from tripwire.fuzz import registry
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.plain import run_plain
 
 
 def bench_variant(tgt, variant, seeds, budget, plain_runs):
@@ -53,7 +53,7 @@ def bench_correct(tgt, random_budget, bounded_budget):
 # --------------------------------------------------------------------------- --races: the side-by-side race suite
 PEER_TOOLS = ("frontrun-dpor", "interleave-random", "interleave-pct", "simloom-random")
 OUR_TOOLS = ("ours-random", "ours-pct:3", "ours-bounded:2")
-RACES_MODULE = "tools.race_programs"
+RACES_MODULE = "tripwire.tools.race_programs"
 
 
 def _stress(prog, runs: int, stop_on_failure: bool) -> dict:
@@ -74,9 +74,9 @@ def _stress(prog, runs: int, stop_on_failure: bool) -> dict:
 
 
 def _ours(prog, strategy: str, budget: int, stop_on_failure: bool) -> dict:
-    from fuzz.target import Target
-    from fuzz.user_target import body_for
-    import tools.race_programs as rp
+    from tripwire.fuzz.target import Target
+    from tripwire.fuzz.user_target import body_for
+    from tripwire.tools import race_programs as rp
     tgt = Target(f"{prog.name}-{prog.form}", prog.what, body_for(prog.main, rp, (RACES_MODULE,)), uses="user",
                  callbacks="explore")
     rep = run(tgt, strategy=strategy, budget=budget, seed=0, artifacts=False, stop_on_failure=stop_on_failure)
@@ -105,8 +105,8 @@ def _peers(peer_python: str | None, budget: int) -> tuple[list[dict], str]:
 
 def _instrumentation_overhead(n: int = 200_000) -> float:
     """Per-call slowdown of instrumented code run outside a fuzz execution (the cost users pay when opted in)."""
-    import tools.race_programs as rp
-    from fuzz.instrument_ast import HELPERS, compile_instrumented
+    from tripwire.tools import race_programs as rp
+    from tripwire.fuzz.instrument_ast import HELPERS, compile_instrumented
     src = "def f(s):\n    s.n += 1\n    s.d['k'] = s.d.get('k', 0) + s.n\n"
     plain, inst = {}, dict(HELPERS)
     exec(compile(src, "<bench>", "exec"), plain)
@@ -123,7 +123,7 @@ def _instrumentation_overhead(n: int = 200_000) -> float:
 
 def races(args) -> int:
     import os
-    import tools.race_programs as rp
+    from tripwire.tools import race_programs as rp
     peer_python = args.peer_python
     if peer_python is None and os.path.exists(".venv-peers/bin/python"):
         peer_python = os.path.abspath(".venv-peers/bin/python")
@@ -136,7 +136,7 @@ def races(args) -> int:
         rows.append(dict(program=p.name, kind=p.kind, form=p.form, tool="stress",
                          **_stress(p, budget, stop_on_failure=p.form == "buggy")))
     overhead = _instrumentation_overhead()
-    from fuzz.instrument_ast import install
+    from tripwire.fuzz.instrument_ast import install
     install([RACES_MODULE])
     for p in progs:
         for tool in OUR_TOOLS:

@@ -1,6 +1,6 @@
 """Runs the race programs (tools/race_programs.py) through the peer tools; one JSON line per program/tool/form.
 
-Started by ``python -m tools.bench_fuzz --races`` with the peers' interpreter (they need Python >= 3.12/3.13),
+Started by ``python -m tripwire.tools.bench_fuzz --races`` with the peers' interpreter (they need Python >= 3.12/3.13),
 under the ``frontrun`` launcher (its DPOR refuses to run without the environment that launcher sets):
     PEERS/bin/frontrun PEERS/bin/python tools/race_peers.py --budget 200
 Stdlib + the peers only: this file and race_programs.py are loaded by path, tripwire is not imported.

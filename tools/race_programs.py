@@ -1,4 +1,4 @@
-"""Small race programs for ``python -m tools.bench_fuzz --races``: ordinary Python, no fuzzer import.
+"""Small race programs for ``python -m tripwire.tools.bench_fuzz --races``: ordinary Python, no fuzzer import.
 
 Each program comes in a buggy and a fixed form and is one of three kinds:
   * ``threads``  - worker functions run on threads (``threading.Thread``),

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from fuzz.explore import run
-from fuzz.target import Target
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.target import Target
 
 pytestmark = pytest.mark.fuzz
 

@@ -12,8 +12,8 @@ import textwrap
 
 import pytest
 
-import fuzz
-from fuzz.failure_db import DirectoryDB, open_db, worker_seed
+from tripwire import fuzz
+from tripwire.fuzz.failure_db import DirectoryDB, open_db, worker_seed
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]  # subprocesses on a shared machine
 CLI = fuzz.__name__

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fuzz import cli
+from tripwire.fuzz import cli
 
 pytestmark = pytest.mark.fuzz
 
@@ -52,7 +52,7 @@ def test_not_an_artifact_is_a_usage_error(capsys, tmp_path):
 
 
 def test_argparse_errors_exit_2_without_traceback():
-    p = subprocess.run([sys.executable, "-m", "fuzz", "run", "toy-cancel-drain", "--budget", "many"],
+    p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "run", "toy-cancel-drain", "--budget", "many"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "invalid int value" in p.stderr and "Traceback" not in p.stderr
 

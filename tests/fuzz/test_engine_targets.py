@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from fuzz import registry
-from fuzz.explore import run
+from tripwire.fuzz import registry
+from tripwire.fuzz.explore import run
 
 pytestmark = pytest.mark.fuzz
 

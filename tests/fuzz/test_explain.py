@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from fuzz import prims
-from fuzz.execute import execute
-from fuzz.explain import explain
-from fuzz.explore import run
-from fuzz.strategies import ReplayChooser
-from fuzz.target import Target
-from fuzz.user_target import load_user_target
+from tripwire.fuzz import prims
+from tripwire.fuzz.execute import execute
+from tripwire.fuzz.explain import explain
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.strategies import ReplayChooser
+from tripwire.fuzz.target import Target
+from tripwire.fuzz.user_target import load_user_target
 
 pytestmark = pytest.mark.fuzz
 
@@ -71,7 +71,7 @@ def _failing(tgt):
 
 
 def _seed(rep):
-    from fuzz.strategies import derive_seed
+    from tripwire.fuzz.strategies import derive_seed
     return derive_seed(rep.seed, rep.failures[0][0] - 1)
 
 

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from fuzz import cli
-from fuzz.explore import run
-from fuzz.user_target import load_user_target
+from tripwire.fuzz import cli
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.user_target import load_user_target
 
 pytestmark = pytest.mark.fuzz
 

@@ -10,10 +10,10 @@ import textwrap
 
 import pytest
 
-import fuzz
-from fuzz import instrument_ast
-from fuzz.explore import run
-from fuzz.user_target import load_user_target
+from tripwire import fuzz
+from tripwire.fuzz import instrument_ast
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.user_target import load_user_target
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]  # subprocesses on a shared machine
 CLI = fuzz.__name__

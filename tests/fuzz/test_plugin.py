@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fuzz.pytest_plugin import FuzzRunner
+from tripwire.fuzz.pytest_plugin import FuzzRunner
 
 
 def test_saved_failures_match_the_exact_target_and_skip_variant_artifacts(tmp_path, pytestconfig):

@@ -7,14 +7,14 @@ import logging
 
 import pytest
 
-import tools.race_programs as rp
-from fuzz.explore import run
-from fuzz.instrument_ast import install
-from fuzz.target import Target
-from fuzz.user_target import body_for
+from tripwire.tools import race_programs as rp
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.instrument_ast import install
+from tripwire.fuzz.target import Target
+from tripwire.fuzz.user_target import body_for
 
 pytestmark = pytest.mark.fuzz
-MODULE = "tools.race_programs"
+MODULE = "tripwire.tools.race_programs"
 
 
 def test_the_suite_covers_every_kind():

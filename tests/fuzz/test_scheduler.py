@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import artifacts, prims, registry
-from fuzz.replay import shrink
-from fuzz.execute import execute
-from fuzz.explore import run
-from fuzz.hypothesis_glue import run_hypothesis
-from fuzz.trace_format import format_trace
-from fuzz.target import Target
-from fuzz.strategies import RandomChooser, ReplayChooser
+from tripwire.fuzz import artifacts, prims, registry
+from tripwire.fuzz.replay import shrink
+from tripwire.fuzz.execute import execute
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.hypothesis_glue import run_hypothesis
+from tripwire.fuzz.trace_format import format_trace
+from tripwire.fuzz.target import Target
+from tripwire.fuzz.strategies import RandomChooser, ReplayChooser
 
 pytestmark = pytest.mark.fuzz
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_failure_artifact_contents(tmp_path):
         assert key in art
     assert path.name.startswith("toy-cancel-drain@release-on-cancel-")
     assert art["trace_hash"] == res.trace_hash
-    assert " -m fuzz replay " in artifacts.replay_command(path)
+    assert " -m tripwire.fuzz replay " in artifacts.replay_command(path)
 
 
 def test_replay_in_fresh_interpreter_100_of_100(tmp_path):
@@ -86,7 +86,7 @@ def test_cli_run_exit_codes_and_replay_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "run", "toy-cancel-drain", "--variant", "release-on-cancel",
                         "--budget", "200"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
-    assert " -m fuzz replay .fuzz/failures/toy-cancel-drain@release-on-cancel-" in p.stdout
+    assert " -m tripwire.fuzz replay .fuzz/failures/toy-cancel-drain@release-on-cancel-" in p.stdout
     assert "schedules" in p.stderr and "failures 1" in p.stderr
     p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "run", "toy-cancel-drain", "--budget", "30"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)

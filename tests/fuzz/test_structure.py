@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fuzz
+from tripwire import fuzz
 
 PKG = Path(fuzz.__file__).resolve().parent
 NAME = fuzz.__name__

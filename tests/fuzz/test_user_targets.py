@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import fuzz
+from tripwire import fuzz
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]  # subprocesses on a shared machine
 REPO = Path(__file__).resolve().parents[2]
