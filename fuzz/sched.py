@@ -28,6 +28,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .hb import HappensBefore
+
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
 _STDLIB_DIRS = tuple(
     os.path.dirname(os.path.abspath(m.__file__)) for m in (asyncio, concurrent.futures)
@@ -61,6 +63,7 @@ class Event:
     kind: str
     detail: str
     where: str
+    actor: str = ""  # on the loop thread: the asyncio task whose step was running (not part of the key)
 
     def key(self) -> str:
         return f"{self.task}|{self.kind}|{self.detail}|{self.where}"
@@ -128,11 +131,33 @@ class _ClockOption:
 
 CLOCK = _ClockOption()
 
+_CALLBACK_ID_BASE = 1000  # option ids of ready asyncio callbacks (task ids stay below)
+
+
+class _CallbackOption:
+    """A ready asyncio callback offered as a scheduling option (``callbacks="explore"``)."""
+
+    __slots__ = ("id", "name", "index")
+    kind = "callback"
+    state = "runnable"
+
+    def __init__(self, oid: int, name: str, index: int):
+        self.id, self.name, self.index = oid, name, index
+
+    def __repr__(self) -> str:
+        return f"<callback {self.id}:{self.name}>"
+
 
 class Scheduler:
-    def __init__(self, strategy, *, timers: str = "idle", max_steps: int = 20000, record_trace: bool = True):
+    def __init__(self, strategy, *, timers: str = "idle", max_steps: int = 20000, record_trace: bool = True,
+                 callbacks: str = "fifo"):
         self.strategy = strategy
         self.timers = timers
+        self.callbacks = callbacks  # "fifo" | "explore": the strategy picks which ready task step runs next
+        self._callback_ids: dict[str, int] = {}
+        # happens-before digest, only for strategies that reduce by it (bounded search)
+        self.hb = HappensBefore() if getattr(strategy, "wants_hb", False) else None
+        self.actor = ""  # label of the asyncio task whose step the loop is running (traces only)
         self.max_steps = max_steps
         self.record_trace = record_trace
         self.tasks: list[Task] = []
@@ -181,7 +206,11 @@ class Scheduler:
         ev = Event(self.steps, task_name, kind, detail, where)
         self._hash.update(ev.key().encode())
         self._hash.update(b"\n")
+        if self.hb is not None:
+            self.hb.add(task_name, kind, detail, where)
         if self.record_trace:
+            if self.actor and task_name == self.loop_task.name:
+                ev.actor = self.actor
             self.trace.append(ev)
 
     @property
@@ -419,6 +448,37 @@ class Scheduler:
         self.current = nxt
         nxt.sem.release()
 
+    def choose_callback(self, ready) -> int:
+        """Index in ``ready`` (the loop's deque, cancelled handles already dropped) of the callback to run.
+
+        Candidates are every asyncio task step/wakeup plus the first other callback, so plain callbacks keep
+        their FIFO order among themselves (protocol callbacks rely on it) while tasks interleave freely.
+        """
+        cands: list[_CallbackOption] = []
+        other_seen = False
+        used: set[int] = set()
+        for i, h in enumerate(ready):
+            owner = getattr(h._callback, "__self__", None)
+            if isinstance(owner, asyncio.Task):
+                key = self.task_label(owner)
+            elif not other_seen:
+                other_seen = True
+                key = "cb " + getattr(h._callback, "__qualname__", type(h._callback).__name__)
+            else:
+                continue
+            oid = _CALLBACK_ID_BASE + self._callback_ids.setdefault(key, len(self._callback_ids))
+            while oid in used:  # two handles with one name in the same option set: keep ids distinct
+                oid += 100000
+            used.add(oid)
+            cands.append(_CallbackOption(oid, key, i))
+        if len(cands) < 2:
+            return 0
+        me = self.loop_task
+        chosen = self.strategy.choose(cands, cands[0], me, self)
+        self.choices.append(chosen.id)
+        self.decisions.append((tuple(o.id for o in cands), cands[0].id, chosen.id, me.id))
+        return chosen.index
+
     # ----------------------------------------------------------------- failures
     def fail(self, kind: str, message: str, details: str = "") -> None:
         if self.failure is None:
@@ -482,7 +542,8 @@ class Scheduler:
 
 
 class FuzzLoop(asyncio.SelectorEventLoop):
-    """Runs one callback per decision (FIFO), virtual clock, managed executor threads."""
+    """Runs one callback per decision (FIFO, or the strategy's pick among ready task steps with
+    ``callbacks="explore"``), virtual clock, managed executor threads."""
 
     def __init__(self, sched: Scheduler):
         super().__init__()
@@ -574,6 +635,17 @@ class FuzzLoop(asyncio.SelectorEventLoop):
             h._scheduled = False
             if not h._cancelled:
                 self._ready.append(h)
+        ready = self._ready
+        if s.callbacks == "explore" and len(ready) > 1:
+            live = [h for h in ready if not h._cancelled]
+            ready.clear()
+            ready.extend(live)
+            i = s.choose_callback(ready) if len(live) > 1 else 0
+            if i:
+                ready.rotate(-i)
+                h = ready.popleft()
+                ready.rotate(i)
+                ready.appendleft(h)
         while self._ready:
             h = self._ready.popleft()
             if h._cancelled:
@@ -581,9 +653,12 @@ class FuzzLoop(asyncio.SelectorEventLoop):
             detail, where = self._describe(h)
             s.record(me.name, "callback", detail, where)
             me.busy = True
+            if s.record_trace and detail.startswith("step "):
+                s.actor = detail[5:]
             try:
                 h._run()
             finally:
                 me.busy = False
+                s.actor = ""
             break
         h = None

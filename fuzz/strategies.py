@@ -51,7 +51,10 @@ class PCTChooser:
         self.step += 1
         if self.step in self.change_points and current is not None:
             self.low -= 1.0
-            self.prio[current.id] = self.low
+            if options[0].kind == "callback":  # asyncio tasks: demote the task that would run now
+                self.prio[max(options, key=lambda t: self._p(t.id)).id] = self.low
+            else:
+                self.prio[current.id] = self.low
         return max(options, key=lambda t: self._p(t.id))
 
 
@@ -137,61 +140,124 @@ class PCTExplorer(Explorer):
             yield rs, PCTChooser(random.Random(f"{rs}:schedule"), self.depth, self.est)
 
 
+class _BoundedReplay(ReplayChooser):
+    wants_hb = True  # the scheduler computes the happens-before digest used for reduction
+
+
 class BoundedExplorer(Explorer):
     """Every schedule with at most K deviations from the non-preemptive default, by increasing count.
 
     Breadth-first over the number of deviations, so the first failure has the minimal count.
     A deviation at a point where the current task could continue is a preemption.
+
+    Partial-order reduction: a schedule whose happens-before digest (``fuzz.hb``) equals one already run
+    only reordered independent accesses; its deviations are not expanded (counted in ``pruned``).
+    ``exhausted``: every schedule within the bound ran; ``complete``: moreover no schedule had a decision
+    left to deviate at, so the whole schedule space was covered.
     """
 
     def __init__(self, seed: int, budget: int, k: int):
         self.seed, self.budget, self.k = seed, budget, k
         self.spec = f"bounded:{k}"
         self._last = None
+        self._last_hb = None
         self.exhausted = False
+        self.complete = False
+        self.pruned = 0
+        self._more = False
         self.level_of_last = 0
+        self._seen_hb: set[str] = set()
 
     def feed(self, sched):
         self._last = [(opts, default, chosen) for opts, default, chosen, _cur in sched.decisions]
+        self._last_hb = sched.hb.digest() if sched.hb is not None else None
+
+    @staticmethod
+    def _children(decisions, start) -> int:
+        return sum(len(opts) - 1 for opts, _d, _c in decisions[start:])
+
+    def _expand(self, prefix, start, frontier) -> None:
+        """Queue the last run for deviations after ``start`` unless it is equivalent to one already run."""
+        hb = self._last_hb
+        if hb is not None and hb in self._seen_hb:
+            self.pruned += self._children(self._last, start)
+            return
+        if hb is not None:
+            self._seen_hb.add(hb)
+        frontier.append((prefix, start, self._last))
 
     def runs(self):
         rs = derive_seed(self.seed, 0)
         n = 0
-        # level 0
-        frontier: list[tuple[list[int | None], int]] = []  # (prefix, first index allowed to deviate)
-        yield rs, ReplayChooser([])
+        frontier: list = []  # (prefix, first index allowed to deviate, decisions of that run)
+        yield rs, _BoundedReplay([])
         n += 1
-        frontier.append(([], 0, self._last))
+        self._expand([], 0, frontier)
         for level in range(1, self.k + 1):
-            nxt = []
+            nxt: list = []
             for prefix, start, decisions in frontier:
                 for j in range(start, len(decisions)):
                     opts, default, chosen = decisions[j]
                     for alt in opts:
-                        if alt == default or alt == CLOCK_ID and False:
+                        if alt == default:
                             continue
                         if n >= self.budget:
                             return
                         # prefix: the choices actually made up to j, then the deviation
                         p = [d[2] for d in decisions[:j]] + [alt]
                         self.level_of_last = level
-                        yield rs, ReplayChooser(p)
+                        yield rs, _BoundedReplay(p)
                         n += 1
                         if level < self.k:
-                            nxt.append((p, j + 1, self._last))
+                            self._expand(p, j + 1, nxt)
+                        elif self._children(self._last, j + 1):
+                            self._more = True  # a deviation beyond the bound exists
             frontier = nxt
+            if not frontier:  # no run left with a decision to deviate at
+                break
         self.exhausted = True
+        self.complete = not self._more
+
+
+STRATEGIES = "random | pct:D | bounded:K (D, K positive integers)"
+
+
+class StrategyError(ValueError):
+    """An unknown or malformed strategy spec; the message names the valid choices."""
+
+
+def parse_strategy(spec: str) -> tuple[str, int | None]:
+    """("random", None), ("pct", D) or ("bounded", K).
+
+    Raises:
+        StrategyError: unknown name or a missing/invalid/non-positive argument.
+    """
+    name, sep, arg = spec.partition(":")
+    defaults = {"random": None, "pct": 3, "bounded": 2}
+    if name not in defaults:
+        raise StrategyError(f"unknown strategy {spec!r}; valid: {STRATEGIES}")
+    if name == "random":
+        if sep:
+            raise StrategyError(f"strategy 'random' takes no argument (got {spec!r}); valid: {STRATEGIES}")
+        return name, None
+    if not sep:
+        return name, defaults[name]
+    try:
+        n = int(arg)
+    except ValueError:
+        raise StrategyError(f"strategy {spec!r}: {arg!r} is not an integer; valid: {STRATEGIES}") from None
+    if n < 1:
+        raise StrategyError(f"strategy {spec!r}: the argument must be >= 1; valid: {STRATEGIES}")
+    return name, n
 
 
 def make_explorer(spec: str, seed: int, budget: int, choices: list | None = None) -> Explorer:
-    name, _, arg = spec.partition(":")
-    if name == "random":
-        return RandomExplorer(seed, budget)
-    if name == "pct":
-        return PCTExplorer(seed, budget, int(arg or 3))
-    if name == "bounded":
-        return BoundedExplorer(seed, budget, int(arg or 2))
-    if name == "replay":
+    """The explorer for ``spec`` ("random", "pct:D", "bounded:K"; "replay" replays ``choices``).
+
+    Raises:
+        StrategyError: see ``parse_strategy``.
+    """
+    if spec == "replay":
         class _R(Explorer):
             spec = "replay"
 
@@ -199,4 +265,9 @@ def make_explorer(spec: str, seed: int, budget: int, choices: list | None = None
                 for _ in range(budget):
                     yield seed, ReplayChooser(choices or [])
         return _R()
-    raise ValueError(f"unknown strategy {spec!r} (random, pct:D, bounded:K, replay)")
+    name, arg = parse_strategy(spec)
+    if name == "random":
+        return RandomExplorer(seed, budget)
+    if name == "pct":
+        return PCTExplorer(seed, budget, arg)
+    return BoundedExplorer(seed, budget, arg)

@@ -96,8 +96,6 @@ def test_parts_import_only_the_layers_below_them():
     assert not bad, "layering broken:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="known: fuzz/core.py <-> fuzz/targets (the target registry lives in core); "
-                   "goes away with the split of fuzz/core.py (issue 10 item 3)")
 def test_no_module_level_import_cycles():
     graph = _graph()
     # Package __init__ re-exports make every submodule "import" its package; a cycle through an __init__

@@ -1,4 +1,8 @@
-"""Benchmark of the deterministic fuzzer: `python -m tripwire.tools.bench_fuzz [--quick] [--targets a,b]`.
+"""Benchmark of the deterministic fuzzer: `python -m tripwire.tools.bench_fuzz [--quick] [--targets a,b]`, and the race
+suite side by side with peers: `python -m tripwire.tools.bench_fuzz --races [--peer-python PY]`.
+
+Peers (the `bench` extra) need Python >= 3.12 (interleave-test, simloom) / 3.13 (ploom); install them next to
+the repo:  python3.13 -m venv .venv-peers && .venv-peers/bin/pip install frontrun interleave-test simloom ploom
 
 For each target and each of its bad-shape variants: seeds found / 20 (random, <= 200 schedules each),
 median and max schedules to find, max wall time to find, schedules/s, bounded:2 (runs to find, minimal
@@ -14,34 +18,183 @@ import statistics
 import sys
 import time
 
-from tripwire.fuzz import core
+from tripwire.fuzz import registry
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.plain import run_plain
 
 
 def bench_variant(tgt, variant, seeds, budget, plain_runs):
     found, scheds, walls, rates = 0, [], [], []
     for seed in range(seeds):
-        rep = core.run(tgt, strategy="random", budget=budget, seed=seed, variant=variant, artifacts=False)
+        rep = run(tgt, strategy="random", budget=budget, seed=seed, variant=variant, artifacts=False)
         rates.append(rep.rate)
         if rep.failures:
             found += 1
             scheds.append(rep.first_found)
             walls.append(rep.elapsed)
-    b = core.run(tgt, strategy="bounded:2", budget=50, seed=0, variant=variant, artifacts=False)
+    b = run(tgt, strategy="bounded:2", budget=50, seed=0, variant=variant, artifacts=False)
     bres = (f"run {b.first_found}, preemptions={b.failures[0][1].preemptions}, "
             f"deviations={b.failures[0][1].deviations}") if b.failures else "NOT FOUND in 50"
     kinds: dict = {}
-    hits, _ = core.run_plain(tgt, plain_runs, variant=variant, timeout=0.5, kinds=kinds) if plain_runs else (0, 0)
+    hits, _ = run_plain(tgt, plain_runs, variant=variant, timeout=0.5, kinds=kinds) if plain_runs else (0, 0)
     return dict(found=found, seeds=seeds, median=statistics.median(scheds) if scheds else None,
                 max=max(scheds) if scheds else None, wall_max=max(walls) if walls else None,
                 rate=statistics.median(rates), bounded=bres, plain=f"{hits}/{plain_runs}")
 
 
 def bench_correct(tgt, random_budget, bounded_budget):
-    rep = core.run(tgt, strategy="random", budget=random_budget, seed=12345, artifacts=False)
-    b = core.run(tgt, strategy="bounded:2", budget=bounded_budget, seed=0, artifacts=False)
+    rep = run(tgt, strategy="random", budget=random_budget, seed=12345, artifacts=False)
+    b = run(tgt, strategy="bounded:2", budget=bounded_budget, seed=0, artifacts=False)
     return dict(random=rep.schedules, random_fail=len(rep.failures), rate=rep.rate,
                 bounded=b.schedules, bounded_exhausted=b.exhausted, bounded_fail=len(b.failures),
                 first=(rep.failures or b.failures or [(None, None, None)])[0][1])
+
+
+# --------------------------------------------------------------------------- --races: the side-by-side race suite
+PEER_TOOLS = ("frontrun-dpor", "interleave-random", "interleave-pct", "simloom-random")
+OUR_TOOLS = ("ours-random", "ours-pct:3", "ours-bounded:2")
+RACES_MODULE = "tripwire.tools.race_programs"
+
+
+def _stress(prog, runs: int, stop_on_failure: bool) -> dict:
+    """Plain repetition: the program on real threads and a real event loop, ``runs`` times."""
+    import asyncio
+    failures, first = 0, None
+    t0 = time.perf_counter()
+    for i in range(runs):
+        try:
+            asyncio.run(prog.main())
+        except AssertionError:
+            failures += 1
+            first = first or i + 1
+            if stop_on_failure:
+                break
+    return dict(found=failures > 0, first=first, failures=failures, schedules=i + 1,
+                wall_s=time.perf_counter() - t0)
+
+
+def _ours(prog, strategy: str, budget: int, stop_on_failure: bool) -> dict:
+    from tripwire.fuzz.target import Target
+    from tripwire.fuzz.user_target import body_for
+    from tripwire.tools import race_programs as rp
+    tgt = Target(f"{prog.name}-{prog.form}", prog.what, body_for(prog.main, rp, (RACES_MODULE,)), uses="user",
+                 callbacks="explore")
+    rep = run(tgt, strategy=strategy, budget=budget, seed=0, artifacts=False, stop_on_failure=stop_on_failure)
+    return dict(found=bool(rep.failures), first=rep.first_found, failures=len(rep.failures),
+                schedules=rep.schedules, wall_s=rep.elapsed, distinct=rep.distinct)
+
+
+def _peers(peer_python: str | None, budget: int) -> tuple[list[dict], str]:
+    """Rows from tools/race_peers.py under the peers' interpreter, or ([], why not)."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+    if not peer_python:
+        return [], "no peer interpreter (--peer-python, default .venv-peers/bin/python)"
+    script = Path(__file__).resolve().parent / "race_peers.py"
+    launcher = Path(peer_python).parent / "frontrun"
+    cmd = ([str(launcher)] if launcher.exists() else []) + [peer_python, str(script), "--budget", str(budget)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ""})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [], f"peer run failed: {e}"
+    rows = [json.loads(ln) for ln in p.stdout.splitlines() if ln.startswith("{")]
+    return rows, "" if rows else f"peer run produced nothing (exit {p.returncode}): {p.stderr.strip()[-300:]}"
+
+
+def _instrumentation_overhead(n: int = 200_000) -> float:
+    """Per-call slowdown of instrumented code run outside a fuzz execution (the cost users pay when opted in)."""
+    from tripwire.tools import race_programs as rp
+    from tripwire.fuzz.instrument_ast import HELPERS, compile_instrumented
+    src = "def f(s):\n    s.n += 1\n    s.d['k'] = s.d.get('k', 0) + s.n\n"
+    plain, inst = {}, dict(HELPERS)
+    exec(compile(src, "<bench>", "exec"), plain)
+    exec(compile_instrumented(src, "<bench>"), inst)
+    times = []
+    for ns in (plain, inst):
+        f, s = ns["f"], rp.State(n=0, d={})
+        t0 = time.perf_counter()
+        for _ in range(n):
+            f(s)
+        times.append(time.perf_counter() - t0)
+    return times[1] / times[0]
+
+
+def races(args) -> int:
+    import os
+    from tripwire.tools import race_programs as rp
+    peer_python = args.peer_python
+    if peer_python is None and os.path.exists(".venv-peers/bin/python"):
+        peer_python = os.path.abspath(".venv-peers/bin/python")
+    budget = args.budget
+    rows: list[dict] = []
+    progs = [p for pair in rp.PROGRAMS for p in pair]
+    print(f"race suite: {len(rp.PROGRAMS)} programs x (buggy, fixed), budget {budget} schedules per tool "
+          "(timings noisy: shared machine)", flush=True)
+    for p in progs:  # plain stress first: before any module is instrumented
+        rows.append(dict(program=p.name, kind=p.kind, form=p.form, tool="stress",
+                         **_stress(p, budget, stop_on_failure=p.form == "buggy")))
+    overhead = _instrumentation_overhead()
+    from tripwire.fuzz.instrument_ast import install
+    install([RACES_MODULE])
+    for p in progs:
+        for tool in OUR_TOOLS:
+            rows.append(dict(program=p.name, kind=p.kind, form=p.form, tool=tool,
+                             **_ours(p, tool.split("-", 1)[1], budget, stop_on_failure=p.form == "buggy")))
+    peer_rows, why = _peers(peer_python, budget)
+    for r in peer_rows:
+        if r.get("found") is not None:
+            r["failures"] = int(bool(r["found"]))
+        rows.append(r)
+    tools = ["stress", *OUR_TOOLS, *PEER_TOOLS]
+    print(f"\n{'program':<24} {'kind':<8} {'tool':<18} {'found':>5} {'first':>5} {'wall_s':>7}   "
+          f"{'fixed: false alarms':<20}")
+    ok = True
+    for pair in rp.PROGRAMS:
+        b, f = pair
+        for tool in tools:
+            rb = next((r for r in rows if r["program"] == b.name and r["form"] == "buggy" and r["tool"] == tool), None)
+            rf = next((r for r in rows if r["program"] == f.name and r["form"] == "fixed" and r["tool"] == tool), None)
+            if rb is None and rf is None:
+                continue
+            if rb is not None and rb.get("error"):
+                print(f"{b.name:<24} {b.kind:<8} {tool:<18} error: {rb['error']}")
+                continue
+            found = "yes" if rb and rb.get("found") else "NO"
+            first = str(rb.get("first") or "-") if rb else "-"
+            wall = f"{rb['wall_s']:.2f}" if rb else "-"
+            fa = f"{rf.get('failures', 0)}/{rf.get('schedules', '?')}" if rf and not rf.get("error") else "-"
+            print(f"{b.name:<24} {b.kind:<8} {tool:<18} {found:>5} {first:>5} {wall:>7}   {fa:<20}")
+            if tool.startswith("ours-random"):
+                ok &= bool(rb and rb["found"] and rb["first"] <= 200) and bool(rf and rf["failures"] == 0)
+    print("\nfind rate per kind (buggy forms found within the budget):")
+    kinds = ("threads", "asyncio", "mixed")
+    print(f"{'tool':<18} " + " ".join(f"{k:>9}" for k in kinds) + "   false alarms")
+    rate: dict = {}
+    for tool in tools:
+        cells = []
+        for k in kinds:
+            rs = [r for r in rows if r["tool"] == tool and r["kind"] == k and r["form"] == "buggy"
+                  and r.get("found") is not None]
+            rate[tool, k] = (sum(bool(r["found"]) for r in rs), len(rs))
+            cells.append(f"{rate[tool, k][0]:>4}/{rate[tool, k][1]:<4}" if rs else f"{'n/a':>9}")
+        fa = sum(r.get("failures", 0) for r in rows if r["tool"] == tool and r["form"] == "fixed")
+        print(f"{tool:<18} " + " ".join(cells) + f"   {fa}")
+    for peer in PEER_TOOLS:
+        for k in kinds:
+            n_peer, tot = rate.get((peer, k), (0, 0))
+            if tot:
+                ok &= rate[("ours-random", k)][0] / max(1, rate[("ours-random", k)][1]) >= n_peer / tot
+    ok &= rate[("ours-random", "mixed")][0] == rate[("ours-random", "mixed")][1] > 0
+    if why:
+        print(f"\npeers not run: {why}")
+    print(f"\ninstrumentation overhead outside a fuzz run (attribute/subscript helpers): {overhead:.1f}x per call "
+          "of instrumented code; nothing is rewritten unless --instrument names the module")
+    print("not run: ploom (explores only programs written with its own SharedCell/Thread/Lock primitives)")
+    print(f"\ngoals (every race found by ours within {budget} schedules, 0 false alarms, >= each peer's find rate "
+          f"on its own ground, mixed found): {'MET' if ok else 'NOT MET'}")
+    return 0 if ok else 1
 
 
 def main(argv=None) -> int:
@@ -53,11 +206,18 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-runs", type=int, default=1000)
     ap.add_argument("--correct-budget", type=int, default=2000)
     ap.add_argument("--bounded-budget", type=int, default=20000)
+    ap.add_argument("--races", action="store_true",
+                    help="the race-program suite: ours vs plain stress vs frontrun / interleave-test / simloom")
+    ap.add_argument("--peer-python", default=None,
+                    help="interpreter with the peers installed (Python >= 3.13; default .venv-peers/bin/python)")
     args = ap.parse_args(argv)
+    if args.races:
+        logging.disable(logging.CRITICAL)
+        return races(args)
     if args.quick:
         args.seeds, args.plain_runs, args.correct_budget, args.bounded_budget = 5, 100, 200, 2000
     logging.disable(logging.CRITICAL)
-    targets = core.load_targets()
+    targets = registry.load_targets()
     names = args.targets.split(",") if args.targets else list(targets)
     ok = True
     print(f"{'target':<24} {'variant':<22} {'found':>6} {'med':>5} {'max':>5} {'wall_max_s':>10} {'sched/s':>8}  "

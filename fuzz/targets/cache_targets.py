@@ -16,7 +16,8 @@ import types
 import numpy as np
 
 from .. import prims
-from ..core import Context, target
+from ..context import Context
+from ..target import target
 from tripwire.catalogue import describe
 from tripwire.catalogue.loader import load_module
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from .. import prims
-from ..core import Context, target
+from ..context import Context
+from ..target import target
 from ..fake_backend import FakeBackend
 from tripwire.catalogue import describe
 

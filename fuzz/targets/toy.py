@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 
-from ..core import Context, target
+from ..context import Context
+from ..target import target
 from . import toy_code
 
 

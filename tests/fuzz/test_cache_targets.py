@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from tripwire.fuzz import core
+from tripwire.fuzz import registry
+from tripwire.fuzz.explore import run
 
 pytestmark = pytest.mark.fuzz
 
@@ -40,7 +41,7 @@ def test_cache_target_passes_on_the_correct_cache(name, fuzz_target):
 @pytest.mark.parametrize("name,variant", FOUND_BY)
 def test_cache_bad_shape_found_within_200_random_schedules(name, variant):
     for seed in range(3):
-        rep = core.run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
+        rep = run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
         assert rep.failures, f"{name}@{variant} not found with seed {seed}"
 
 
@@ -50,5 +51,5 @@ def test_every_cache_shape_variant_is_a_catalogue_shape_listing_its_target():
 
     for name, variant in FOUND_BY:
         if variant.startswith("cache-"):
-            assert variant in core.load_targets()[name].variants
+            assert variant in registry.load_targets()[name].variants
             assert name in get(variant).fuzz, f"{variant} does not list fuzz target {name}"

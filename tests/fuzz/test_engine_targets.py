@@ -6,12 +6,13 @@ import logging
 
 import pytest
 
-from tripwire.fuzz import core
+from tripwire.fuzz import registry
+from tripwire.fuzz.explore import run
 
 pytestmark = pytest.mark.fuzz
 
 ENGINE_TARGETS = ["cancel-serialization", "nested-lock", "admission", "stream-abort", "stop-during-generation"]
-BAD_SHAPES = [(t, v) for t in ENGINE_TARGETS for v in core.load_targets()[t].variants]
+BAD_SHAPES = [(t, v) for t in ENGINE_TARGETS for v in registry.load_targets()[t].variants]
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def _quiet_logs():
 
 
 def test_every_engine_target_is_registered_with_a_bad_shape():
-    targets = core.load_targets()
+    targets = registry.load_targets()
     for name in ENGINE_TARGETS:
         assert name in targets and targets[name].variants, name
         assert "fake step" in targets[name].description
@@ -35,7 +36,7 @@ def test_engine_target_passes_on_correct_engine(name, fuzz_target):
 
 @pytest.mark.parametrize("name", ENGINE_TARGETS)
 def test_engine_target_exhaustive_zero_and_one_deviation(name):
-    rep = core.run(name, strategy="bounded:1", budget=400, artifacts=False)
+    rep = run(name, strategy="bounded:1", budget=400, artifacts=False)
     assert not rep.failures, rep.failures[0][1].failure
 
 
@@ -43,13 +44,13 @@ def test_engine_target_exhaustive_zero_and_one_deviation(name):
 def test_bad_shape_found_random_within_200_schedules(name, variant):
     # Wall time per find is a benchmark figure (python -m tripwire.tools.bench_fuzz), not an assertion.
     for seed in range(3):
-        rep = core.run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
+        rep = run(name, strategy="random", budget=200, seed=seed, variant=variant, artifacts=False)
         assert rep.failures, f"{name}@{variant} not found with seed {seed}"
 
 
 @pytest.mark.parametrize("name,variant", BAD_SHAPES)
 def test_bad_shape_found_by_bounded2_within_50_runs(name, variant):
-    rep = core.run(name, strategy="bounded:2", budget=50, variant=variant, artifacts=False)
+    rep = run(name, strategy="bounded:2", budget=50, variant=variant, artifacts=False)
     assert rep.failures and rep.first_found <= 50
     assert rep.failures[0][1].preemptions <= 2
 

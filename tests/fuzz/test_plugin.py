@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 
-from tripwire.fuzz import core
 from tripwire.fuzz.pytest_plugin import FuzzRunner
 
 
-def test_saved_failures_match_the_exact_target_and_skip_variant_artifacts(tmp_path, monkeypatch, pytestconfig):
-    monkeypatch.setattr(core, "FAILURE_DIR", tmp_path)
+def test_saved_failures_match_the_exact_target_and_skip_variant_artifacts(tmp_path, pytestconfig):
     files = {
         "writer-vs-cleanup-request-aaa.json": {"target": "writer-vs-cleanup-request", "variant": None},
         "writer-vs-cleanup-request-ordered-bbb.json": {"target": "writer-vs-cleanup-request-ordered", "variant": None},
@@ -19,4 +17,5 @@ def test_saved_failures_match_the_exact_target_and_skip_variant_artifacts(tmp_pa
         (tmp_path / name).write_text(json.dumps(meta))
     (tmp_path / "writer-vs-cleanup-request-broken.json").write_text("{not json")
     runner = FuzzRunner(pytestconfig)
+    runner.failure_dir = tmp_path
     assert [p.name for p in runner.saved_failures("writer-vs-cleanup-request")] == ["writer-vs-cleanup-request-aaa.json"]

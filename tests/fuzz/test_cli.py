@@ -1,0 +1,65 @@
+"""CLI contract: 0 no failure found, 1 failure found, 2 usage/config error naming the valid choices."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tripwire.fuzz import cli
+
+pytestmark = pytest.mark.fuzz
+
+
+def _main(capsys, *argv):
+    with pytest.raises(SystemExit) as ei:
+        raise SystemExit(cli.main(list(argv)))
+    out = capsys.readouterr()
+    return ei.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["run", "no-such-target"], ["unknown target 'no-such-target'", "toy-cancel-drain", "file.py::func"]),
+    (["run", "toy-cancel-drain", "--variant", "release-on-cancle"],
+     ["unknown variant 'release-on-cancle'", "valid variants: release-on-cancel"]),
+    (["run", "toy-cancel-drain", "--strategy", "bogus"], ["unknown strategy 'bogus'", "random | pct:D | bounded:K"]),
+    (["run", "toy-cancel-drain", "--strategy", "bounded:x"], ["'x' is not an integer"]),
+    (["run", "toy-cancel-drain", "--strategy", "pct:0"], ["must be >= 1"]),
+    (["run", "toy-cancel-drain", "--budget", "0"], ["--budget must be a positive"]),
+    (["run", "toy-cancel-drain", "--budget", "-3"], ["--budget must be a positive"]),
+    (["run", "toy-cancel-drain", "--jobs", "0"], ["--jobs must be >= 1"]),
+    (["run", "nowhere/missing.py::main"], ["no such file"]),
+    (["run", "toy-cancel-drain", "--instrument", "x"], ["--instrument applies to user targets"]),
+    (["replay", "/nonexistent/artifact.json"], ["cannot read artifact"]),
+])
+def test_usage_errors_exit_2_with_what_to_do(capsys, argv, expect):
+    code, out, err = _main(capsys, *argv)
+    assert code == 2, (out, err)
+    for frag in expect:
+        assert frag in err, err
+    assert "Traceback" not in err + out
+
+
+def test_not_an_artifact_is_a_usage_error(capsys, tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    assert _main(capsys, "replay", str(bad))[0] == 2
+    bad.write_text(json.dumps({"hello": 1}))
+    code, _out, err = _main(capsys, "shrink", str(bad))
+    assert code == 2 and "not a fuzz failure artifact" in err
+
+
+def test_argparse_errors_exit_2_without_traceback():
+    p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "run", "toy-cancel-drain", "--budget", "many"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "invalid int value" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_exit_0_clean_and_1_found(capsys, tmp_path):
+    code, out, _ = _main(capsys, "run", "toy-cancel-drain", "--budget", "10", "--artifacts", str(tmp_path))
+    assert code == 0 and "OK: 10 schedules (" in out
+    code, out, _ = _main(capsys, "run", "toy-cancel-drain", "--variant", "release-on-cancel", "--budget", "200",
+                         "--artifacts", str(tmp_path))
+    assert code == 1 and "FAIL after" in out and str(tmp_path) in out
