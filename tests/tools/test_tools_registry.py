@@ -53,7 +53,7 @@ def _rule_names() -> set[str]:
 
 
 def _fuzz_targets() -> dict:
-    from tripwire.fuzz.core import load_targets
+    from tripwire.fuzz.registry import load_targets
     return load_targets()
 
 
