@@ -101,3 +101,25 @@ def test_long_wait_for_admission_only_false_reports_every_long_timeout():
         """
     assert _findings(src, "long-wait-for") == []
     assert len(_findings(src, "long-wait-for", {"admission_only": False})) == 1
+
+
+def test_mlx_off_worker_names_a_shared_executor_and_accepts_a_dedicated_one():
+    src = """
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+        import mlx.core as mx
+
+        class Engine:
+            def __init__(self):
+                self._pool = ThreadPoolExecutor(max_workers={n})
+
+            def _decode(self, x):
+                return mx.argmax(x)
+
+            async def run(self, x):
+                return await asyncio.get_running_loop().run_in_executor(self._pool, self._decode, x)
+        """
+    [f] = _findings(src.format(n=4), "mlx-off-worker")
+    assert f.line == 13 and "executor self._pool, which is not a dedicated single-thread executor" in f.message
+    assert _findings(src.format(n=1), "mlx-off-worker") == []
+    assert _findings(src.format(n=4), "mlx-off-worker", {"dedicated_executors": ["self._pool"]}) == []
