@@ -27,9 +27,20 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
-def _check(capsys, verdicts: Path) -> tuple[int, str, str]:
-    return _run(capsys, "check", "--manifest", str(FIXTURE / "manifest.toml"), "--field-dir", str(FIXTURE),
-                "--verdicts", str(verdicts))
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The fixture corpus copied outside the repo: like a real field cache, no project config is above it."""
+    dest = tmp_path_factory.mktemp("field") / "cache"
+    shutil.copytree(FIXTURE, dest)
+    return dest
+
+
+@pytest.fixture
+def _check(capsys, corpus):
+    def check(verdicts: Path) -> tuple[int, str, str]:
+        return _run(capsys, "check", "--manifest", str(corpus / "manifest.toml"), "--field-dir", str(corpus),
+                    "--verdicts", str(verdicts))
+    return check
 
 
 def _line(function: str, verdict: str, line: str = "asyncio.create_task(work())") -> str:
@@ -82,8 +93,8 @@ def test_enclosing_function_is_the_innermost_qualified_def():
 
 
 # -- check on the fixture corpus ---------------------------------------------------------------------------
-def test_check_reports_unjudged_stale_precision_and_fails(capsys):
-    rc, out, _ = _check(capsys, FIXTURE / "verdicts.jsonl")
+def test_check_reports_unjudged_stale_precision_and_fails(_check):
+    rc, out, _ = _check(FIXTURE / "verdicts.jsonl")
     assert rc == 1
     assert "fakepkg                1.0            3" in out
     # two judged TP, one unjudged (refresh), one stale verdict (function 'gone')
@@ -98,24 +109,24 @@ def test_check_reports_unjudged_stale_precision_and_fails(capsys):
     assert "checker wall time" in out
 
 
-def test_check_fails_on_missed_precision_target_and_passes_when_all_true(capsys, tmp_path):
+def test_check_fails_on_missed_precision_target_and_passes_when_all_true(_check, tmp_path):
     v = tmp_path / "v.jsonl"
     fp = [_line("Server.start", "TP"), _line("refresh", "FP", "asyncio.ensure_future(work())"), _line("warm", "TP")]
     v.write_text("\n".join(fp) + "\n")
-    rc, out, _ = _check(capsys, v)
+    rc, out, _ = _check(v)
     assert rc == 1
     assert "overall: 2/3 true = 66.7%" in out
     assert "overall precision 66.7% < 90%" in out and "error rule unkept-task precision 66.7% < 95%" in out
     v.write_text("\n".join(x.replace('"FP"', '"TP"') for x in fp) + "\n")
-    rc, out, _ = _check(capsys, v)
+    rc, out, _ = _check(v)
     assert rc == 0, out
     assert "overall: 3/3 true = 100.0%" in out and "result: PASS" in out and "stale" not in out
 
 
-def test_verdicts_of_another_version_do_not_match(capsys, tmp_path):
+def test_verdicts_of_another_version_do_not_match(_check, tmp_path):
     v = tmp_path / "v.jsonl"
     v.write_text(_line("Server.start", "TP").replace('"1.0"', '"0.9"') + "\n")
-    rc, out, _ = _check(capsys, v)
+    rc, out, _ = _check(v)
     assert rc == 1 and "unjudged findings (3)" in out and "stale verdicts (1)" in out
 
 
@@ -125,11 +136,11 @@ def test_check_without_fetch_says_to_fetch_first(capsys, tmp_path):
     assert rc == 2 and "run `python -m tools.field fetch` first" in err
 
 
-def test_usage_and_bad_input_exit_2(capsys, tmp_path):
+def test_usage_and_bad_input_exit_2(capsys, _check, tmp_path):
     assert _run(capsys, "nope")[0] == 2
     bad = tmp_path / "v.jsonl"
     bad.write_text("{}\n")
-    rc, _, err = _check(capsys, bad)
+    rc, _, err = _check(bad)
     assert rc == 2 and "keys must be exactly" in err
     m = tmp_path / "m.toml"
     m.write_text("[packages]\nx = 1\n")
