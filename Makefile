@@ -28,8 +28,8 @@ mutation: $(STAMP)
 # The field corpus (needs the package registry; not part of `make test`): download the pinned MLX servers,
 # then measure the checker's precision with defaults against tools/field/verdicts.jsonl.
 field: $(STAMP)
-	$(VPY) -m tools.field fetch
-	$(VPY) -m tools.field check
+	$(VPY) -m tripwire.tools.field fetch
+	$(VPY) -m tripwire.tools.field check
 
 test: $(STAMP)
 	$(VPY) -m tripwire.tools.run_tests

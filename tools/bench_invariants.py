@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         def proc(extra: list[str], target: list[str]):
             # --config pins the (empty) bench config: per-path discovery would otherwise pick up the config of
             # a project the corpus happens to live in (e.g. mlx_lm inside this repo's .venv)
-            subprocess.run([sys.executable, "-m", "tripwire.invariants", "--config", str(root / "pyproject.toml"), "check",
-                            "-q", *extra, *target], cwd=root,
+            subprocess.run([sys.executable, "-m", "tripwire.invariants", "--config", str(root / "pyproject.toml"),
+                            "check", "-q", *extra, *target], cwd=root,
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
         t_proc_cold = _best(lambda: proc(["--no-cache"], paths), args.repeat)

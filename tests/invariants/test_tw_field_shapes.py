@@ -7,9 +7,9 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from invariants.api import check_source
-from invariants.checker import run
-from invariants.config import from_table
+from tripwire.invariants.api import check_source
+from tripwire.invariants.checker import run
+from tripwire.invariants.config import from_table
 
 
 def _findings(src: str, rule: str, options: dict | None = None):

@@ -1,4 +1,4 @@
-"""`python -m tools.field`: the checked-in verdict file's format, and `check` on a local fixture corpus.
+"""`python -m tripwire.tools.field`: the checked-in verdict file's format, and `check` on a local fixture corpus.
 
 No network: the fixture under tests/tools/fixtures/field/ is already "fetched" (its src/ tree and marker are
 checked in), and `check` runs the real checker CLI on it in a subprocess from an empty directory.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from invariants.registry import all_rules
-from tools.field import cli
-from tools.field.corpus import DEFAULT_VERDICTS, Package, load_manifest, unpack
-from tools.field.verdicts import KEYS, VerdictError, dump, enclosing_functions, function_at, load, parse_line
+from tripwire.invariants.registry import all_rules
+from tripwire.tools.field import cli
+from tripwire.tools.field.corpus import DEFAULT_VERDICTS, Package, load_manifest, unpack
+from tripwire.tools.field.verdicts import KEYS, VerdictError, dump, enclosing_functions, function_at, load, parse_line
 
 FIXTURE = Path(__file__).parent / "fixtures" / "field"
 RULES = {r.name for r in all_rules()}
@@ -133,7 +133,7 @@ def test_verdicts_of_another_version_do_not_match(_check, tmp_path):
 def test_check_without_fetch_says_to_fetch_first(capsys, tmp_path):
     rc, _, err = _run(capsys, "check", "--manifest", str(FIXTURE / "manifest.toml"), "--field-dir",
                       str(tmp_path))
-    assert rc == 2 and "run `python -m tools.field fetch` first" in err
+    assert rc == 2 and "run `python -m tripwire.tools.field fetch` first" in err
 
 
 def test_usage_and_bad_input_exit_2(capsys, _check, tmp_path):

@@ -1,4 +1,4 @@
-"""`python -m tools.field fetch | check`: the field corpus's command line.
+"""`python -m tripwire.tools.field fetch | check`: the field corpus's command line.
 
 Exit status: 0 ok (check: every finding judged and every precision target met), 1 failure (check: unjudged
 findings or a missed target; fetch: a download failed), 2 usage error, bad manifest / verdict file, or the corpus
@@ -19,7 +19,7 @@ from .verdicts import VerdictError, load
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.field",
+        prog="python -m tripwire.tools.field",
         description="Measure tripwire's precision with defaults on real MLX servers (the field corpus).",
         epilog=textwrap.dedent("""\
             `fetch` needs the package registry; `check` works offline once fetched.
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [p.key for p in packages if not is_fetched(base, p)]
     if missing:
         print(f"field: error: not fetched into {base}: {', '.join(missing)}; "
-              f"run `python -m tools.field fetch` first", file=sys.stderr)
+              f"run `python -m tripwire.tools.field fetch` first", file=sys.stderr)
         return 2
     try:
-        from invariants.registry import all_rules
+        from tripwire.invariants.registry import all_rules
 
         verdicts = load(args.verdicts, {r.name for r in all_rules()})
     except VerdictError as exc:

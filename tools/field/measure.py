@@ -1,6 +1,6 @@
 """Run the checker on the fetched corpus as a new user would, and match its findings against the verdicts.
 
-The checker runs as `python -m invariants check --format json --no-cache ROOTS...` in a fresh, empty temporary
+The checker runs as `python -m tripwire.invariants check --format json --no-cache ROOTS...` in a fresh, empty temporary
 working directory, so no project configuration applies: what is measured is the defaults.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from .corpus import Package, source_root
 from .verdicts import Verdict, enclosing_functions, function_at, normalize_line
 
-CHECKER = [sys.executable, "-m", "invariants"]
+CHECKER = [sys.executable, "-m", "tripwire.invariants"]
 OVERALL_TARGET = 0.90
 ERROR_RULE_TARGET = 0.95
 
