@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup report test test-fast fuzz bench mutation clean
+.PHONY: setup report test test-fast fuzz bench mutation field clean
 
 $(VPY):
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'" >&2; exit 2; }
@@ -24,6 +24,12 @@ report: $(STAMP)
 mutation: $(STAMP)
 	$(VPY) -m pip install -q -e '.[mutation]'
 	$(VPY) -m tripwire.tools.mutation
+
+# The field corpus (needs the package registry; not part of `make test`): download the pinned MLX servers,
+# then measure the checker's precision with defaults against tools/field/verdicts.jsonl.
+field: $(STAMP)
+	$(VPY) -m tripwire.tools.field fetch
+	$(VPY) -m tripwire.tools.field check
 
 test: $(STAMP)
 	$(VPY) -m tripwire.tools.run_tests

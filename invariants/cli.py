@@ -13,7 +13,8 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tripwire", description="Static tripwires for concurrency invariants.")
-    p.add_argument("--config", help="config file (default: nearest pyproject.toml with [tool.tripwire])")
+    p.add_argument("--config", help="config file for every path (default: for each path, the nearest tripwire.toml "
+                                    "or pyproject.toml with [tool.tripwire], walking up from it)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("check", help="check files/directories (default: config `paths`)")
@@ -28,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--update-baseline", action="store_true", help="write current findings to --baseline, exit 0")
     c.add_argument("--show-suppressed", action="store_true", help="text format: list suppressed findings too")
     c.add_argument("--quiet", "-q", action="store_true", help="no summary line on stderr")
+    c.add_argument("--show-config", metavar="PATH", help="print the config that applies to PATH and where it "
+                                                          "came from, then exit")
 
     sub.add_parser("rules", help="list all rules")
     e = sub.add_parser("explain", help="show a rule's rationale, options and examples")
@@ -59,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_explain(args.rule)
         from .config import load
 
-        cfg = load(args.config)
         if args.cmd == "check":
-            return _cmd_check(args, cfg)
+            if args.show_config is not None:
+                return _cmd_show_config(args.config, args.show_config)
+            return _cmd_check_paths(args)
+        cfg = load(args.config)
         return _cmd_report(args, cfg)
     except (ConfigError, BaselineError) as exc:
         print(f"tripwire: error: {exc}", file=sys.stderr)
@@ -83,11 +88,75 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in (s or "").split(",") if x.strip()]
 
 
+def _cmd_show_config(config_file, path) -> int:
+    from .config import describe, discover_config, load, load_for_path
+
+    if config_file is not None:
+        cfg, found = load(config_file), None
+    else:
+        cfg = load_for_path(path)  # raises FileNotFoundError for a missing path (exit 2)
+        found = discover_config(Path(path))
+    sys.stdout.write(describe(cfg, found))
+    return 0
+
+
+def _cmd_check_paths(args) -> int:
+    """`check`: one run per config (each path gets the config discovered from it, like ruff), unless
+    `--config` names one for all or no path is given (then the config found from the working directory)."""
+    from .config import ConfigError, load, load_for_path
+
+    if args.config is not None or not args.paths:
+        return _cmd_check(args, load(args.config))
+    groups: dict[str | None, tuple] = {}
+    for p in args.paths:
+        cfg = load_for_path(p)
+        groups.setdefault(cfg.source, (cfg, []))[1].append(p)
+    if len(groups) == 1:
+        return _cmd_check(args, next(iter(groups.values()))[0])
+    if args.update_baseline:
+        raise ConfigError("--update-baseline: the paths fall under different configs "
+                          f"({', '.join(str(k or 'defaults') for k in groups)}); pass --config FILE or one "
+                          "config's paths at a time")
+    return _cmd_check(args, [(cfg, paths) for cfg, paths in groups.values()])
+
+
 def _cmd_check(args, cfg) -> int:
-    from .baseline import load_baseline, write_baseline
+    """Run and report. `cfg` is one Config (for `args.paths`), or a list of (Config, paths) runs to merge."""
+    from .baseline import write_baseline
+    from .formats import FORMATS, summary_line
+
+    if isinstance(cfg, list):
+        from .merge import merge_results
+
+        results = []
+        for one, paths in cfg:
+            args.paths = paths
+            results.append(_run_one(args, one)[0])
+        res = merge_results(results, Path.cwd())
+        baseline_path = None
+    else:
+        res, baseline_path = _run_one(args, cfg)
+    if args.update_baseline:
+        n = write_baseline(baseline_path, res.findings)
+        print(f"tripwire: wrote {n} fingerprint(s) to {baseline_path}", file=sys.stderr)
+        return 2 if res.internal_errors else 0
+    fmt = FORMATS[args.format]
+    out = fmt(res, args.show_suppressed) if args.format == "text" else fmt(res)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(out, encoding="utf-8")
+    else:
+        sys.stdout.write(out)
+    if not args.quiet:
+        print(summary_line(res), file=sys.stderr)
+    return res.exit_code()
+
+
+def _run_one(args, cfg):
+    """Apply the CLI's rule selection and baseline to `cfg`, run it over `args.paths`: (result, baseline path)."""
+    from .baseline import load_baseline
     from .checker import run
     from .config import ConfigError, _check_rule_name
-    from .formats import FORMATS, summary_line
 
     if args.select:
         cfg.select = _split(args.select)
@@ -106,20 +175,7 @@ def _cmd_check(args, cfg) -> int:
         raise ConfigError("--update-baseline needs --baseline FILE (or `baseline` in the config)")
     baseline = load_baseline(baseline_path) if baseline_path and not args.update_baseline else None
     res = run(cfg, args.paths or None, use_cache=not args.no_cache, jobs=args.jobs, baseline=baseline)
-    if args.update_baseline:
-        n = write_baseline(baseline_path, res.findings)
-        print(f"tripwire: wrote {n} fingerprint(s) to {baseline_path}", file=sys.stderr)
-        return 2 if res.internal_errors else 0
-    fmt = FORMATS[args.format]
-    out = fmt(res, args.show_suppressed) if args.format == "text" else fmt(res)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(out, encoding="utf-8")
-    else:
-        sys.stdout.write(out)
-    if not args.quiet:
-        print(summary_line(res), file=sys.stderr)
-    return res.exit_code()
+    return res, baseline_path
 
 
 def _cmd_rules() -> int:

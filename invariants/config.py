@@ -192,6 +192,8 @@ def from_table(table: dict, root: Path, source: str | None) -> Config:
 
 
 def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml from `start` upward, with or without a tripwire table (kept for callers that
+    want exactly that; config discovery uses `discover_config`)."""
     cur = start.resolve()
     for d in (cur, *cur.parents):
         p = d / "pyproject.toml"
@@ -200,27 +202,122 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
+@dataclass
+class Discovery:
+    """Where the config for a path comes from: `path` is the winning file (None: defaults apply), `skipped`
+    the pyproject.toml files without a `[tool.tripwire]` table passed on the way up."""
+
+    start: Path
+    path: Path | None
+    skipped: list[Path] = field(default_factory=list)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read TOML: {exc}") from None
+
+
+def _has_tripwire_table(data: dict) -> bool:
+    tool = data.get("tool")
+    return isinstance(tool, dict) and "tripwire" in tool
+
+
+def discover_config(start: Path) -> Discovery:
+    """The config that applies to `start` (a file or directory), like ruff: walking up from it, the first
+    directory with a `tripwire.toml`, or a `pyproject.toml` that has a `[tool.tripwire]` table, wins
+    (`tripwire.toml` first within one directory). A pyproject.toml without the table never wins.
+
+    Raises:
+        ConfigError: a pyproject.toml met on the way is not valid TOML.
+    """
+    cur = Path(os.path.abspath(start))
+    if not cur.is_dir():
+        cur = cur.parent
+    found = Discovery(start=cur, path=None)
+    for d in (cur, *cur.parents):
+        t = d / "tripwire.toml"
+        if t.is_file():
+            found.path = t
+            return found
+        p = d / "pyproject.toml"
+        if p.is_file():
+            if _has_tripwire_table(_read_toml(p)):
+                found.path = p
+                return found
+            found.skipped.append(p)
+    return found
+
+
 def load(config_file: str | os.PathLike | None = None, start: Path | None = None) -> Config:
     """Load from `config_file` (pyproject.toml with [tool.tripwire], or a TOML file whose top level is the
-    config), or discover the nearest pyproject.toml from `start` (default: cwd)."""
+    config), or discover the config that applies to `start` (default: cwd; see `discover_config`). With no
+    config found, the defaults apply, rooted at `start`.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or its settings are invalid.
+    """
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
     else:
-        path = find_pyproject(start or Path.cwd())
-        if path is None:
+        found = discover_config(start or Path.cwd())
+        if found.path is None:
             return Config(root=(start or Path.cwd()).resolve())
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read TOML: {exc}") from None
+        path = found.path
+    data = _read_toml(path)
     root = path.resolve().parent
-    if "tool" in data and isinstance(data["tool"], dict) and "tripwire" in data["tool"]:
+    if _has_tripwire_table(data):
         table = data["tool"]["tripwire"]
     elif path.name == "pyproject.toml":
         table = {}
     else:
         table = data
     return from_table(table, root, str(path))
+
+
+def load_for_path(path: str | os.PathLike, cwd: Path | None = None) -> Config:
+    """The config for one checked path (relative paths are taken from `cwd`): the discovered config, or the
+    defaults rooted at `cwd` when none applies (what `tripwire check PATH` uses for each PATH).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ConfigError: see `load`.
+    """
+    cwd = Path(cwd or Path.cwd())
+    p = Path(path)
+    p = p if p.is_absolute() else cwd / p
+    if not p.exists():
+        raise FileNotFoundError(f"path not found: {path}")
+    found = discover_config(p)
+    if found.path is None:
+        return Config(root=cwd.resolve())
+    return load(found.path)
+
+
+def describe(cfg: Config, found: Discovery | None = None) -> str:
+    """The resolved config as TOML-like text, with where it came from (`tripwire check --show-config`)."""
+    out = []
+    if cfg.source is None:
+        out.append("config: none found (no tripwire.toml, and no pyproject.toml with [tool.tripwire], from "
+                   f"{found.start if found else cfg.root} upward): defaults apply")
+    else:
+        table = " [tool.tripwire]" if Path(cfg.source).name == "pyproject.toml" else ""
+        out.append(f"config: {cfg.source}{table}")
+    for p in (found.skipped if found else []):
+        out.append(f"skipped: {p} (no [tool.tripwire] table)")
+    out.append(f"root: {cfg.root}")
+    out += ["", f"paths = {cfg.paths!r}", f"exclude = {cfg.exclude!r}", f"select = {cfg.select!r}",
+            f"ignore = {cfg.ignore!r}", f"test-patterns = {cfg.test_patterns!r}", f"cache-dir = {cfg.cache_dir!r}",
+            f"baseline = {cfg.baseline!r}", f"parse-all = {str(cfg.parse_all).lower()}"]
+    if cfg.per_file_ignores:
+        out += ["", "[per-file-ignores]"] + [f"{k!r} = {v!r}" for k, v in sorted(cfg.per_file_ignores.items())]
+    rules = cfg.enabled_rules()
+    out += ["", "enabled rules: " + ", ".join(f"{r.name} ({r.severity})" for r in rules)]
+    for r in rules:
+        if r.opts:
+            out += ["", f"[rules.{r.name}]"] + [f"{k} = {v!r}" for k, v in sorted(r.opts.items())]
+    return "\n".join(out) + "\n"

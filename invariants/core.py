@@ -200,14 +200,17 @@ class FileContext:
         self._classes: list[tuple[ast.ClassDef, list]] | None = None
 
     # -- reporting ----------------------------------------------------------------------------
-    def report(self, node: ast.AST | int, message: str, col: int | None = None) -> None:
+    def report(self, node: ast.AST | int, message: str, col: int | None = None, severity: str | None = None) -> None:
+        """Record a finding at `node` (or a line number). `severity` lowers/raises this one finding below the
+        rule's default (a rule split by severity); a severity set in the config still applies to all."""
         r = self.rule
         assert r is not None
         if isinstance(node, int):
             line, c = node, (col or 1)
         else:
             line, c = getattr(node, "lineno", 1), getattr(node, "col_offset", 0) + 1
-        self.findings.append(Finding(r.name, r.code, r.severity, self.path, line, c, message))
+        sev = severity if severity is not None and "severity" not in vars(r) else r.severity
+        self.findings.append(Finding(r.name, r.code, sev, self.path, line, c, message))
 
     def note(self, node: ast.AST | int, message: str) -> None:
         r = self.rule

@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         (root / "pyproject.toml").write_text("[tool.tripwire]\n")
 
         def proc(extra: list[str], target: list[str]):
-            subprocess.run([sys.executable, "-m", "tripwire.invariants", "check", "-q", *extra, *target], cwd=root,
+            # --config pins the (empty) bench config: per-path discovery would otherwise pick up the config of
+            # a project the corpus happens to live in (e.g. mlx_lm inside this repo's .venv)
+            subprocess.run([sys.executable, "-m", "tripwire.invariants", "--config", str(root / "pyproject.toml"),
+                            "check", "-q", *extra, *target], cwd=root,
                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
         t_proc_cold = _best(lambda: proc(["--no-cache"], paths), args.repeat)

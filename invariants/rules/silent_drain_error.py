@@ -1,6 +1,6 @@
 import ast
 
-from tripwire.invariants.core import Option, Rule, walk_body
+from tripwire.invariants.core import Option, Rule, dotted, walk_body
 
 from ._common import calls_logging, handler_kinds, is_cancel_handler
 
@@ -60,6 +60,27 @@ class SilentDrainError(Rule):
                     pass  # narrow, expected
                 raise
         """,
+        # the drain stops on the worker's error, then retrieves that error and logs it
+        """
+        import asyncio, logging
+        log = logging.getLogger(__name__)
+
+        async def finish(job):
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                while not job.done():
+                    try:
+                        await asyncio.shield(job)
+                    except asyncio.CancelledError:
+                        continue
+                    except Exception:
+                        break
+                failure = None if job.cancelled() else job.exception()
+                if failure is not None:
+                    log.warning("abandoned job failed", exc_info=failure)
+                raise
+        """,
     ]
     invalid = [
         # seed #8: the `except Exception: pass` drain
@@ -89,6 +110,27 @@ class SilentDrainError(Rule):
                     await task
                 raise
         """,
+        # retrieving the outcome is not logging it
+        """
+        import asyncio
+
+        async def execute(job):
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                while not job.done():
+                    try:
+                        await asyncio.shield(job)
+                    except asyncio.CancelledError:
+                        continue
+                    except BaseException:
+                        break
+                try:
+                    job.result()
+                except BaseException:
+                    pass
+                raise
+        """,
     ]
 
     def setup(self):
@@ -107,7 +149,8 @@ class SilentDrainError(Rule):
                         for inner in n.handlers:
                             if handler_kinds(ctx, inner) & {"bare", "base", "exception"} and not any(
                                     isinstance(m, ast.Raise) for m in walk_body(inner.body)) and not calls_logging(
-                                    inner.body, self.extra) and not _handed_off(inner):
+                                    inner.body, self.extra) and not _handed_off(inner) and not _logged_later(
+                                    h, n, self.extra):
                                 ctx.report(inner, "error swallowed without logging inside a cancellation handler: "
                                                   "a worker that failed while draining leaves no trace; log it "
                                                   "(exc_info=True) or re-raise")
@@ -135,3 +178,17 @@ def _handed_off(h):
         if isinstance(n, ast.Call) and any(isinstance(a, ast.Name) and a.id == h.name for a in n.args):
             return True
     return False
+
+
+def _logged_later(h, drain, extra) -> bool:
+    """After the drain, the handler retrieves the drained task's error (`task.exception()`) and logs it: the
+    swallow inside the drain only ends the loop, the error still leaves a trace."""
+    drained = {dotted(m) for a in walk_body(drain.body) if isinstance(a, ast.Await) for m in ast.walk(a.value)}
+    drained.discard(None)
+    end = drain.end_lineno or drain.lineno
+    got = [n.lineno for n in walk_body(h.body) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+           and n.func.attr == "exception" and not n.args and dotted(n.func.value) in drained and n.lineno > end]
+    if not got:
+        return False
+    after = [s for s in h.body if s.lineno >= min(got)]
+    return calls_logging(after, extra)

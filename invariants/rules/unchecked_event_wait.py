@@ -16,7 +16,11 @@ class UncheckedEventWait(Rule):
         "that bool carries on as if the other thread had reached the checkpoint, so it silently tests a "
         "different interleaving (or nothing). Seed #8 review finding 2: `await asyncio.to_thread("
         "first_started.wait, 1.0)` ignored the result, so the cancellation-serialization test could pass "
-        "without the first worker ever starting. Assert it: `assert ev.wait(5), 'worker did not start'`."
+        "without the first worker ever starting. Assert it: `assert ev.wait(5), 'worker did not start'`. Not "
+        "reported: a stand-in the code under test runs on its own thread (a sync function that is not a test "
+        "and either sets another event first, or is a method of a non-Test class) blocking on a gate until the "
+        "test releases it -- an assert there would fail on the worker thread, unseen; the test asserts its own "
+        "side of the handshake."
     )
     options = {
         "event_name_regex": Option("str", r"(?i)(^|_)(ev|evt|event|events|started|ready|done|finished|released?|"
@@ -49,6 +53,46 @@ class UncheckedEventWait(Rule):
             proc = subprocess.Popen(["true"])
             proc.wait(timeout=5)  # raises on timeout: fine
         """,
+        # stand-ins the code under test runs on its worker thread: they signal, then block until the test
+        # releases them (the test asserts its own side of the handshake)
+        """
+        import threading
+
+        def test_cancel_while_embedding(client):
+            started, release = threading.Event(), threading.Event()
+
+            def embed(texts):
+                started.set()
+                release.wait(timeout=5)
+                return [[1.0]]
+
+            client.engine.embed = embed
+            assert started.wait(5)
+            release.set()
+        """,
+        """
+        import threading
+
+        class FakeModel:
+            def __init__(self, gate):
+                self._chunk_gate = gate
+
+            def stream(self, n):
+                for i in range(n):
+                    self._chunk_gate.wait(timeout=10.0)
+                    yield i
+        """,
+        """
+        import asyncio, threading
+
+        def test_second_waits_for_lane(lane):
+            first_entered, release_first = threading.Event(), threading.Event()
+
+            async def first():
+                async with lane.lock():
+                    first_entered.set()
+                    await asyncio.to_thread(release_first.wait, 5.0)
+        """,
     ]
     invalid = [
         # seed #8: the unchecked `first_started.wait(1.0)`
@@ -71,6 +115,25 @@ class UncheckedEventWait(Rule):
         """
         def test_z(release):
             release.wait(0.5)
+        """,
+        # the test's own side of the handshake, in a driver coroutine
+        """
+        import asyncio, threading
+
+        def test_cancel_drains():
+            started = threading.Event()
+
+            async def drive(task):
+                await asyncio.to_thread(started.wait, 5.0)
+                task.cancel()
+        """,
+        """
+        import threading
+
+        class TestWorker:
+            def test_started(self, worker):
+                worker.go()
+                worker.started.wait(2)
         """,
     ]
 
@@ -114,6 +177,10 @@ class UncheckedEventWait(Rule):
             if isinstance(f, ast.Attribute) and f.attr == "wait" and (v.args or any(
                     k.arg == "timeout" for k in v.keywords)):
                 ev = is_event(f.value)
+                if ev and _stand_in_gate(ctx, st):
+                    ctx.note(st, f"{ev}.wait(timeout) blocks a stand-in on the code's worker thread until the "
+                                 f"test releases it")
+                    continue
                 if ev:
                     ctx.report(st, f"the bool returned by {ev}.wait(timeout) is discarded: on timeout the test "
                                    f"continues as if the event fired; assert it")
@@ -127,6 +194,9 @@ class UncheckedEventWait(Rule):
                 cb, rest = v.args[1], v.args[2:]
             if cb is not None and isinstance(cb, ast.Attribute) and cb.attr == "wait" and rest:
                 ev = is_event(cb.value)
+                if ev and _stand_in_gate(ctx, st):
+                    ctx.note(st, f"{ev}.wait(timeout) (via {last}) holds a stand-in until the test releases it")
+                    continue
                 if ev:
                     ctx.report(st, f"the bool returned by {ev}.wait(timeout) (via {last}) is discarded: on "
                                    f"timeout the test continues as if the event fired; assert it")
@@ -138,3 +208,33 @@ class UncheckedEventWait(Rule):
                 ev = is_event(f.value)
                 if ev:
                     ctx.note(call, f"{ev}.wait(timeout): result used")
+
+
+def _stand_in_gate(ctx, stmt) -> bool:
+    """The wait sits in a non-test function that stands in for code the test drives: it sets another event
+    earlier (signal, then block until released), or it is a sync closure defined inside another function (a
+    fake handed to the code under test), or a sync method of a class not named Test*. A nested coroutine that
+    sets nothing first is the test's own driver and stays reported."""
+    parents = ctx.parents
+    cur = stmt
+    while cur in parents and not isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        cur = parents[cur]
+    func = cur
+    if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)) or func.name.startswith("test"):
+        return False
+    owner = parents.get(func)
+    while owner is not None and not isinstance(owner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                                        ast.Module)):
+        owner = parents.get(owner)
+    nested = isinstance(owner, (ast.FunctionDef, ast.AsyncFunctionDef))
+    if nested and any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "set"
+                      and n.lineno < stmt.lineno for n in ast.walk(func)):
+        return True
+    if isinstance(func, ast.AsyncFunctionDef):
+        return False
+    if nested:
+        return True
+    if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "set"
+           and n.lineno < stmt.lineno for n in ast.walk(func)):
+        return True
+    return isinstance(owner, ast.ClassDef) and not owner.name.startswith("Test")
