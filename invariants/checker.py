@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__
+from .baseline import assign_fingerprints
 from .config import Config
 from .core import Evidence, FileContext, Finding, ProjectSink
 from .suppress import Suppression, parse_suppressions
@@ -203,16 +204,14 @@ def _applies(rule, rel: str, data: bytes, is_test: bool) -> bool:
     return rule.matches_file(rel, data)
 
 
-def _fingerprint(findings: list[Finding], lines: list[str]) -> None:
-    counts: dict[tuple, int] = {}
-    for f in findings:
-        if f.fingerprint:
-            continue
-        src = " ".join(lines[f.line - 1].split()) if 0 < f.line <= len(lines) else ""
-        key = (f.rule, f.path, src)
-        k = counts.get(key, 0)
-        counts[key] = k + 1
-        f.fingerprint = hashlib.sha1(f"{f.rule}\0{f.path}\0{src}\0{k}".encode()).hexdigest()[:20]
+_fingerprint = assign_fingerprints
+
+
+def _lines_of(data: bytes) -> list[str]:
+    try:
+        return decode_source(data).splitlines()
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return []
 
 
 # -- the whole run --------------------------------------------------------------------------------------
@@ -272,16 +271,18 @@ def run(cfg: Config, paths: list[str] | None = None, *, use_cache: bool = True, 
         for f in sink.findings:
             by_path.setdefault(f.path, []).append(f)
         for path, fs in by_path.items():
-            data = datas.get(path, b"")
-            try:
-                lines = decode_source(data).splitlines()
-            except (SyntaxError, UnicodeDecodeError, LookupError):
-                lines = []
-            _fingerprint(fs, lines)
+            _fingerprint(fs, _lines_of(datas.get(path, b"")))
         findings.extend(sink.findings)
         evidence.extend(sink.evidence)
 
     findings = _apply_ignores_and_suppressions(findings, results, cfg, names)
+    # Meta findings (parse errors before parsing, unused/invalid suppressions) are made after the per-file
+    # pass: fingerprint them too, in line order, or a baseline would accept them all under one empty key.
+    late: dict[str, list[Finding]] = {}
+    for f in sorted((f for f in findings if not f.fingerprint), key=lambda f: (f.line, f.col, f.code)):
+        late.setdefault(f.path, []).append(f)
+    for path, fs in late.items():
+        _fingerprint(fs, _lines_of(datas.get(path, b"")))
     if baseline:
         known = baseline.get("fingerprints", {})
         for f in findings:
