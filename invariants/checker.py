@@ -89,24 +89,64 @@ def discover(paths: Iterable[str], cfg: Config, cwd: Path | None = None) -> list
         # Exclusions apply below the given directory (and to root-relative globs when it is inside the
         # root): `tripwire check .venv/lib/.../mlx_lm` checks mlx_lm even though `.venv` is excluded.
         inside = _under(p, root)
-        stack = [p]
+        stack = [(p, _gitignores_above(p, root) if inside else ())]
         while stack:
-            d = stack.pop()
+            d, ignores = stack.pop()
             try:
                 entries = list(os.scandir(d))
             except OSError:
                 continue
+            ignores = ignores + _gitignore_in(d)
             for e in entries:
                 ep = Path(e.path)
                 rel = rel_of(ep, root)
                 below = ep.relative_to(p).as_posix()
                 if cfg.is_excluded(below) or (inside and rel != below and _glob_excluded(cfg, rel)):
                     continue
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
+                is_dir = e.is_dir(follow_symlinks=False)
+                if ignores and _gitignored(ignores, ep, is_dir):
+                    continue
+                if is_dir:
+                    stack.append((ep, ignores))
                 elif e.name.endswith(".py") and e.is_file():
-                    seen[rel] = Path(e.path)
+                    seen[rel] = ep
     return sorted(seen.items())
+
+
+# .gitignore files: (directory they sit in, compiled spec). Patterns are relative to that directory.
+_Ignores = tuple[tuple[Path, Any], ...]
+
+
+def _gitignore_in(d: Path) -> _Ignores:
+    f = d / ".gitignore"
+    try:
+        lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ()
+    import pathspec
+
+    return ((d, pathspec.GitIgnoreSpec.from_lines(lines)),)
+
+
+def _gitignores_above(p: Path, root: Path) -> _Ignores:
+    """The .gitignore files from the root down to (excluding) `p`, minus any that ignore `p` itself: a
+    directory named explicitly is checked (like `exclude`, ignores apply below it)."""
+    out: _Ignores = ()
+    if p == root:
+        return out
+    for d in [root, *[root / Path(*p.relative_to(root).parts[:i]) for i in range(1, len(p.relative_to(root).parts))]]:
+        for base, spec in _gitignore_in(d):
+            if not spec.match_file(p.relative_to(base).as_posix() + "/"):
+                out += ((base, spec),)
+    return out
+
+
+def _gitignored(ignores: _Ignores, path: Path, is_dir: bool) -> bool:
+    for base, spec in ignores:
+        rel = path.relative_to(base).as_posix()
+        if spec.match_file(rel + "/" if is_dir else rel):
+            return True
+    return False
 
 
 def _under(p: Path, root: Path) -> bool:
