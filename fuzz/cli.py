@@ -11,19 +11,16 @@ from pathlib import Path
 from . import core
 
 
-def _progress_printer(stream=sys.stderr):
-    last = [0.0]
+def _progress_printer(stream=sys.stderr, total: int | None = None):
+    from tripwire.invariants.progress import Progress  # shared with tools/: done/total, time left, bar on a TTY
+
+    bar = Progress("fuzz", total, stream=stream, heartbeat=False, unit="schedules")
 
     def show(rep: core.Report, final: bool = False):
-        now = time.perf_counter()
-        if not final and now - last[0] < 0.2:
-            return
-        last[0] = now
-        stream.write(f"\r[{rep.target} {rep.strategy} seed={rep.seed}] schedules {rep.schedules}  "
-                     f"{rep.rate:7.1f}/s  failures {len(rep.failures)}   ")
+        bar.label = f"[{rep.target} {rep.strategy} seed={rep.seed}]"
+        bar.update(rep.schedules, note=f"{rep.rate:.1f}/s, failures {len(rep.failures)}", force=final)
         if final:
-            stream.write("\n")
-        stream.flush()
+            bar.close()
     return show
 
 
@@ -63,7 +60,7 @@ def cmd_run(args) -> int:
             if path:
                 print(f"  replay: {core.replay_command(Path(path))}")
         return 1 if fails else 0
-    show = _progress_printer()
+    show = _progress_printer(total=args.budget)
     rep = core.run(targets[args.target], strategy=args.strategy, budget=args.budget, seed=args.seed,
                    variant=args.variant, progress=show, stop_on_failure=not args.keep_going)
     show(rep, final=True)

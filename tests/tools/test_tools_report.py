@@ -28,14 +28,14 @@ def fake_steps(monkeypatch):
                  for inv in INVARIANTS for r in inv.rules}
         return {"available": True, "error": "", "rules": rules, "summary": {"holds": len(rules)}, "written": []}
 
-    def proofs(out, jobs, fresh):
+    def proofs(out, jobs, fresh, bar=None):
         return [_proof("shape-a", ["TW-ADMISSION"], state["proof_status"])], 5.0, False
 
-    def fuzz(targets, budget):
+    def fuzz(targets, budget, bar=None):
         return {t: {"target": t, "status": "clean", "schedules": budget, "failures": 0,
                     "detail": "OK: no failure", "seconds": 0.5} for t in targets}
 
-    def pinned(nodes, with_coverage):
+    def pinned(nodes, with_coverage, bar=None):
         cov = {"source": "quick", "line_pct": 90.0, "branch_pct": 80.0, "total_pct": 86.0, "statements": 10,
                "branches": 4, "files": {}} if with_coverage else None
         return {n: {"status": state["test_status"], "seconds": 0.1, "detail": ""} for n in nodes}, cov
@@ -104,3 +104,26 @@ def test_coverage_json_from_make_test_is_used(tmp_path, fake_steps):
         "percent_covered": 70.0}, "files": {}}))
     report.main(["--out", str(tmp_path)])
     assert "line 75% · branch 50% (make test" in (tmp_path / "invariants.md").read_text()
+
+
+def test_every_phase_prints_progress_with_done_and_total(tmp_path, fake_steps, capsys):
+    report.main(["--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    for n in range(1, 6):
+        assert re.search(rf"^\[{n}/5\] .*: \d+/\d+ .*\(\d+%\), \d+s elapsed", out, re.M), out
+
+
+def test_streaming_pytest_counts_finished_tests(tmp_path):
+    import io
+    import os
+    import sys
+
+    from tripwire.invariants.progress import Progress
+
+    t = tmp_path / "test_three.py"
+    t.write_text("import pytest\n\ndef test_a(): pass\n\ndef test_b(): assert 0\n\n"
+                 "@pytest.mark.skip\ndef test_c(): pass\n")
+    bar = Progress("tests", None, stream=io.StringIO(), heartbeat=False, tty=False)
+    rc = report.run_streaming_pytest([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", str(t)],
+                                     dict(os.environ), bar, timeout=60)
+    assert rc == 1 and (bar.done, bar.total) == (3, 3)
