@@ -10,6 +10,8 @@ import html
 import re
 from typing import Any
 
+from tripwire.tools.report_svg import Row, bar_chart, icon
+
 _VOLATILE = [
     (re.compile(r"/tmp/[^\s:'\"]*?/(?=(engine|tests|fuzz|invariants|tools|\.fuzz)/)"), ""),
     (re.compile(r"/tmp/[\w./-]+"), "<tmp>"),
@@ -152,6 +154,8 @@ overflow:auto;border-radius:6px}.diff-add{color:#7ee787}.diff-del{color:#ffa198}
 .pill{display:inline-block;border-radius:10px;padding:0 8px;font-size:12px;border:1px solid #d0d7de}
 .big{font-size:22px;font-weight:700}.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(200px,1fr));gap:10px}
 ul{margin:4px 0 8px 18px;padding:0}li{margin:2px 0}
+svg.mark{vertical-align:-2px}.st{white-space:nowrap}.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:10px}
+figure.card{margin:0;overflow-x:auto}
 """
 
 _CLS = {"holds": "ok", "caught": "ok", "fired": "ok", "passed": "ok", "clean": "ok",
@@ -163,8 +167,86 @@ def e(x: Any) -> str:
     return html.escape(norm(str(x)))
 
 
+def _icon_kind(status: str) -> str:
+    if status in ("pending",):
+        return "pending"
+    return _CLS.get(status, "muted") if status != "suppressed" else "muted"
+
+
 def _st(status: str) -> str:
-    return f'<span class="{_CLS.get(status, "muted")}">{MARK.get(status, "")} {html.escape(status)}</span>'
+    """A status: an SVG mark (no emoji font needed) and the word."""
+    return (f'<span class="st {_CLS.get(status, "muted")}">{icon(_icon_kind(status), status)} '
+            f'{html.escape(status)}</span>')
+
+
+# -- charts ---------------------------------------------------------------------------------------------------
+_FAIL_AFTER = re.compile(r"FAIL after (\d+) schedule")
+PHASE_LABELS = {"static": "static checker", "proofs": "injection proofs", "fuzz": "fuzz targets",
+                "tests": "pinned tests + counts"}
+
+
+def chart_rows_shapes(data: dict[str, Any]) -> list[Row]:
+    """Schedules to failure per (regression shape, fuzz detector) that fired in the proofs."""
+    rows = []
+    for p in data.get("regressions", []):
+        for d in p.get("detectors", []):
+            if d.get("kind") != "fuzz":
+                continue
+            m = _FAIL_AFTER.search(d.get("detail") or "")
+            if d.get("status") == "fired" and m:
+                rows.append(Row(f"{p['name']} · {d['name']}", int(m.group(1)), "ok", "caught"))
+            else:
+                rows.append(Row(f"{p['name']} · {d['name']}", None, "muted", d.get("status", "")))
+    return rows
+
+
+def chart_rows_fuzz(data: dict[str, Any]) -> list[Row]:
+    """Schedules each fuzz target ran on the real engine (clean) or needed to fail."""
+    seen: dict[str, Row] = {}
+    for inv in data.get("invariants", []):
+        for f in inv.get("fuzz", []):
+            if f["target"] in seen:
+                continue
+            if f["status"] in ("clean", "failure"):
+                seen[f["target"]] = Row(f["target"], f.get("schedules", 0), "ok" if f["status"] == "clean" else "bad",
+                                        f["status"])
+            else:
+                seen[f["target"]] = Row(f["target"], None, "muted", f["status"])
+    return [seen[k] for k in sorted(seen)]
+
+
+def chart_rows_coverage(cov: dict | None) -> list[Row]:
+    rows = []
+    for path, pct in sorted((cov or {}).get("files", {}).items()):
+        label = path[len("engine/"):] if path.startswith("engine/") else path
+        rows.append(Row(label, pct, "ok" if pct >= 80 else "warn" if pct >= 50 else "bad"))
+    return rows
+
+
+def chart_rows_phases(tm: dict[str, Any]) -> list[Row]:
+    rows = []
+    for key, label in PHASE_LABELS.items():
+        if isinstance(tm.get(key), (int, float)):
+            reused = key == "proofs" and tm.get("proofs_reused")
+            rows.append(Row(label + (" (reused)" if reused else ""), float(tm[key]), "info"))
+    return rows
+
+
+def render_charts(data: dict[str, Any]) -> str:
+    s, tm, meta = data["summary"], data.get("timings", {}), data.get("meta", {})
+    charts = [
+        ("card", bar_chart(f"Schedules to failure per regression shape (fuzz detector, seed "
+                           f"{meta.get('fuzz_seed', 0)})", chart_rows_shapes(data),
+                           empty="no fuzz detector in the proofs")),
+        ("card", bar_chart(f"Fuzz targets on the real engine: schedules run (budget {meta.get('fuzz_budget', '?')})",
+                           chart_rows_fuzz(data), empty="no fuzz target ran")),
+        ("card", bar_chart("Line coverage per engine module", chart_rows_coverage(s.get("coverage")), unit="%",
+                           max_value=100, empty="coverage unavailable")),
+        # timings vary between runs: kept in their own marked figure (the rest of the page is deterministic)
+        ("card timings", bar_chart("Time per report phase", chart_rows_phases(tm), unit="s", empty="no timings")),
+    ]
+    return "<h2 id=charts>Charts</h2><div class=charts>" + "".join(
+        f'<figure class="{cls}">{c}</figure>' for cls, c in charts) + "</div>"
 
 
 def _diff_html(diff: str) -> str:
@@ -183,9 +265,11 @@ def render_html(data: dict[str, Any]) -> str:
          "<meta name=viewport content='width=device-width,initial-scale=1'>",
          "<title>Tripwire invariant report</title><style>", CSS, "</style></head><body><main>",
          "<h1>Tripwire invariant report</h1>",
-         f"<div class=meta>commit <code>{e(meta.get('commit'))}</code> · tree <code>{e(meta.get('tree_hash'))}</code>"
-         f" · <code>make report</code></div>",
-         f"<div class=card><span class='big {'ok' if ok else 'bad'}'>{'✅ OK' if ok else '❌ FAILING'}</span>"
+         # identifiers are printed whole (never through norm(), which shortens hex ids)
+         f"<div class=meta>commit <code>{html.escape(str(meta.get('commit')))}</code> · tree "
+         f"<code>{html.escape(str(meta.get('tree_hash')))}</code> · <code>make report</code></div>",
+         f"<div class=card><span class='big verdict {'ok' if ok else 'bad'}'>"
+         f"{icon('ok', 'OK') if ok else icon('bad', 'FAILING')} {'OK' if ok else 'FAILING'}</span>"
          "<div class=grid>",
          f"<div><div class=muted>Invariants holding</div><div class=big>{s['holding']} / {s['invariants']}</div>"
          f"{'<div class=bad>violated: ' + e(', '.join(s['violated'])) + '</div>' if s['violated'] else ''}</div>",
@@ -208,8 +292,9 @@ def render_html(data: dict[str, Any]) -> str:
          "</div>",
          ("" if s["static_available"] else f"<p class=warn>{e(data.get('static_error'))}</p>"),
          "</div>",
-         "<table><tr><th>Invariant</th><th>Status</th><th>Static</th><th>Regressions</th><th>Fuzz</th>"
-         "<th>Pinned tests</th></tr>"]
+         render_charts(data),
+         "<h2>Invariants</h2><table><tr><th>Invariant</th><th>Status</th><th>Static</th><th>Regressions</th>"
+         "<th>Fuzz</th><th>Pinned tests</th></tr>"]
     for inv in data["invariants"]:
         regs = inv["regressions"]
         h.append(f"<tr><td><a href='#{inv['id'].lower()}'>{e(inv['id'])}</a><br><span class=muted>{e(inv['title'])}"
@@ -228,7 +313,8 @@ def render_html(data: dict[str, Any]) -> str:
             h.append("<li class=muted>none (guarded dynamically)</li>")
         for r in inv["rules"]:
             h.append(f"<li><code>{e(r['name'])}</code> {_st(r['status'])} — {e(r['summary'])}")
-            items = ([("❌ ", x) for x in r.get("findings") or []] + [("🔕 ", x) for x in r.get("suppressed") or []]
+            items = ([(icon("bad", "violation") + " ", x) for x in r.get("findings") or []]
+                     + [(icon("muted", "suppressed") + " ", x) for x in r.get("suppressed") or []]
                      + [("", x) for x in r.get("evidence") or []])
             if items:
                 h.append("<ul>" + "".join(f"<li>{p}{e(x)}</li>" for p, x in items[:25]) + "</ul>")
