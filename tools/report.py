@@ -14,6 +14,7 @@ reported as "unavailable", never crash the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ TEST_TIMEOUT = 60
 
 
 def log(msg: str) -> None:
-    print(msg, flush=True)
+    print(msg, flush=True)  # to sys.stdout, which main() points at stderr with --summary
 
 
 def tree_hash(root: Path = ROOT) -> str:
@@ -479,6 +480,117 @@ def build(out: Path, jobs: int, fuzz_budget: int, fresh_proofs: bool) -> dict[st
     return data
 
 
+# -- PR mode: the same report for a base revision ---------------------------------------------------------------
+class RevisionError(Exception):
+    """The --base revision does not name a commit of this repository."""
+
+
+def resolve_rev(rev: str, root: Path = ROOT) -> str:
+    """The full commit id of `rev`. Raises RevisionError with a message that says what to do."""
+    try:
+        p = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RevisionError(f"cannot run git: {exc}") from None
+    if p.returncode != 0 or not p.stdout.strip():
+        raise RevisionError(f"--base {rev!r} is not a commit of this repository (try `git log --oneline`; a "
+                            "shallow CI clone needs `git fetch --deepen` first)")
+    return p.stdout.strip()
+
+
+_PHASE_LINE = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+def build_base(sha: str, out: Path, jobs: int, fuzz_budget: int, head: dict[str, Any] | None = None,
+               root: Path = ROOT) -> tuple[dict[str, Any] | None, str]:
+    """(report data of commit `sha`, error text). The base is built by that commit's own `tools.report` in a
+    temporary `git worktree` (removed afterwards). Reused: `reports/base/<sha>/report.json` from an earlier PR
+    run; HEAD's data when the base's tree hash is HEAD's; HEAD's `proofs.json` (the base's report re-checks
+    its tree hash before trusting it)."""
+    cached = out / "base" / sha / "report.json"
+    if cached.is_file():
+        try:
+            log(f"[base] reusing {cached} (delete it to rebuild)")
+            return json.loads(cached.read_text()), ""
+        except (OSError, ValueError):
+            pass
+    with tempfile.TemporaryDirectory(prefix="tripwire-base-") as tmp:
+        wt = Path(tmp) / "tree"
+        add = subprocess.run(["git", "worktree", "add", "--detach", str(wt), sha], cwd=root, capture_output=True,
+                             text=True, timeout=120)
+        if add.returncode != 0:
+            return None, f"git worktree add failed: {add.stderr.strip()[-300:]}"
+        try:
+            if head is not None and head.get("meta", {}).get("tree_hash") == _tree_hash_or_none(wt):
+                log(f"[base] {sha[:12]} has HEAD's tree: reusing HEAD's results")
+                data = json.loads(json.dumps(head))
+                data.pop("delta", None)
+                data.pop("base", None)
+                data["meta"] = {**data.get("meta", {}), "commit": sha[:12]}
+            else:
+                data, err = _run_base_report(wt, Path(tmp) / "reports", out, jobs, fuzz_budget, sha)
+                if data is None:
+                    return None, err
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(wt)], cwd=root, capture_output=True,
+                           timeout=120)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return data, ""
+
+
+def _tree_hash_or_none(root: Path) -> str | None:
+    try:
+        return tree_hash(root)
+    except Exception:  # an older tree may lack files the hash walks: then it is simply not HEAD's tree
+        return None
+
+
+def _run_base_report(wt: Path, base_out: Path, out: Path, jobs: int, fuzz_budget: int,
+                     sha: str) -> tuple[dict[str, Any] | None, str]:
+    base_out.mkdir(parents=True, exist_ok=True)
+    if (out / "proofs.json").is_file():
+        (base_out / "proofs.json").write_bytes((out / "proofs.json").read_bytes())
+    cmd = [PY, "-m", "tools.report", "--out", str(base_out), "--jobs", str(jobs)]
+    if "--fuzz-budget" in (wt / "tools" / "report.py").read_text(errors="replace"):
+        cmd += ["--fuzz-budget", str(fuzz_budget)]
+    env = dict(os.environ, PYTHONPATH=str(wt) + (os.pathsep + os.environ["PYTHONPATH"]
+                                                  if os.environ.get("PYTHONPATH") else ""))
+    logfile = out / "base" / sha / "build.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with Progress(f"[base] report of {sha[:12]} (phases)", 5, stream=sys.stdout) as bar, \
+            open(logfile, "w", encoding="utf-8") as logf, \
+            subprocess.Popen(cmd, cwd=wt, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             errors="replace") as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            logf.write(line)
+            m = _PHASE_LINE.match(line)
+            if m:
+                bar.total = int(m.group(2))
+                bar.update(int(m.group(1)) - 1, note=line.strip()[:80])
+        rc = p.wait()
+        bar.update(bar.total or 5)
+    rj = base_out / "report.json"
+    if not rj.is_file():
+        return None, f"the base's `python -m tools.report` exited {rc} without a report.json (log: {logfile})"
+    return json.loads(rj.read_text()), ""
+
+
+def summary_markdown(data: dict[str, Any]) -> str:
+    """The short Markdown for a PR comment (<= 40 lines): the delta in PR mode, else the headline table."""
+    from tools.report_delta import delta_markdown
+    from tools.report_html import render_markdown
+
+    if data.get("delta"):
+        return delta_markdown(data["delta"])
+    if data.get("base", {}).get("error"):
+        return f"tripwire: no delta against {data['base']['rev']}: {data['base']['error']}\n"
+    lines = render_markdown(data).splitlines()
+    end = next((i for i, ln in enumerate(lines) if ln.startswith("| Invariant |")), min(len(lines), 40))
+    return "\n".join(lines[:min(end, 40)]).rstrip() + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tripwire.tools.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -486,14 +598,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--fuzz-budget", type=int, default=FUZZ_BUDGET)
     ap.add_argument("--fresh-proofs", action="store_true", help="ignore reports/proofs.json from `make test`")
+    ap.add_argument("--base", metavar="REV", help="PR mode: also build the report of REV (in a temporary git "
+                    "worktree) and open with what changed (also `make report BASE=REV`)")
+    ap.add_argument("--summary", action="store_true", help="print only a <= 40-line Markdown summary on stdout "
+                    "(the delta with --base), for a PR comment; progress goes to stderr")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    sha = None
+    if args.base:
+        try:
+            sha = resolve_rev(args.base)
+        except RevisionError as exc:
+            print(f"tools.report: error: {exc}", file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
+    real_stdout = sys.stdout
+    # progress and log lines go to sys.stdout as looked up at call time: stderr with --summary
+    with contextlib.redirect_stdout(sys.stderr if args.summary else sys.stdout):
+        data = build(out, args.jobs, args.fuzz_budget, args.fresh_proofs)
+        if sha is not None:
+            add_delta(data, args.base, sha, out, args.jobs, args.fuzz_budget)
+        with _bar(5, "writing reports", 1, {}, "write") as bar:
+            write_outputs(data, out)
+            (out / "summary.md").write_text(summary_markdown(data))
+            bar.update(1)
+        if data.get("delta") or data.get("base"):
+            log("")
+            log(summary_markdown(data).rstrip())  # the delta first, then the totals
+        print_totals(data, out)
+    if args.summary:
+        real_stdout.write(summary_markdown(data))
+    return exit_status(data)
 
-    data = build(out, args.jobs, args.fuzz_budget, args.fresh_proofs)
-    with _bar(5, "writing reports", 1, {}, "write") as bar:
-        write_outputs(data, out)
-        bar.update(1)
+
+def add_delta(data: dict[str, Any], rev: str, sha: str, out: Path, jobs: int, fuzz_budget: int) -> None:
+    """Build the base report and put `base` (rev, commit, error) and `delta` into `data`."""
+    from tools.report_delta import compute_delta
+
+    base, err = build_base(sha, out, jobs, fuzz_budget, head=data)
+    data["base"] = {"rev": rev, "commit": sha[:12], "error": err}
+    if base is not None:
+        data["delta"] = compute_delta(data, base)
+
+
+def print_totals(data: dict[str, Any], out: Path) -> None:
     s = data["summary"]
     log(f"\ninvariants: {s['holding']}/{s['invariants']} holding, violated: {s['violated'] or 'none'}")
     log(f"regressions: {s['caught']}/{s['regressions']} caught, survived: {s['survived'] or 'none'}"
@@ -503,7 +651,6 @@ def main(argv: list[str] | None = None) -> int:
         f"coverage: {_cov_text(s['coverage'])}; tests collected: {s['tests_collected']}")
     log(f"wrote {out / 'index.html'}, {out / 'invariants.md'}, {out / 'report.json'} in "
         f"{data['timings']['total']:.1f}s")
-    return exit_status(data)
 
 
 def exit_status(data: dict[str, Any]) -> int:

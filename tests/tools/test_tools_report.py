@@ -128,3 +128,78 @@ def test_streaming_pytest_counts_finished_tests(tmp_path):
     rc = report.run_streaming_pytest([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", str(t)],
                                      dict(os.environ), bar, timeout=60)
     assert rc == 1 and (bar.done, bar.total) == (3, 3)
+
+
+# -- PR mode ---------------------------------------------------------------------------------------------------
+STUB_REPORT = '''
+import argparse, json, pathlib
+ap = argparse.ArgumentParser()
+ap.add_argument("--out"); ap.add_argument("--jobs")
+a = ap.parse_args()
+data = json.loads(pathlib.Path(__file__).with_name("data.json").read_text())
+pathlib.Path(a.out, "report.json").write_text(json.dumps(data))
+print("[1/5] stub phase")
+'''
+
+
+def _git(repo, *args):
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
+                          env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+                               "GIT_COMMITTER_EMAIL": "t@x", "PATH": __import__("os").environ["PATH"]}).stdout
+
+
+def test_build_base_runs_the_base_revisions_own_report_in_a_worktree(tmp_path):
+    import json
+
+    from report_helpers import make_report_data
+
+    repo = tmp_path / "repo"
+    (repo / "tools").mkdir(parents=True)
+    (repo / "tools" / "__init__.py").write_text("")
+    (repo / "tools" / "report.py").write_text(STUB_REPORT)
+    (repo / "tools" / "data.json").write_text(json.dumps(make_report_data(commit="old")))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "base")
+    sha = report.resolve_rev("HEAD", root=repo)
+    (repo / "tools" / "data.json").write_text(json.dumps(make_report_data(commit="new")))
+    _git(repo, "commit", "-qam", "head")
+    assert report.resolve_rev("HEAD~1", root=repo) == sha
+    out = tmp_path / "reports"
+    data, err = report.build_base(sha, out, 1, 300, root=repo)
+    assert err == "" and data["meta"]["commit"] == "old"
+    assert _git(repo, "worktree", "list").count("\n") == 1, "the temporary worktree is removed"
+    # reused on the next PR run without a worktree
+    (repo / "tools" / "report.py").unlink()
+    again, err = report.build_base(sha, out, 1, 300, root=repo)
+    assert err == "" and again == data
+
+
+def test_bad_base_revision_is_a_usage_error(tmp_path, fake_steps, capsys):
+    assert report.main(["--out", str(tmp_path), "--base", "no-such-rev-xyz"]) == 2
+    assert "not a commit" in capsys.readouterr().err
+
+
+def test_pr_mode_opens_with_the_delta_and_summary_is_short(tmp_path, fake_steps, monkeypatch, capsys):
+    import copy
+
+    def fake_base(sha, out, jobs, budget, head=None, root=None):
+        base = copy.deepcopy(head)
+        base["summary"]["tests_collected"] = 5
+        base["meta"]["commit"] = "base000"
+        return base, ""
+
+    monkeypatch.setattr(report, "resolve_rev", lambda rev, root=None: "f" * 40)
+    monkeypatch.setattr(report, "build_base", fake_base)
+    assert report.main(["--out", str(tmp_path), "--base", "HEAD~3", "--summary"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("### tripwire: `base000` →") and "Tests 5 → **7**" in cap.out
+    assert len(cap.out.splitlines()) <= 40
+    assert "[1/5]" in cap.err and "[1/5]" not in cap.out
+    md = (tmp_path / "invariants.md").read_text()
+    assert md.index("### tripwire: `base000`") < md.index("| Invariant |")
+    page = (tmp_path / "index.html").read_text()
+    assert page.index("id=delta") < page.index("id=charts")
+    assert (tmp_path / "summary.md").read_text() == cap.out
