@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         top = (exc.name or "").split(".")[0]
         if top not in ENGINE_EXTRA_MODULES:
             raise
-        print(f"error: `python -m engine serve` needs the engine extra ({top} is not installed): "
+        print(f"error: `python -m tripwire.engine serve` needs the engine extra ({top} is not installed): "
               "pip install 'tripwire[engine]'", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse enforces the sub-command

@@ -12,7 +12,7 @@ from . import core
 
 
 def _progress_printer(stream=sys.stderr, total: int | None = None):
-    from tripwire.invariants.progress import Progress  # shared with tools/: done/total, time left, bar on a TTY
+    from tripwire.progress import Progress  # shared with tools/: done/total, time left, bar on a TTY
 
     bar = Progress("fuzz", total, stream=stream, heartbeat=False, unit="schedules")
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tripwire.invariants.progress import Progress
+from tripwire.progress import Progress
 from tripwire.catalogue import catalogue, get
 from tripwire.catalogue.base import NotApplicable
 from tripwire.tools.regressions.prove import ROOT, ProofResult, exit_code, prove

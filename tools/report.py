@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tripwire.invariants.progress import Progress
+from tripwire.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -498,7 +498,7 @@ def resolve_rev(rev: str, root: Path = ROOT) -> str:
     return p.stdout.strip()
 
 
-_PHASE_LINE = re.compile(r"^\[(\d+)/(\d+)\]")
+_PHASE_LINE = re.compile(r"^\[(\d+)/(\d+)\] [a-z]")  # "[2/5] injection proofs", not "[14/24] CAUGHT"
 
 
 def build_base(sha: str, out: Path, jobs: int, fuzz_budget: int, head: dict[str, Any] | None = None,
@@ -551,7 +551,9 @@ def _run_base_report(wt: Path, base_out: Path, out: Path, jobs: int, fuzz_budget
     base_out.mkdir(parents=True, exist_ok=True)
     if (out / "proofs.json").is_file():
         (base_out / "proofs.json").write_bytes((out / "proofs.json").read_bytes())
-    cmd = [PY, "-m", "tools.report", "--out", str(base_out), "--jobs", str(jobs)]
+    # the base's own report code: under the tripwire namespace once it has one, the old top-level name before
+    module = "tripwire.tools.report" if (wt / "tripwire" / "__init__.py").is_file() else "tools.report"
+    cmd = [PY, "-m", module, "--out", str(base_out), "--jobs", str(jobs)]
     if "--fuzz-budget" in (wt / "tools" / "report.py").read_text(errors="replace"):
         cmd += ["--fuzz-budget", str(fuzz_budget)]
     env = dict(os.environ, PYTHONPATH=str(wt) + (os.pathsep + os.environ["PYTHONPATH"]
@@ -573,14 +575,14 @@ def _run_base_report(wt: Path, base_out: Path, out: Path, jobs: int, fuzz_budget
         bar.update(bar.total or 5)
     rj = base_out / "report.json"
     if not rj.is_file():
-        return None, f"the base's `python -m tools.report` exited {rc} without a report.json (log: {logfile})"
+        return None, f"the base's `python -m {module}` exited {rc} without a report.json (log: {logfile})"
     return json.loads(rj.read_text()), ""
 
 
 def summary_markdown(data: dict[str, Any]) -> str:
     """The short Markdown for a PR comment (<= 40 lines): the delta in PR mode, else the headline table."""
-    from tools.report_delta import delta_markdown
-    from tools.report_html import render_markdown
+    from tripwire.tools.report_delta import delta_markdown
+    from tripwire.tools.report_html import render_markdown
 
     if data.get("delta"):
         return delta_markdown(data["delta"])
@@ -633,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_delta(data: dict[str, Any], rev: str, sha: str, out: Path, jobs: int, fuzz_budget: int) -> None:
     """Build the base report and put `base` (rev, commit, error) and `delta` into `data`."""
-    from tools.report_delta import compute_delta
+    from tripwire.tools.report_delta import compute_delta
 
     base, err = build_base(sha, out, jobs, fuzz_budget, head=data)
     data["base"] = {"rev": rev, "commit": sha[:12], "error": err}

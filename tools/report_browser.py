@@ -1,7 +1,7 @@
 """Check the HTML report in a real headless browser: it renders, the charts and status marks are drawn, and the
 key numbers of `report.json` are in the rendered text. Takes a screenshot.
 
-    python -m tools.report_browser [reports/index.html] [--screenshot reports/index.png]
+    python -m tripwire.tools.report_browser [reports/index.html] [--screenshot reports/index.png]
 
 Uses Playwright (PyPI `playwright`, driving the system Chromium: no browser download) when installed, else the
 Chromium command line (`--dump-dom`, `--screenshot`). Exit 0 when every check passed, 1 when one failed (each
@@ -115,7 +115,7 @@ def check(page_path: Path, png: Path, data: dict[str, Any] | None = None) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.report_browser", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m tripwire.tools.report_browser", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("page", nargs="?", default="reports/index.html")
     ap.add_argument("--screenshot", default=None, help="default: next to the page, index.png")

@@ -1,6 +1,6 @@
 """Bad input and hostile environments end with one line on stderr and exit 2, never a traceback: a reader
 that closes the pipe early (`tripwire explain RULE | head`), unknown rule names, a missing extra
-(`python -m engine serve` without fastapi). Real subprocesses, because interpreter shutdown is part of it."""
+(`python -m tripwire.engine serve` without fastapi). Real subprocesses, because interpreter shutdown is part of it."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _one_clean_line(stderr: str) -> str:
 @pytest.mark.parametrize("args", [["explain", "long-wait-for"], ["rules"],
                                   ["check", "engine", "--no-cache", "--format", "sarif", "-q"]])
 def test_broken_pipe_is_one_line_and_exit_2(args):
-    p = _closed_reader([PY, "-m", "invariants", *args])
+    p = _closed_reader([PY, "-m", "tripwire.invariants", *args])
     line = _one_clean_line(p.stderr)
     assert p.returncode == 2 and "broken pipe" in line
 
@@ -54,21 +54,21 @@ def test_broken_pipe_through_head():
     (["check", "engine", "--ignore", "TW999"], "unknown rule 'TW999'"),
 ])
 def test_unknown_rule_names_exit_2_with_one_line(args, needle):
-    p = subprocess.run([PY, "-m", "invariants", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+    p = subprocess.run([PY, "-m", "tripwire.invariants", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
                        timeout=60)
     line = _one_clean_line(p.stderr)
     assert p.returncode == 2 and needle in line and p.stdout == ""
 
 
 def test_rule_codes_are_case_insensitive_in_explain():
-    p = subprocess.run([PY, "-m", "invariants", "explain", "tw101"], cwd=REPO, env=ENV, capture_output=True,
+    p = subprocess.run([PY, "-m", "tripwire.invariants", "explain", "tw101"], cwd=REPO, env=ENV, capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.startswith("TW101 long-wait-for")
 
 
 def test_unwritable_output_is_one_line(tmp_path):
     (tmp_path / "f").write_text("")
-    p = subprocess.run([PY, "-m", "invariants", "check", "engine", "-q", "--output", str(tmp_path / "f" / "x.json")],
+    p = subprocess.run([PY, "-m", "tripwire.invariants", "check", "engine", "-q", "--output", str(tmp_path / "f" / "x.json")],
                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "cannot write" in _one_clean_line(p.stderr)
 
@@ -81,7 +81,7 @@ class Block:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Block())
 sys.argv = ["engine", "serve", "--port", "0"]
-runpy.run_module("engine", run_name="__main__", alter_sys=True)
+runpy.run_module("tripwire.engine", run_name="__main__", alter_sys=True)
 """
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from tw_helpers import run_main, write
 
-from invariants.checker import discover
-from invariants.config import from_table
+from tripwire.invariants.checker import discover
+from tripwire.invariants.config import from_table
 
 BAD = "import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, 60)\n"
 

@@ -8,7 +8,7 @@ import tomllib
 
 from tw_helpers import REPO
 
-import invariants
+from tripwire import invariants
 
 
 def test_versions_agree_and_the_changelog_has_them():

@@ -86,7 +86,7 @@ def test_sarif_fingerprints_do_not_depend_on_line_numbers(odd_proj, capsys):
 
 
 def test_sarif_rules_have_full_descriptions_and_docs(odd_proj, capsys):
-    from invariants.registry import get_rule
+    from tripwire.invariants.registry import get_rule
 
     driver = _run(odd_proj, capsys, "sarif")["runs"][0]["tool"]["driver"]
     assert "example.invalid" not in driver["informationUri"]
@@ -122,6 +122,6 @@ def test_the_validator_rejects_an_unencoded_uri(odd_proj, capsys):
 
 
 def test_rule_docs_are_up_to_date():
-    from invariants.docs import stale_docs
+    from tripwire.invariants.docs import stale_docs
 
-    assert stale_docs(REPO / "docs" / "rules") == [], "run `python -m invariants.docs` and commit docs/rules/"
+    assert stale_docs(REPO / "docs" / "rules") == [], "run `python -m tripwire.invariants.docs` and commit docs/rules/"

@@ -119,7 +119,7 @@ def test_streaming_pytest_counts_finished_tests(tmp_path):
     import os
     import sys
 
-    from tripwire.invariants.progress import Progress
+    from tripwire.progress import Progress
 
     t = tmp_path / "test_three.py"
     t.write_text("import pytest\n\ndef test_a(): pass\n\ndef test_b(): assert 0\n\n"

@@ -1,12 +1,12 @@
-"""PR mode's delta between a base and a HEAD report (fake report data; the git worktree part is exercised by
-`tools/pr_report_e2e.sh`)."""
+"""PR mode's delta between a base and a HEAD report (fake report data). The git-worktree plumbing is tested on a
+stub repository in test_tools_report.py; the whole thing end to end is `make report BASE=HEAD~3` (minutes)."""
 
 from __future__ import annotations
 
 import copy
 
 from report_helpers import make_report_data
-from tools.report_delta import MAX_LINES, compute_delta, delta_html, delta_markdown, is_empty
+from tripwire.tools.report_delta import MAX_LINES, compute_delta, delta_html, delta_markdown, is_empty
 
 
 def _pair():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import threading
 
-from tripwire.invariants.progress import Progress, fmt_duration
+from tripwire.progress import Progress, fmt_duration
 
 
 class Clock:

@@ -1,8 +1,9 @@
 """Progress for long runs: done/total, elapsed and time left — a redrawn bar on a terminal, plain lines otherwise.
 
-Shared by `make report` (tools/report.py), `python -m tools.inject prove` and `python -m fuzz run`. It lives in
-`invariants` because that is the lowest layer (stdlib only, no MLX, imports nothing from engine/fuzz/tools), so
-both `fuzz` and `tools` can import it without a cycle and nothing has to import `tools`.
+Shared by `make report` (tools/report.py), `python -m tripwire.tools.inject prove` and `python -m tripwire.fuzz run`.
+It lives at the namespace root `tripwire/` (stdlib only, imports nothing of engine/invariants/fuzz/tools), the one
+level below all four parts: `fuzz` may not import `invariants` or `tools` (tests/test_import_graph.py), so this is
+where both `fuzz` and `tools` can reach it without a cycle.
 
 Guarantees: with `heartbeat=True` a line is printed at least every `interval` seconds even while no item
 finishes (a background daemon thread; stopped by `close()` / leaving the `with` block); otherwise a line is
