@@ -6,6 +6,11 @@ the fuzz targets guarding it (schedules run, failures found on the real engine);
 Summary on top. Exit 1 if an invariant is violated or a regression survives (or a codemod no longer applies).
 
     python -m tripwire.tools.report [--jobs N] [--fuzz-budget N] [--fresh-proofs] [--out reports]
+                                    [--base REV [--summary]]
+
+Every phase prints done/total and time left at least every 5 s (a bar on a terminal). PR mode (`--base REV`,
+`make report BASE=REV`) also builds REV's report with REV's own code in a temporary git worktree and opens the
+report with the delta (exit 2 if REV is not a commit). Charts are inline SVG; nothing needs JavaScript.
 
 Content is deterministic across runs on an unchanged tree (timings aside). Detectors that do not exist yet are
 reported as "unavailable", never crash the report.

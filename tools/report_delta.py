@@ -146,7 +146,7 @@ def delta_markdown(d: dict[str, Any], max_lines: int = MAX_LINES) -> str:
             f"wall time {_secs(w['base'])} → {_secs(w['head'])}"]
     secs = [(h, items) for h, items in _sections(d) if items]
     if not secs:
-        return "\n".join(head + ["", "No change in invariants, findings, regression shapes, fuzz outcomes or coverage."]) + "\n"
+        return "\n".join(head + ["", "No change in invariants, rules, findings, regression shapes, fuzz outcomes or per-module coverage."]) + "\n"
     shown = {h: len(items) for h, items in secs}
 
     def build() -> list[str]:
@@ -186,7 +186,7 @@ def delta_html(d: dict[str, Any]) -> str:
            f"<b>{_pct(ct['line_pct']['head'])}</b> · wall time {_secs(w['base'])} → {_secs(w['head'])}</p>"]
     secs = [(h, items) for h, items in _sections(d) if items]
     if not secs:
-        out.append("<p class=muted>No change in invariants, findings, regression shapes, fuzz outcomes or coverage.</p>")
+        out.append("<p class=muted>No change in invariants, rules, findings, regression shapes, fuzz outcomes or per-module coverage.</p>")
     for h, items in secs:
         out.append(f"<h3>{e(h)} ({len(items)})</h3><ul>")
         for x in items:
