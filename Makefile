@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(VPY)
 setup: $(STAMP)
 
 report: $(STAMP)
-	$(VPY) -m tripwire.tools.report
+	$(VPY) -m tripwire.tools.report $(if $(BASE),--base $(BASE))
 
 # Generic mutation testing of engine/ (mutmut, bounded; not in CI): kill rate + survivors by file.
 mutation: $(STAMP)

@@ -98,10 +98,22 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: top-level modules only the `engine` extra installs: one missing is a setup problem, not a crash
+ENGINE_EXTRA_MODULES = {"mlx", "mlx_lm", "tokenizers", "fastapi", "starlette", "uvicorn", "pydantic", "anyio"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
+    try:
+        args = build_parser().parse_args(argv)  # --max-memory's check already imports the server package
+        if args.command == "serve":
+            return serve(args)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in ENGINE_EXTRA_MODULES:
+            raise
+        print(f"error: `python -m tripwire.engine serve` needs the engine extra ({top} is not installed): "
+              "pip install 'tripwire[engine]'", file=sys.stderr)
+        return 2
     return 2  # pragma: no cover - argparse enforces the sub-command
 
 

@@ -33,19 +33,17 @@ class UsageError(Exception):
     """Bad input: printed as one line to stderr, exit code 2."""
 
 
-def _progress_printer(stream=sys.stderr):
-    last = [0.0]
+def _progress_printer(stream=sys.stderr, total: int | None = None):
+    from tripwire.progress import Progress  # shared with tools/: done/total, time left, bar on a TTY
+
+    bar = Progress("fuzz", total, stream=stream, heartbeat=False, unit="schedules")
 
     def show(rep: Report, final: bool = False):
-        now = time.perf_counter()
-        if not final and now - last[0] < 0.2:
-            return
-        last[0] = now
-        stream.write(f"\r[{rep.target} {rep.strategy} seed={rep.seed}] schedules {rep.schedules} "
-                     f"(distinct {rep.distinct})  {rep.rate:7.1f}/s  failures {len(rep.failures)}   ")
+        bar.label = f"[{rep.target} {rep.strategy} seed={rep.seed}]"
+        bar.update(rep.schedules, note=f"distinct {rep.distinct}, {rep.rate:.1f}/s, failures {len(rep.failures)}",
+                   force=final)
         if final:
-            stream.write("\n")
-        stream.flush()
+            bar.close()
     return show
 
 
@@ -164,7 +162,7 @@ def cmd_run(args) -> int:
         if fails:
             return 1
         return _nothing_explored(tgt.name) if max(r[3] for r in results) == 0 else 0
-    show = _progress_printer()
+    show = _progress_printer(total=args.budget)
     rep = run(tgt, strategy=args.strategy, budget=args.budget, seed=args.seed, variant=args.variant,
               progress=show, stop_on_failure=not args.keep_going, artifacts=artifacts)
     show(rep, final=True)

@@ -4,10 +4,12 @@ occurrence index), so unrelated edits that shift line numbers keep them stable."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from . import __version__
 
@@ -16,6 +18,25 @@ FORMAT = 1
 
 class BaselineError(Exception):
     pass
+
+
+def assign_fingerprints(findings: Iterable, lines: list[str]) -> None:
+    """Give every finding of ONE file that has none a stable, non-empty fingerprint.
+
+    The key is rule + path + the whitespace-normalized source line + an occurrence index among findings
+    with that same key (in the given order), so it survives edits that shift line numbers but two equal
+    findings never collide. Findings whose line is outside `lines` (unreadable files, project-level
+    findings) hash an empty line text: still rule- and path-specific, never "".
+    """
+    counts: dict[tuple, int] = {}
+    for f in findings:
+        if f.fingerprint:
+            continue
+        src = " ".join(lines[f.line - 1].split()) if 0 < f.line <= len(lines) else ""
+        key = (f.rule, f.path, src)
+        k = counts.get(key, 0)
+        counts[key] = k + 1
+        f.fingerprint = hashlib.sha1(f"{f.rule}\0{f.path}\0{src}\0{k}".encode()).hexdigest()[:20]
 
 
 def load_baseline(path: str | os.PathLike) -> dict:
@@ -32,10 +53,13 @@ def load_baseline(path: str | os.PathLike) -> dict:
 
 
 def write_baseline(path: str | os.PathLike, findings) -> int:
+    """Record every finding not suppressed in source; returns how many. Raises OSError if unwritable."""
     entries = {}
     for f in findings:
         if f.suppressed:
             continue
+        if not f.fingerprint:  # an empty key would accept every future fingerprint-less finding
+            raise ValueError(f"finding without fingerprint: {f.path}:{f.line} {f.rule}")
         entries[f.fingerprint] = {"rule": f.rule, "path": f.path, "line": f.line, "message": f.message}
     data = {"format": FORMAT, "tool": "tripwire", "version": __version__,
             "fingerprints": dict(sorted(entries.items()))}

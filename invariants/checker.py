@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__
+from .baseline import assign_fingerprints
 from .config import Config
 from .core import Evidence, FileContext, Finding, ProjectSink
 from .suppress import Suppression, parse_suppressions
@@ -88,24 +89,64 @@ def discover(paths: Iterable[str], cfg: Config, cwd: Path | None = None) -> list
         # Exclusions apply below the given directory (and to root-relative globs when it is inside the
         # root): `tripwire check .venv/lib/.../mlx_lm` checks mlx_lm even though `.venv` is excluded.
         inside = _under(p, root)
-        stack = [p]
+        stack = [(p, _gitignores_above(p, root) if inside else ())]
         while stack:
-            d = stack.pop()
+            d, ignores = stack.pop()
             try:
                 entries = list(os.scandir(d))
             except OSError:
                 continue
+            ignores = ignores + _gitignore_in(d)
             for e in entries:
                 ep = Path(e.path)
                 rel = rel_of(ep, root)
                 below = ep.relative_to(p).as_posix()
                 if cfg.is_excluded(below) or (inside and rel != below and _glob_excluded(cfg, rel)):
                     continue
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
+                is_dir = e.is_dir(follow_symlinks=False)
+                if ignores and _gitignored(ignores, ep, is_dir):
+                    continue
+                if is_dir:
+                    stack.append((ep, ignores))
                 elif e.name.endswith(".py") and e.is_file():
-                    seen[rel] = Path(e.path)
+                    seen[rel] = ep
     return sorted(seen.items())
+
+
+# .gitignore files: (directory they sit in, compiled spec). Patterns are relative to that directory.
+_Ignores = tuple[tuple[Path, Any], ...]
+
+
+def _gitignore_in(d: Path) -> _Ignores:
+    f = d / ".gitignore"
+    try:
+        lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ()
+    import pathspec
+
+    return ((d, pathspec.GitIgnoreSpec.from_lines(lines)),)
+
+
+def _gitignores_above(p: Path, root: Path) -> _Ignores:
+    """The .gitignore files from the root down to (excluding) `p`, minus any that ignore `p` itself: a
+    directory named explicitly is checked (like `exclude`, ignores apply below it)."""
+    out: _Ignores = ()
+    if p == root:
+        return out
+    for d in [root, *[root / Path(*p.relative_to(root).parts[:i]) for i in range(1, len(p.relative_to(root).parts))]]:
+        for base, spec in _gitignore_in(d):
+            if not spec.match_file(p.relative_to(base).as_posix() + "/"):
+                out += ((base, spec),)
+    return out
+
+
+def _gitignored(ignores: _Ignores, path: Path, is_dir: bool) -> bool:
+    for base, spec in ignores:
+        rel = path.relative_to(base).as_posix()
+        if spec.match_file(rel + "/" if is_dir else rel):
+            return True
+    return False
 
 
 def _under(p: Path, root: Path) -> bool:
@@ -203,16 +244,14 @@ def _applies(rule, rel: str, data: bytes, is_test: bool) -> bool:
     return rule.matches_file(rel, data)
 
 
-def _fingerprint(findings: list[Finding], lines: list[str]) -> None:
-    counts: dict[tuple, int] = {}
-    for f in findings:
-        if f.fingerprint:
-            continue
-        src = " ".join(lines[f.line - 1].split()) if 0 < f.line <= len(lines) else ""
-        key = (f.rule, f.path, src)
-        k = counts.get(key, 0)
-        counts[key] = k + 1
-        f.fingerprint = hashlib.sha1(f"{f.rule}\0{f.path}\0{src}\0{k}".encode()).hexdigest()[:20]
+_fingerprint = assign_fingerprints
+
+
+def _lines_of(data: bytes) -> list[str]:
+    try:
+        return decode_source(data).splitlines()
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return []
 
 
 # -- the whole run --------------------------------------------------------------------------------------
@@ -272,16 +311,18 @@ def run(cfg: Config, paths: list[str] | None = None, *, use_cache: bool = True, 
         for f in sink.findings:
             by_path.setdefault(f.path, []).append(f)
         for path, fs in by_path.items():
-            data = datas.get(path, b"")
-            try:
-                lines = decode_source(data).splitlines()
-            except (SyntaxError, UnicodeDecodeError, LookupError):
-                lines = []
-            _fingerprint(fs, lines)
+            _fingerprint(fs, _lines_of(datas.get(path, b"")))
         findings.extend(sink.findings)
         evidence.extend(sink.evidence)
 
     findings = _apply_ignores_and_suppressions(findings, results, cfg, names)
+    # Meta findings (parse errors before parsing, unused/invalid suppressions) are made after the per-file
+    # pass: fingerprint them too, in line order, or a baseline would accept them all under one empty key.
+    late: dict[str, list[Finding]] = {}
+    for f in sorted((f for f in findings if not f.fingerprint), key=lambda f: (f.line, f.col, f.code)):
+        late.setdefault(f.path, []).append(f)
+    for path, fs in late.items():
+        _fingerprint(fs, _lines_of(datas.get(path, b"")))
     if baseline:
         known = baseline.get("fingerprints", {})
         for f in findings:

@@ -6,6 +6,7 @@ Exit status: 0 clean, 1 findings, 2 usage / configuration / internal error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -57,17 +58,24 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "rules":
-            return _cmd_rules()
-        if args.cmd == "explain":
-            return _cmd_explain(args.rule)
-        from .config import load
+            rc = _cmd_rules()
+        elif args.cmd == "explain":
+            rc = _cmd_explain(args.rule)
+        else:
+            from .config import load
 
-        if args.cmd == "check":
-            if args.show_config is not None:
-                return _cmd_show_config(args.config, args.show_config)
-            return _cmd_check_paths(args)
-        cfg = load(args.config)
-        return _cmd_report(args, cfg)
+            if args.cmd == "check" and args.show_config is not None:
+                rc = _cmd_show_config(args.config, args.show_config)
+            elif args.cmd == "check":
+                rc = _cmd_check_paths(args)
+            else:
+                rc = _cmd_report(args, load(args.config))
+        sys.stdout.flush()  # inside the try: a reader that went away fails here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        _silence_stdout()
+        print("tripwire: error: output closed early (broken pipe); nothing else was affected", file=sys.stderr)
+        return 2
     except (ConfigError, BaselineError) as exc:
         print(f"tripwire: error: {exc}", file=sys.stderr)
         return 2
@@ -76,12 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 2
-    except Exception as exc:  # internal error: still a clean exit status, never a traceback-only crash
-        import traceback
+    except Exception as exc:  # internal error: one line (the traceback with TRIPWIRE_DEBUG=1), exit 2
+        if os.environ.get("TRIPWIRE_DEBUG"):
+            import traceback
 
-        traceback.print_exc()
-        print(f"tripwire: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        print(f"tripwire: internal error: {type(exc).__name__}: {exc} (set TRIPWIRE_DEBUG=1 for the traceback; "
+              "please report it)", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _split(s: str | None) -> list[str]:
@@ -123,6 +142,7 @@ def _cmd_check_paths(args) -> int:
 def _cmd_check(args, cfg) -> int:
     """Run and report. `cfg` is one Config (for `args.paths`), or a list of (Config, paths) runs to merge."""
     from .baseline import write_baseline
+    from .config import ConfigError
     from .formats import FORMATS, summary_line
 
     if isinstance(cfg, list):
@@ -143,8 +163,11 @@ def _cmd_check(args, cfg) -> int:
     fmt = FORMATS[args.format]
     out = fmt(res, args.show_suppressed) if args.format == "text" else fmt(res)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(out, encoding="utf-8")
+        try:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(out, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write --output {args.output!r}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(out)
     if not args.quiet:
@@ -191,9 +214,15 @@ def _cmd_rules() -> int:
 def _cmd_explain(key: str) -> int:
     from .registry import get_rule
 
-    r = get_rule(key)
+    r = get_rule(key) or get_rule(key.upper())
     if r is None:
-        print(f"tripwire: error: unknown rule {key!r} (see `tripwire rules`)", file=sys.stderr)
+        import difflib
+
+        from .registry import all_rules
+
+        close = difflib.get_close_matches(key, [x.name for x in all_rules()], n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(f"tripwire: error: unknown rule {key!r}; {hint}(`tripwire rules` lists them)", file=sys.stderr)
         return 2
     kind = "on by default" if r.default_enabled else "off unless configured under [tool.tripwire.rules." + r.name + "]"
     print(f"{r.code} {r.name} ({r.severity}, {kind}{', test files only' if r.scope == 'tests' else ''})\n")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from . import __version__
 from .checker import CheckResult
+from .docs import help_uri, information_uri
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
-INFO_URI = "https://example.invalid/tripwire"  # no public home page; rules carry their own help text
+SRCROOT = "%SRCROOT%"
+#: SARIF's guidance for shortDescription; longer first sentences are cut at a word boundary
+SHORT_MAX = 1000
 
 
 def format_text(res: CheckResult, show_suppressed: bool = False) -> str:
@@ -47,25 +52,55 @@ def format_json(res: CheckResult) -> str:
     return json.dumps(to_json_obj(res), indent=2) + "\n"
 
 
+def first_sentence(text: str, limit: int = SHORT_MAX) -> str:
+    """The rationale's first sentence, whole (a period inside `code`, `e.g.` or `1.5` does not end it);
+    cut at a word boundary with an ellipsis only when it is longer than `limit`."""
+    text = " ".join(text.split())
+    m = re.search(r"(?<!e\.g)(?<!i\.e)(?<!\bvs)[.!?](?=\s+[A-Z`(\"'])", _mask_code(text))
+    sent = text[:m.end()] if m else text
+    if len(sent) <= limit:
+        return sent
+    cut = sent[:limit].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + " …"
+
+
+def _mask_code(text: str) -> str:
+    """Same length, with `inline code` blanked so its punctuation cannot end a sentence."""
+    return re.sub(r"`[^`]*`", lambda m: "`" + "x" * (len(m.group()) - 2) + "`", text)
+
+
 def sarif_rule(rule) -> dict[str, Any]:
     opts = ", ".join(f"`{k}` (default `{o.default!r}`): {o.help}" for k, o in rule.options.items())
+    doc = help_uri(rule)
     md = f"**{rule.name}** ({rule.code})\n\n{rule.rationale}\n"
     if opts:
         md += f"\nOptions: {opts}\n"
-    md += f"\nRun `tripwire explain {rule.name}` for examples."
+    md += f"\nExamples and options: [{rule.name}]({doc}) (or `tripwire explain {rule.name}`)."
     return {
         "id": rule.code,
         "name": rule.name,
-        "shortDescription": {"text": f"{rule.name}: {rule.rationale.split('. ')[0].strip()}"[:200]},
+        "shortDescription": {"text": f"{rule.name}: {first_sentence(rule.rationale)}"},
         "fullDescription": {"text": rule.rationale},
-        "help": {"text": rule.rationale + (f"\nOptions: {opts}" if opts else ""), "markdown": md},
+        "help": {"text": rule.rationale + (f"\nOptions: {opts}" if opts else "") + f"\nDocs: {doc}",
+                 "markdown": md},
+        "helpUri": doc,
         "defaultConfiguration": {"level": _SARIF_LEVEL.get(rule.severity, "warning")},
         "properties": {"tags": ["concurrency", "tripwire"] + (["tests"] if rule.scope == "tests" else []),
                        "precision": "high"},
     }
 
 
+def artifact_location(path: str) -> dict[str, str]:
+    """A percent-encoded URI: relative to %SRCROOT% for paths inside the root, absolute file URI otherwise."""
+    p = PurePosixPath(path)
+    if p.is_absolute():
+        return {"uri": Path(path).as_uri()}
+    return {"uri": quote(path, safe="/"), "uriBaseId": SRCROOT}
+
+
 def to_sarif_obj(res: CheckResult, all_rules: list | None = None) -> dict[str, Any]:
+    """SARIF 2.1.0 for GitHub code scanning. Every finding is a result: suppressed ones carry
+    `suppressions` (inSource with the justification, or external when accepted by the baseline)."""
     from .registry import all_rules as registry_rules
 
     rules = all_rules if all_rules is not None else [cls({}) if isinstance(cls, type) else cls
@@ -78,7 +113,7 @@ def to_sarif_obj(res: CheckResult, all_rules: list | None = None) -> dict[str, A
             "level": _SARIF_LEVEL.get(f.severity, "warning"),
             "message": {"text": f"{f.rule}: {f.message}"},
             "locations": [{"physicalLocation": {
-                "artifactLocation": {"uri": f.path, "uriBaseId": "%SRCROOT%"},
+                "artifactLocation": artifact_location(f.path),
                 "region": {"startLine": f.line, "startColumn": f.col}}}],
             "partialFingerprints": {"tripwire/v1": f.fingerprint},
         }
@@ -94,8 +129,8 @@ def to_sarif_obj(res: CheckResult, all_rules: list | None = None) -> dict[str, A
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "tripwire", "version": __version__, "semanticVersion": __version__,
-                                "informationUri": INFO_URI, "rules": [sarif_rule(r) for r in rules]}},
-            "originalUriBaseIds": {"%SRCROOT%": {"uri": Path(res.root).resolve().as_uri() + "/"}},
+                                "informationUri": information_uri(), "rules": [sarif_rule(r) for r in rules]}},
+            "originalUriBaseIds": {SRCROOT: {"uri": Path(res.root).resolve().as_uri() + "/"}},
             "columnKind": "unicodeCodePoints",
             "results": results,
         }],

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from tripwire.progress import Progress
 from tripwire.catalogue import catalogue, get
 from tripwire.catalogue.base import NotApplicable
 from tripwire.tools.regressions.prove import ROOT, ProofResult, exit_code, prove
@@ -74,7 +75,13 @@ def cmd_prove(args) -> int:
         return 2
     t0 = time.monotonic()
     print(f"proving {len(regs)} regression(s) with {args.jobs} job(s)…", flush=True)
-    results = prove(regs, jobs=args.jobs, root=Path(args.root).resolve(), progress=print_result)
+    with Progress("proofs", len(regs), stream=sys.stdout) as bar:
+        def show(r: ProofResult, i: int, n: int) -> None:
+            with bar.paused():
+                print_result(r, i, n)
+            bar.update(i, note=f"last: {r.name} {r.status}")
+
+        results = prove(regs, jobs=args.jobs, root=Path(args.root).resolve(), progress=show)
     wall = time.monotonic() - t0
     counts = {s: sum(r.status == s for r in results) for s in ("caught", "survived", "not-applicable", "pending",
                                                                 "error")}

@@ -95,3 +95,41 @@ def test_baseline_errors(proj, capsys):
     assert rc == 2 and "format" in err
     rc, _, err = run_main(["check", "pkg", "--update-baseline"], proj, capsys)
     assert rc == 2
+
+
+UNUSED = "    x = 1  # tripwire: ignore[long-wait-for] -- was needed once\n"
+
+
+def test_baselined_unused_suppression_does_not_hide_a_new_one_elsewhere(proj, capsys):
+    """The baseline hole: meta findings (TW002/TW003) had an empty fingerprint, so one baselined unused
+    suppression accepted every future one in the project."""
+    write(proj, "pkg/a.py", "def f():\n" + UNUSED)
+    base = proj / "tripwire-baseline.json"
+    rc, _, err = run_main(["check", "pkg", "--no-cache", "--baseline", str(base), "--update-baseline"], proj, capsys)
+    assert rc == 0 and "wrote 1 fingerprint" in err
+    [fp] = json.loads(base.read_text())["fingerprints"]
+    assert fp, "every baselined finding has a real fingerprint"
+    rc, fs, _ = _check(proj, capsys, "--baseline", str(base))
+    assert rc == 0 and [f["baselined"] for f in fs] == [True]
+    # a NEW unused suppression in another file, and a second one in the same file
+    write(proj, "pkg/b.py", "def g():\n" + UNUSED)
+    rc, fs, _ = _check(proj, capsys, "--baseline", str(base))
+    assert rc == 1 and [(f["path"], f["baselined"]) for f in fs] == [("pkg/a.py", True), ("pkg/b.py", False)]
+    write(proj, "pkg/b.py", "x = 0\n")
+    write(proj, "pkg/a.py", "def f():\n" + UNUSED + "\ndef h():\n" + UNUSED)
+    rc, fs, _ = _check(proj, capsys, "--baseline", str(base))
+    assert rc == 1 and [f["baselined"] for f in fs] == [True, False]
+    # an invalid suppression (no reason) is new as well
+    write(proj, "pkg/a.py", "def f():\n" + UNUSED + "y = 2  # tripwire: ignore[long-wait-for]\n")
+    rc, fs, _ = _check(proj, capsys, "--baseline", str(base))
+    assert rc == 1 and [f["rule"] for f in fs if not f["baselined"]] == ["invalid-suppression"]
+
+
+def test_every_finding_has_a_distinct_fingerprint(proj, capsys):
+    write(proj, "pkg/a.py", "def f():\n" + UNUSED + UNUSED + "y = 2  # tripwire: ignore[nope] -- x\n")
+    (proj / "pkg" / "syntax.py").write_bytes(b"import asyncio\n\nasync def f(:\n    try: pass\n    except: pass\n")
+    (proj / "pkg" / "nul.py").write_bytes(b"import asyncio\nx = 1\x00\n")
+    rc, fs, _ = _check(proj, capsys)
+    assert rc == 1 and len(fs) == 5
+    fps = [f["fingerprint"] for f in fs]
+    assert all(fps) and len(set(fps)) == len(fps), fs
