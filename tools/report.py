@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from tripwire.catalogue.invariants import INVARIANTS
+    from tripwire.tools.field_report import load_field
     from tripwire.tools.report_html import render_html, render_markdown
 
     t_all = time.monotonic()
@@ -378,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     data["meta"] = {"commit": _git_commit(), "tree_hash": tree_hash(), "fuzz_budget": args.fuzz_budget,
                     "fuzz_seed": FUZZ_SEED}
     data["timings"] = {**timings, "proof_run_wall_s": proof_wall, "proofs_reused": reused}
+    data["field"] = load_field(out)  # reports/field_run.json from `make field-run`, if present
     (out / "invariants.md").write_text(render_markdown(data))
     (out / "index.html").write_text(render_html(data))
     (out / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
