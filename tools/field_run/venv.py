@@ -79,6 +79,7 @@ def ensure(server: Server, progress: Callable[[str], None]) -> tuple[Path, dict[
             install_sanitizer(py)
             return py, {**info, "cached": True}
     progress(f"{server.name}: creating venv {d}")
+    marker.unlink(missing_ok=True)  # first: an interrupted rebuild must never look installed
     shutil.rmtree(d, ignore_errors=True)
     d.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -105,8 +106,10 @@ def ensure(server: Server, progress: Callable[[str], None]) -> tuple[Path, dict[
         _pip(py, [*keep, *server.also, "mlx[cpu]"], deadline)
     info = {"spec": spec_of(server), "seconds": round(time.monotonic() - t0, 1), "left_out": left_out,
             "size_mb": _size_mb(d)}
-    marker.write_text(json.dumps(info))
     install_sanitizer(py)
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, marker)  # atomic: the marker exists only for a complete install
     return py, {**info, "cached": False}
 
 
