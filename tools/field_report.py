@@ -50,7 +50,7 @@ def summarize_row(r: dict[str, Any]) -> dict[str, Any]:
         why, context = key_error(r.get("error") or "")
         return {"server": r["server"], "version": r["version"], "status": r.get("status"), "why": why,
                 "context": context}
-    load, ex = r.get("load", {}), r.get("exit", {})
+    load, ex, ctl = r.get("load", {}), r.get("exit", {}), r.get("exit_control") or {}
     five = {k: v for k, v in load.get("status", {}).items() if k.startswith("5")}
     return {
         "server": r["server"], "version": r["version"], "status": "ran",
@@ -60,8 +60,10 @@ def summarize_row(r: dict[str, Any]) -> dict[str, Any]:
         "zombie": bool(load.get("zombie_windows")) or bool(r.get("after_load", {}).get("zombie")),
         "in_flight_at_end": len(load.get("in_flight_at_end", [])),
         "busy_threads_at_end": sum(t.get("state") != "idle (selector/queue)" for t in r.get("threads_at_end", [])),
-        "exit": f"{ex.get('ended_by')} -> {ex.get('exit_status')}" + (" (aborted)" if ex.get("aborted") else ""),
-        "clean_exit": bool(ex.get("clean")),
+        "exit": f"{ex.get('ended_by')} -> {ex.get('exit_status')}" + (" (aborted)" if ex.get("aborted") else "")
+                + (f"; without sanitizer: {ctl['exit_statuses']}, aborted {ctl['aborted']}/{ctl['runs']}"
+                   if ctl else ""),
+        "clean_exit": bool(ex.get("clean")) and not ctl.get("aborted"),
         "exit_control": r.get("exit_control"),
         "left_out": r.get("install", {}).get("left_out", []),
     }
