@@ -496,8 +496,9 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
     Regression(
         name="model-loaded-on-another-thread",
         invariants=("TW-MLX-WORKER",),
-        origin=("issue 14; /work/shared/NOTES.md (MLX streams are thread-local: 'There is no Stream(cpu, N) in "
-                "current thread'); the field shape of servers that load at startup and generate on a worker"),
+        origin=(f"{SEED_001} (all MLX work on the one worker); issue 14 and /work/shared/NOTES.md (MLX streams are "
+                "thread-local: 'There is no Stream(cpu, N) in current thread'); found in the field in "
+                "mlx-openai-server 1.8.1 (loads on its event loop, generates on a scheduler thread)"),
         description=(
             "The model is loaded on a thread of its own (`asyncio.to_thread(self._backend.load)`, 'to keep the loop "
             "free') and generated on the pinned worker. MLX streams are thread-local: a lazily loaded or "
