@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup report test test-fast fuzz bench mutation field clean
+.PHONY: setup report test test-fast fuzz bench mutation field field-run clean
 
 $(VPY):
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'" >&2; exit 2; }
@@ -13,6 +13,7 @@ $(VPY):
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m tripwire.sanitizer install  # TRIPWIRE_MLX_SANITIZER=1 then enables the MLX thread sanitizer in any process
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,6 +31,12 @@ mutation: $(STAMP)
 field: $(STAMP)
 	$(VPY) -m tripwire.tools.field fetch
 	$(VPY) -m tripwire.tools.field check
+# Real MLX servers from the package registry (mlx-lm, vllm-mlx, rapid-mlx, mlx-openai-server) under the MLX thread
+# sanitizer and load; rows land in reports/field_run.json and the report's "field" section. Not in CI (it installs
+# other packages). Bound: <= 10 min on 2 cores once the venvs are cached in ~/.cache/tripwire/field-venvs (the
+# first run also installs them: ~2-5 min per server, each install capped at 7 min).
+field-run: $(STAMP)
+	$(VPY) -m tripwire.tools.field_run all --seconds 30 --exit-zero
 
 test: $(STAMP)
 	$(VPY) -m tripwire.tools.run_tests

@@ -7,7 +7,7 @@ The checkout keeps `engine/`, `invariants/`, `fuzz/`, `tools/` at its root; an i
 
 from setuptools import find_packages, setup
 
-PARTS = ("engine", "invariants", "fuzz", "tools")
+PARTS = ("engine", "invariants", "fuzz", "tools", "sanitizer")
 
 # tripwire/ itself holds what sits below all four parts (the bug-shape catalogue).
 packages = ["tripwire"] + [f"tripwire.{sub}" for sub in find_packages("tripwire")]

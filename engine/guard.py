@@ -12,6 +12,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from tripwire import sanitizer as _sanitizer
+
 from .errors import ConcurrentMLXEntry
 
 
@@ -31,6 +33,22 @@ class MLXEntryGuard:
 
     @contextmanager
     def enter(self, request_id: str | None = None) -> Iterator[None]:
+        """Hold the guard for one MLX job. Also a client of the MLX thread sanitizer (`sanitizer`): while one
+        is active, the job is an open region there, so MLX work on any other thread reports both stacks.
+
+        Raises:
+            ConcurrentMLXEntry: another thread is inside (only when the guard is enabled).
+        """
+        san = _sanitizer.current()
+        if san is None:
+            with self._enter(request_id):
+                yield
+            return
+        with san.region(f"engine MLX job {request_id!r}"), self._enter(request_id):
+            yield
+
+    @contextmanager
+    def _enter(self, request_id: str | None) -> Iterator[None]:
         if not self.enabled:
             yield
             return

@@ -14,7 +14,7 @@ SEAMS: dict[str, dict[str, tuple[str, ...]]] = {
     "engine/simple.py": {
         "<module>": ("threading", "time", "asyncio"),
         "SimpleEngine": ("_generation_lock", "_admission", "_worker", "_active", "_lock_holder", "_backend",
-                         "_run_serialized", "_stream_job", "__init__", "stop"),
+                         "_run_serialized", "_stream_job", "__init__", "start", "stop"),
     },
     "engine/admission.py": {
         "<module>": ("time", "asyncio"),

@@ -1,8 +1,9 @@
 """The package import graph is layered and acyclic.
 
-Layers (lowest first): `engine`, `invariants` and the bug-shape `catalogue` are independent of each other and of
-everything else here; `fuzz` may import `engine` and `catalogue`; `tools` may import anything; nothing imports
-`tools` except `tools` itself.
+Layers (lowest first): `sanitizer` (the MLX thread sanitizer) imports nothing here; `engine` may import
+`sanitizer` (its MLX entry guard is a sanitizer client); `engine`, `invariants` and the bug-shape
+`catalogue` are independent of each other; `fuzz` may import `engine`, `sanitizer` and `catalogue`; `tools`
+may import anything; nothing imports `tools` except `tools` itself.
 Module-level cycles are forbidden everywhere: an import cycle makes import order matter and has hidden
 errors before (a swallowed ImportError in a target registry).
 
@@ -18,13 +19,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("engine", "invariants", "fuzz", "tools", "tripwire/catalogue")
+PARTS = ("sanitizer", "engine", "invariants", "fuzz", "tools", "tripwire/catalogue")
 ALLOWED = {  # part -> parts it may import
-    "engine": set(),
+    "sanitizer": set(),
+    "engine": {"sanitizer"},
     "invariants": set(),
     "catalogue": set(),
-    "fuzz": {"engine", "catalogue"},
-    "tools": {"engine", "invariants", "fuzz", "catalogue"},
+    "fuzz": {"engine", "sanitizer", "catalogue"},
+    "tools": {"sanitizer", "engine", "invariants", "fuzz", "catalogue"},
 }
 
 

@@ -5,7 +5,8 @@
 Prints decode tok/s through SimpleEngine.stream_generate and through plain mlx_lm.stream_generate on the
 same model (their ratio; target >= 0.97), the MLX entry guard's cost per entry, the time from
 cancel to slot release, and p50/p99 latency of an EngineBusy rejection while a generation runs
-(target p99 <= 5 ms). Figures, not assertions: run it on the machine you care about.
+(target p99 <= 5 ms), and the MLX thread sanitizer's overhead per token (same engine, sanitizer off/on in
+alternating rounds). Figures, not assertions: run it on the machine you care about.
 """
 
 from __future__ import annotations
@@ -88,6 +89,52 @@ async def busy_rejections(eng: SimpleEngine, samples: int = 1000) -> list[float]
     return lat
 
 
+async def sanitizer_overhead(eng: SimpleEngine, tokens: int, rounds: int) -> tuple[float, float, int]:
+    """Decode tok/s with the sanitizer off and on (alternating rounds, same engine); returns (off, on, calls/token).
+
+    On: every MLX entry point is wrapped (the model's class `__call__` too, registered as loaded on the
+    worker); off: nothing is wrapped, so the off rounds are the engine as shipped.
+    """
+    from tripwire.sanitizer import sanitize
+
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    calls = 0
+    for r in range(rounds):
+        for mode in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
+            if mode == "off":
+                rates["off"].append(await engine_rate(eng, tokens))
+                continue
+            with sanitize(check_threads=False) as san:  # the worker lives on; its cleanup runs at stop()
+                san.track_model(eng._backend.model, thread=eng._worker.thread)
+                rates["on"].append(await engine_rate(eng, tokens))
+            san.assert_clean()
+            calls = san.calls
+    return statistics.median(rates["off"]), statistics.median(rates["on"]), round(calls / tokens)
+
+
+def sanitizer_call_cost_s(n: int = 100_000) -> tuple[float, float]:
+    """Seconds per `mx.array.item()` on an evaluated scalar, sanitizer off and on: the wrapper's own cost."""
+    import mlx.core as mx
+
+    from tripwire.sanitizer import sanitize
+
+    a = mx.array(1)
+    mx.eval(a)
+
+    def per_call() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            a.item()
+        return (time.perf_counter() - t0) / n
+
+    off = per_call()
+    with sanitize(check_threads=False):
+        on = per_call()
+    mx.synchronize()  # this thread ran MLX work: clean up before it ends (exit aborts otherwise)
+    mx.clear_streams()
+    return off, on
+
+
 def guard_entry_cost_s(n: int = 200_000) -> float:
     """The guard is entered once per MLX job (load, each generation), not per token: its cost per entry."""
     g = MLXEntryGuard(enabled=True)
@@ -121,6 +168,13 @@ async def run(size: str, tokens: int, rounds: int) -> None:
         per_request = per_entry / (tokens / e)  # one guard entry per generation, whatever its length
         print(f"MLX entry guard                             : {per_entry * 1e6:.2f} us per entry (one per request) "
               f"= {100 * per_request:.4f} % of a {tokens}-token generation")
+        off, on, calls = await sanitizer_overhead(eng, tokens, rounds)
+        print(f"MLX sanitizer off / on tok/s                : {off:8.1f} / {on:8.1f}  ratio {on / off:.3f}; "
+              f"{1e6 * (1 / on - 1 / off):+.1f} us per token (~{calls} wrapped MLX calls per token)")
+        c_off, c_on = await asyncio.to_thread(sanitizer_call_cost_s)  # off the loop: MLX on it is a violation
+        print(f"MLX sanitizer wrapper per call off / on     : {1e6 * c_off:.2f} / {1e6 * c_on:.2f} us  -> "
+              f"{calls * 1e6 * (c_on - c_off):.1f} us per token = "
+              f"{100 * calls * (c_on - c_off) * on:.2f} % of a token")
         c = await cancel_to_release(eng)
         print(f"cancel -> slot release  p50 / p99 / max     : {1e3 * _pct(c, .5):.2f} / {1e3 * _pct(c, .99):.2f} / "
               f"{1e3 * max(c):.2f} ms  (n={len(c)})")

@@ -482,6 +482,9 @@ def build(out: Path, jobs: int, fuzz_budget: int, fresh_proofs: bool) -> dict[st
     data["meta"] = {"commit": _git_commit(), "tree_hash": tree_hash(), "fuzz_budget": fuzz_budget,
                     "fuzz_seed": FUZZ_SEED}
     data["timings"] = {**timings, "proof_run_wall_s": proof_wall, "proofs_reused": reused}
+    from tripwire.tools.field_report import load_field
+
+    data["field"] = load_field(out)  # reports/field_run.json from `make field-run`, if present
     return data
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from tripwire.tools.report_svg import Row, bar_chart, icon
+from tripwire.tools.field_report import field_html, field_markdown
 
 _VOLATILE = [
     (re.compile(r"/tmp/[^\s:'\"]*?/(?=(engine|tests|fuzz|invariants|tools|\.fuzz)/)"), ""),
@@ -142,6 +143,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         out.append(f"| `{p['name']}` | {', '.join(p['invariants'])} | {MARK.get(p['status'], '')} {p['status']} "
                    f"| {fired} |")
     out += ["", "Diffs: `python -m tripwire.tools.inject show NAME`. Re-run one proof: `python -m tripwire.tools.inject prove NAME`.", ""]
+    out.append(field_markdown(data.get("field")))
     return "\n".join(out)
 
 
@@ -377,6 +379,7 @@ def render_html(data: dict[str, Any]) -> str:
                           if d["status"] == "fired") or "—"
         h.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(', '.join(p['invariants']))}</td>"
                  f"<td>{_st(p['status'])}</td><td>{e(fired)}</td><td>{p.get('seconds', 0):.1f}s</td></tr>")
-    h.append("</table><p class=muted>Diffs: <code>python -m tripwire.tools.inject show NAME</code>; one proof: "
+    h.append("</table>" + field_html(data.get("field")))
+    h.append("<p class=muted>Diffs: <code>python -m tripwire.tools.inject show NAME</code>; one proof: "
              "<code>python -m tripwire.tools.inject prove NAME</code>.</p></main></body></html>")
     return "\n".join(h) + "\n"

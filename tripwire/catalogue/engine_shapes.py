@@ -22,6 +22,7 @@ T_ADM = "tests/engine/test_admission.py"
 T_CAN = "tests/engine/test_cancellation.py"
 T_LIFE = "tests/engine/test_lifecycle.py"
 T_GUARD = "tests/engine/test_guard.py"
+T_SAN = "tests/sanitizer/test_sanitizer_engine.py"
 
 
 def _is_fail_fast_if(node: cst.CSTNode) -> bool:
@@ -264,6 +265,18 @@ class _UncheckedEventWait(Codemod):
         return updated
 
 
+# -- 15. the model loaded on another thread than the one that generates (issue 14) ----------------------------
+class _LoadOnAnotherThread(Codemod):
+    target = "SimpleEngine.start: `await self._run_serialized(None, self._backend.load)`"
+
+    def leave_SimpleStatementLine(self, original, updated):
+        if self.inside("SimpleEngine", "start") and matches_line(
+                original, "await self._run_serialized(None, self._backend.load)"):
+            return self.hit(stmt("await asyncio.to_thread(self._backend.load)  # load off the loop; the worker "
+                                 "only generates\n").with_changes(leading_lines=updated.leading_lines))
+        return updated
+
+
 ENGINE_REGRESSIONS: tuple[Regression, ...] = (
     Regression(
         name="admission-wait-for-120s",
@@ -322,7 +335,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         edits=(Edit(SIMPLE, _ToThreadNoDrain),),
         rules=("cancel-unsafe-offload", "mlx-off-worker"),
         tests=(f"{T_CAN}::test_cancel_inside_a_step_then_second_request_waits_for_the_worker",
-               f"{T_LIFE}::test_all_mlx_work_runs_on_the_one_pinned_worker"),
+               f"{T_LIFE}::test_all_mlx_work_runs_on_the_one_pinned_worker",
+               f"{T_SAN}::test_cancelled_request_is_drained_before_the_next_one_touches_mlx"),
         fuzz=("cancel-serialization",),
     ),
     Regression(
@@ -385,7 +399,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
             "exit hook run on different threads (stream errors, exit aborts)."),
         edits=(Edit(SIMPLE, _DefaultExecutor),),
         rules=("mlx-off-worker",),
-        tests=(f"{T_LIFE}::test_all_mlx_work_runs_on_the_one_pinned_worker",),
+        tests=(f"{T_LIFE}::test_all_mlx_work_runs_on_the_one_pinned_worker",
+               f"{T_SAN}::test_every_mlx_call_on_the_one_worker_which_ends_clean"),
     ),
     Regression(
         name="admission-unbounded-wait",
@@ -477,5 +492,22 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
             "worker that never reached the pinned step lets the test carry on and test a different scenario."),
         edits=(Edit(T_CAN, _UncheckedEventWait),),
         rules=("unchecked-event-wait",),
+    ),
+    Regression(
+        name="model-loaded-on-another-thread",
+        invariants=("TW-MLX-WORKER",),
+        origin=(f"{SEED_001} (all MLX work on the one worker); issue 14 and /work/shared/NOTES.md (MLX streams are "
+                "thread-local: 'There is no Stream(cpu, N) in current thread'); found in the field in "
+                "mlx-openai-server 1.8.1 (loads on its event loop, generates on a scheduler thread)"),
+        description=(
+            "The model is loaded on a thread of its own (`asyncio.to_thread(self._backend.load)`, 'to keep the loop "
+            "free') and generated on the pinned worker. MLX streams are thread-local: a lazily loaded or "
+            "stream-bound weight is unusable from the worker ('There is no Stream(cpu, N) in current thread'), and "
+            "the loading thread ran MLX work without synchronize + clear_streams (exit aborts). On the CPU wheel "
+            "with eagerly evaluated weights it silently works, which is why it needs a dynamic detector."),
+        edits=(Edit(SIMPLE, _LoadOnAnotherThread),),
+        rules=("mlx-off-worker",),
+        tests=(f"{T_SAN}::test_every_mlx_call_on_the_one_worker_which_ends_clean",
+               f"{T_LIFE}::test_all_mlx_work_runs_on_the_one_pinned_worker"),
     ),
 )

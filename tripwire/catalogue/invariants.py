@@ -99,7 +99,8 @@ INVARIANTS: tuple[Invariant, ...] = (
         rules=("mlx-off-worker",),
         tests=(f"{T_LIFE}::test_all_mlx_work_runs_on_the_one_pinned_worker",
                f"{T_GUARD}::test_mlx_work_hopping_to_another_thread_trips_the_guard",
-               "tests/engine/test_process_exit.py::test_generate_then_exit_exits_zero_20_of_20"),
+               "tests/engine/test_process_exit.py::test_generate_then_exit_exits_zero_20_of_20",
+               "tests/sanitizer/test_sanitizer_engine.py::test_every_mlx_call_on_the_one_worker_which_ends_clean"),
         fuzz=("cancel-serialization",),
     ),
     Invariant(
