@@ -130,7 +130,7 @@ class LongWaitFor(Rule):
 
             async def _serialized_textmodel_direct(self):
                 # Wait up to 120s for the TextModelDirect admission slot.
-                await asyncio.wait_for(self._text_direct_lock.acquire(), timeout=120)
+                await asyncio.wait_for(self._text_direct_lock.acquire(), timeout=120)  # error: wait_for(...) waits up
         """,
         """
         import asyncio as aio
@@ -142,15 +142,15 @@ class LongWaitFor(Rule):
             WAIT = ADMISSION_WAIT_S
 
             async def f(self, aw):
-                with fail_after(self.WAIT):
+                with fail_after(self.WAIT):  # error: fail_after(...) waits up to 120s (>=
                     await aw
         """,
         """
         from asyncio import wait_for, timeout
 
         async def f(aw):
-            async with timeout(30):
-                return await wait_for(aw, 10.0)
+            async with timeout(30):  # error: timeout(...) waits up to 30s (>=
+                return await wait_for(aw, 10.0)  # error: wait_for(...) waits up to 10s (>=
         """,
         # admission in other styles: a semaphore slot, a queue get, the future of a serialized worker,
         # a waiter future handed the slot

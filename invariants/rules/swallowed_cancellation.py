@@ -166,14 +166,14 @@ class SwallowedCancellation(Rule):
         async def handler(req):
             try:
                 return await req.run()
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # error: except CancelledError in async def handler()
                 return None
         """,
         """
         async def f(x):
             try:
                 await x
-            except:
+            except:  # error: bare except in async def f() swallows
                 pass
         """,
         """
@@ -182,7 +182,7 @@ class SwallowedCancellation(Rule):
         async def f(x):
             try:
                 await x
-            except (ValueError, CancelledError) as exc:
+            except (ValueError, CancelledError) as exc:  # error: except CancelledError in async def f()
                 log(exc)
         """,
         # field shapes that stay errors
