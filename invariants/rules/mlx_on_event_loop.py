@@ -3,11 +3,7 @@ import ast
 from invariants.core import Option, Rule, walk_body
 
 from ._loop import call_target, functions, label, loop_side
-
-# mlx.core functions that only query or configure the allocator/device: no compute on a stream
-_QUERY_PREFIXES = ("get_", "set_", "reset_", "is_", "clear_", "device_info", "default_")
-#: generation entry points of the MLX model libraries (loading a model is not generation work)
-_GENERATE = {"generate", "stream_generate", "batch_generate", "generate_step", "speculative_generate_step"}
+from ._mlx import imports_mlx, mlx_helpers, mlx_name
 
 
 class MlxOnEventLoop(Rule):
@@ -142,50 +138,14 @@ class MlxOnEventLoop(Rule):
         self._gen = tuple(self.opts["generate_modules"])
 
     def _mlx_name(self, ctx, call):
-        """The qualified name when `call` is MLX compute, else None."""
-        q = ctx.qualname(call.func)
-        if not q:
-            return None
-        head, _, last = q.rpartition(".")
-        if any(q.startswith(m + ".") for m in self._mods):
-            if last.startswith(_QUERY_PREFIXES) or ".metal." in f".{head}." or head.endswith(".metal"):
-                return None
-            return q
-        if last in _GENERATE and any(q == f"{m}.{last}" or q.startswith(m + ".") for m in self._gen):
-            return q
-        return None
+        return mlx_name(ctx, call, self._mods, self._gen)
 
     def check(self, ctx):
-        mods = self._mods + self._gen
-        if not any(v == m or v.startswith(m + ".") or m.startswith(v + ".")
-                   for v in ctx.imports.values() for m in mods):
+        if not imports_mlx(ctx, self._mods + self._gen):
             return
         funcs = functions(ctx)
         side = loop_side(ctx)
-        # sync functions that run MLX directly or through other sync functions of the file
-        direct: dict = {}
-        for k, (f, _) in funcs.items():
-            # calling a generator function runs none of its body: its MLX work happens where it is iterated
-            if isinstance(f, ast.FunctionDef) and not _is_generator(f):
-                for n in walk_body(f.body):
-                    if isinstance(n, ast.Call):
-                        q = self._mlx_name(ctx, n)
-                        if q:
-                            direct[k] = q
-                            break
-        changed = True
-        while changed:
-            changed = False
-            for k, (f, cls) in funcs.items():
-                if k in direct or not isinstance(f, ast.FunctionDef) or _is_generator(f):
-                    continue
-                for n in walk_body(f.body):
-                    if isinstance(n, ast.Call):
-                        t = call_target(n.func, cls, funcs)
-                        if t in direct:
-                            direct[k] = direct[t]
-                            changed = True
-                            break
+        direct = mlx_helpers(ctx, self._mlx_name)
         for k, (f, cls) in funcs.items():
             if not isinstance(f, ast.AsyncFunctionDef):
                 continue
@@ -202,7 +162,3 @@ class MlxOnEventLoop(Rule):
                 if t is not None and t in direct and t in side:
                     ctx.report(n, f"async def {label(ctx, k)}() calls {funcs[t][0].name}(), which runs MLX "
                                   f"({direct[t]}), on the event-loop thread: submit it to the generation thread")
-
-
-def _is_generator(f):
-    return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in walk_body(f.body))

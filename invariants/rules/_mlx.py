@@ -1,0 +1,73 @@
+"""What counts as MLX work, shared by mlx-on-event-loop and cancel-then-touch."""
+
+from __future__ import annotations
+
+import ast
+
+from invariants.core import FileContext, walk_body
+
+from ._loop import call_target, functions
+
+#: mlx.core functions that only query or configure the allocator/device: no compute on a stream
+QUERY_PREFIXES = ("get_", "set_", "reset_", "is_", "device_info", "default_")
+#: generation entry points of the MLX model libraries (loading a model is not generation work)
+GENERATE = {"generate", "stream_generate", "batch_generate", "generate_step", "speculative_generate_step"}
+MODULES = ("mlx.core", "mlx.nn")
+GENERATE_MODULES = ("mlx_lm", "mlx_vlm")
+
+
+def imports_mlx(ctx: FileContext, mods=MODULES + GENERATE_MODULES) -> bool:
+    return any(v == m or v.startswith(m + ".") or m.startswith(v + ".") for v in ctx.imports.values() for m in mods)
+
+
+def mlx_name(ctx: FileContext, call: ast.Call, mods=MODULES, gen=GENERATE_MODULES,
+             housekeeping: bool = False) -> str | None:
+    """The qualified name when `call` is MLX work, else None. `housekeeping` also counts allocator calls
+    (`mx.clear_cache()`), which are harmless on an idle worker but not while another thread computes."""
+    q = ctx.qualname(call.func)
+    if not q:
+        return None
+    head, _, last = q.rpartition(".")
+    if any(q.startswith(m + ".") for m in mods):
+        if housekeeping and last.startswith("clear_"):
+            return q
+        if last.startswith(QUERY_PREFIXES + ("clear_",)) or ".metal." in f".{head}." or head.endswith(".metal"):
+            return None
+        return q
+    if last in GENERATE and any(q == f"{m}.{last}" or q.startswith(m + ".") for m in gen):
+        return q
+    return None
+
+
+def is_generator(f: ast.AST) -> bool:
+    return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in walk_body(f.body))
+
+
+def mlx_helpers(ctx: FileContext, name_of) -> dict:
+    """Sync functions of the file (keys as in `_loop.functions`) that run MLX directly or through other sync
+    functions of the file -> the MLX call they reach. Generator functions are skipped: calling one runs
+    nothing."""
+    funcs = functions(ctx)
+    direct: dict = {}
+    for k, (f, _) in funcs.items():
+        if isinstance(f, ast.FunctionDef) and not is_generator(f):
+            for n in walk_body(f.body):
+                if isinstance(n, ast.Call):
+                    q = name_of(ctx, n)
+                    if q:
+                        direct[k] = q
+                        break
+    changed = True
+    while changed:
+        changed = False
+        for k, (f, cls) in funcs.items():
+            if k in direct or not isinstance(f, ast.FunctionDef) or is_generator(f):
+                continue
+            for n in walk_body(f.body):
+                if isinstance(n, ast.Call):
+                    t = call_target(n.func, cls, funcs)
+                    if t in direct:
+                        direct[k] = direct[t]
+                        changed = True
+                        break
+    return direct
