@@ -113,16 +113,43 @@ def class_bases(ctx: FileContext) -> dict[str, list[str]]:
     return out
 
 
-def summarize_calls(ctx: FileContext) -> dict[str, FuncInfo]:
-    from .core import walk_body
+def nodes_by_function(ctx: FileContext, *types: type) -> dict[ast.AST, list]:
+    """Nodes of `types` (from the shared buckets) grouped by the function that directly contains them:
+    a node inside a nested function or lambda belongs to that one. One sort, no re-walk of the tree."""
+    scopes = sorted(ctx.nodes(ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda),
+                    key=lambda f: (f.lineno, f.col_offset))
+    nodes = sorted(ctx.nodes(*types) if len(types) > 1 else ctx.nodes(types[0]),
+                   key=lambda n: (n.lineno, n.col_offset))
+    out: dict[ast.AST, list] = {}
+    stack: list = []
+    i = 0
 
+    def end(f):
+        return (f.end_lineno or f.lineno, f.end_col_offset or 0)
+
+    for n in nodes:
+        pos = (n.lineno, n.col_offset)
+        while i < len(scopes) and (scopes[i].lineno, scopes[i].col_offset) <= pos:
+            while stack and end(stack[-1]) < (scopes[i].lineno, scopes[i].col_offset):
+                stack.pop()
+            stack.append(scopes[i])
+            i += 1
+        while stack and end(stack[-1]) < pos:
+            stack.pop()
+        if stack:
+            out.setdefault(stack[-1], []).append(n)
+    return out
+
+
+def summarize_calls(ctx: FileContext) -> dict[str, FuncInfo]:
     res = Resolver(ctx)
     out: dict[str, FuncInfo] = {}
+    by_func = nodes_by_function(ctx, ast.Call)
     for f, cls in functions_with_owner(ctx):
         self_name = f.args.args[0].arg if cls is not None and f.args.args else None
         key = f"{res.module}:{cls}.{f.name}" if cls else f"{res.module}:{f.name}"
         info = FuncInfo(key, ctx.path, f.lineno, isinstance(f, ast.AsyncFunctionDef))
-        for n in walk_body(f.body):
+        for n in by_func.get(f, ()):
             if not isinstance(n, ast.Call):
                 continue
             k = res.key(n.func, cls, self_name)

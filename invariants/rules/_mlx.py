@@ -43,31 +43,49 @@ def is_generator(f: ast.AST) -> bool:
     return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in walk_body(f.body))
 
 
-def mlx_helpers(ctx: FileContext, name_of) -> dict:
-    """Sync functions of the file (keys as in `_loop.functions`) that run MLX directly or through other sync
-    functions of the file -> the MLX call they reach. Generator functions are skipped: calling one runs
-    nothing."""
-    funcs = functions(ctx)
-    direct: dict = {}
-    for k, (f, _) in funcs.items():
+class MlxHelpers:
+    """Which sync functions of the file run MLX directly or through other sync functions of the file.
+
+    Evaluated on demand and memoized (`helpers.get(key)` -> the MLX call reached, or None): only the functions
+    a rule actually asks about are walked. Generator functions are skipped: calling one runs nothing."""
+
+    def __init__(self, ctx: FileContext, name_of):
+        self.ctx = ctx
+        self.name_of = name_of
+        self.funcs = functions(ctx)
+        self._memo: dict = {}
+
+    def get(self, key):
+        if key is None or key not in self.funcs:
+            return None
+        if key in self._memo:
+            return self._memo[key]
+        self._memo[key] = None  # cycle guard
+        f, cls = self.funcs[key]
+        found = None
         if isinstance(f, ast.FunctionDef) and not is_generator(f):
-            for n in walk_body(f.body):
-                if isinstance(n, ast.Call):
-                    q = name_of(ctx, n)
-                    if q:
-                        direct[k] = q
-                        break
-    changed = True
-    while changed:
-        changed = False
-        for k, (f, cls) in funcs.items():
-            if k in direct or not isinstance(f, ast.FunctionDef) or is_generator(f):
-                continue
-            for n in walk_body(f.body):
-                if isinstance(n, ast.Call):
-                    t = call_target(n.func, cls, funcs)
-                    if t in direct:
-                        direct[k] = direct[t]
-                        changed = True
-                        break
-    return direct
+            calls = [n for n in walk_body(f.body) if isinstance(n, ast.Call)]
+            for n in calls:
+                q = self.name_of(self.ctx, n)
+                if q:
+                    found = q
+                    break
+            if found is None:
+                for n in calls:
+                    t = call_target(n.func, cls, self.funcs)
+                    if t is not None and t != key:
+                        found = self.get(t)
+                        if found:
+                            break
+        self._memo[key] = found
+        return found
+
+    def __contains__(self, key):
+        return self.get(key) is not None
+
+    def __getitem__(self, key):
+        return self.get(key)
+
+
+def mlx_helpers(ctx: FileContext, name_of) -> MlxHelpers:
+    return MlxHelpers(ctx, name_of)

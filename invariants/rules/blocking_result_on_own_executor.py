@@ -137,6 +137,9 @@ class BlockingResultOnOwnExecutor(Rule):
         """,
     ]
 
+    def matches_bytes(self, data):
+        return b".result(" in data and b"ThreadPoolExecutor" in data
+
     def check(self, ctx):
         funcs = functions(ctx)
         singles = _single_worker_executors(ctx, funcs)

@@ -132,7 +132,12 @@ class BlockingWaitOnLoop(Rule):
         """,
     ]
 
+    def matches_bytes(self, data):
+        return b"async def" in data and super().matches_bytes(data)
+
     def check(self, ctx):
+        if not ctx.nodes(ast.AsyncFunctionDef):
+            return
         side = loop_side(ctx)
         if not side:
             return

@@ -156,8 +156,11 @@ class CancelThenTouch(Rule):
         """,
     ]
 
+    def matches_bytes(self, data):
+        return b"async def" in data and b"mlx" in data and super().matches_bytes(data)
+
     def check(self, ctx):
-        if not imports_mlx(ctx):
+        if not ctx.nodes(ast.AsyncFunctionDef) or not imports_mlx(ctx):
             return
         funcs = functions(ctx)
         helpers = mlx_helpers(ctx, _touch_name)

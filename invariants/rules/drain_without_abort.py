@@ -175,7 +175,12 @@ class DrainWithoutAbort(Rule):
     def setup(self):
         self._signal = re.compile(self.opts["signal_names"], re.I)
 
+    def matches_bytes(self, data):
+        return b"async def" in data and super().matches_bytes(data)
+
     def check(self, ctx):
+        if not ctx.nodes(ast.AsyncFunctionDef):
+            return
         has_mlx = imports_mlx(ctx)
         funcs = functions(ctx)
         helpers = mlx_helpers(ctx, lambda c, n: mlx_name(c, n)) if has_mlx else {}

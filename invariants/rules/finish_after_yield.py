@@ -130,6 +130,9 @@ class FinishAfterYield(Rule):
         """,
     ]
 
+    def matches_bytes(self, data):
+        return b"async def" in data and b"yield" in data
+
     def check(self, ctx):
         for f in ctx.nodes(ast.AsyncFunctionDef):
             yields = [n for n in walk_body(f.body) if isinstance(n, ast.Yield)]

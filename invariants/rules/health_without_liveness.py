@@ -25,7 +25,8 @@ class HealthWithoutLiveness(Rule):
         "paths": Option("str", r"(^|/)(health|healthz|ready|readyz|readiness|live|livez|liveness|ping)(/|$)",
                         "regex over the route path: which routes are health probes"),
     }
-    prefilter = (b"health", b"ready", b"live", b"ping")
+    #: route paths are string literals starting with "/" (or "/v1/health" etc.)
+    prefilter = (b"/health", b"/ready", b"/live", b"/ping")
     valid = [
         # consults the worker thread and its heartbeat
         """
@@ -107,6 +108,11 @@ class HealthWithoutLiveness(Rule):
 
     def setup(self):
         self._paths = re.compile(self.opts["paths"])
+        self._default_paths = self.opts["paths"] == self.options["paths"].default
+
+    def matches_bytes(self, data):
+        # with custom paths any decorated route may be a probe
+        return super().matches_bytes(data) if self._default_paths else b"@" in data
 
     def check(self, ctx):
         for f in ctx.nodes(ast.FunctionDef, ast.AsyncFunctionDef):

@@ -146,7 +146,12 @@ class LeaseAfterRelease(Rule):
         """,
     ]
 
+    def matches_bytes(self, data):
+        return b"with " in data and b"self." in data and super().matches_bytes(data)
+
     def check(self, ctx):
+        if not ctx.nodes(ast.With) and not ctx.nodes(ast.AsyncWith):
+            return
         for cls, methods in ctx.classes():
             evicted = self._evictions(methods)
             if not evicted:

@@ -1,6 +1,7 @@
 import ast
 
-from invariants.callgraph import CallGraph, class_bases, functions_with_owner, module_of, summarize_calls
+from invariants.callgraph import (CallGraph, class_bases, functions_with_owner, module_of, nodes_by_function,
+                                  summarize_calls)
 from invariants.core import Rule, dotted
 
 _LOCKISH = ("lock", "mutex", "cond", "semaphore")
@@ -22,7 +23,12 @@ class LoopMutatesWorkerState(Rule):
         "scanned package (a call graph built once per run). Hand the change to the worker as a job, or take "
         "the same `threading.Lock` on both sides."
     )
-    prefilter = (b"self.",)
+    #: a file with neither async code nor a thread entry is left out of the call graph (speed): helpers that
+    #: only such files define are not followed
+    prefilter = (b"async def", b"Thread(", b"submit(", b"run_in_executor", b"to_thread", b"call_soon")
+
+    def matches_bytes(self, data):
+        return b"self." in data and super().matches_bytes(data)
     valid = [
         # both writes under the same threading lock
         """
@@ -165,27 +171,14 @@ class LoopMutatesWorkerState(Rule):
         calls = summarize_calls(ctx)
         mod = module_of(ctx.path)
         writes = []
+        by_func = nodes_by_function(ctx, ast.Call)
         for f, cls in functions_with_owner(ctx):
             if cls is None or f.name in _SKIP_METHODS or not f.args.args:
                 continue
-            self_name = f.args.args[0].arg
             key = f"{mod}:{cls}.{f.name}"
-            for n in ast.walk(f):
-                targets = []
-                if isinstance(n, ast.Assign):
-                    targets = n.targets
-                elif isinstance(n, (ast.AugAssign, ast.AnnAssign)) and getattr(n, "value", None) is not None:
-                    targets = [n.target]
-                elif isinstance(n, ast.Delete):
-                    targets = [t for t in n.targets if isinstance(t, ast.Subscript)]
-                for t in targets:
-                    while isinstance(t, ast.Subscript):
-                        t = t.value
-                    if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == self_name:
-                        if _inside_nested(ctx, n, f):
-                            continue
-                        writes.append((key, cls, t.attr, n.lineno, tuple(sorted(_held(ctx, n, f))),
-                                       _after_thread_end(ctx, n, f)))
+            joined = _first_join_line(by_func.get(f, ()))
+            for line, attr, locks, dead in _self_writes(f, f.args.args[0].arg):
+                writes.append((key, cls, attr, line, locks, dead or (joined is not None and joined < line)))
         return {"calls": calls, "writes": writes, "bases": class_bases(ctx)}
 
     def decide(self, index, sink):
@@ -234,42 +227,58 @@ def _sequenced(graph, loop_entry, worker_root):
     return info is not None and worker_root in info.job_entries
 
 
-def _after_thread_end(ctx, node, func):
-    """The write happens after a thread was joined (`t.join(...)`, `to_thread(t.join, ...)`) earlier in the
-    function, or under an `if` that checks a thread is no longer alive."""
-    line = node.lineno
-    for n in ast.walk(func):
-        if isinstance(n, ast.Attribute) and n.attr == "join" and getattr(n, "lineno", line) < line:
-            p = ctx.parents.get(n)
-            if isinstance(p, ast.Call) and (p.func is n or n in p.args):
-                return True
-    cur = ctx.parents.get(node)
-    while cur is not None and cur is not func:
-        if isinstance(cur, ast.If) and any(isinstance(m, ast.Attribute) and m.attr == "is_alive"
-                                           for m in ast.walk(cur.test)):
-            return True
-        cur = ctx.parents.get(cur)
-    return False
+def _first_join_line(calls):
+    """Line of the first `t.join(...)` / `to_thread(t.join, ...)` among a function's calls (the thread has
+    ended after it), or None."""
+    first = None
+    for n in calls:
+        if isinstance(n, ast.Call):
+            cands = [n.func] + list(n.args)
+            if any(isinstance(c, ast.Attribute) and c.attr == "join" for c in cands):
+                if first is None or n.lineno < first:
+                    first = n.lineno
+    return first
 
 
-def _inside_nested(ctx, node, func):
-    cur = ctx.parents.get(node)
-    while cur is not None and cur is not func:
-        if isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            return True
-        cur = ctx.parents.get(cur)
-    return False
+def _self_writes(func, self_name):
+    """(line, attribute, held lock names, under an `if` about a thread no longer alive) for every write to
+    `self.<attr>` (assignment, augmented assignment, subscript store, `del self.x[k]`) in `func`, in one pass
+    (nested functions and classes are not followed)."""
+    out = []
 
+    def target_attr(t):
+        while isinstance(t, ast.Subscript):
+            t = t.value
+        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == self_name:
+            return t.attr
+        return None
 
-def _held(ctx, node, func):
-    """Lock-like context managers (`with self._lock:`) enclosing `node` within `func`."""
-    out = set()
-    cur = ctx.parents.get(node)
-    while cur is not None and cur is not func:
-        if isinstance(cur, (ast.With, ast.AsyncWith)):
-            for item in cur.items:
-                d = dotted(item.context_expr)
-                if d and any(w in d.rsplit(".", 1)[-1].lower() for w in _LOCKISH):
-                    out.add(d)
-        cur = ctx.parents.get(cur)
+    def visit(node, locks, dead):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            c_locks, c_dead = locks, dead
+            if isinstance(child, (ast.With, ast.AsyncWith)):
+                extra = {d for i in child.items for d in [dotted(i.context_expr)]
+                         if d and any(w in d.rsplit(".", 1)[-1].lower() for w in _LOCKISH)}
+                if extra:
+                    c_locks = locks | extra
+            elif isinstance(child, ast.If) and any(isinstance(m, ast.Attribute) and m.attr == "is_alive"
+                                                   for m in ast.walk(child.test)):
+                c_dead = True
+            targets = []
+            if isinstance(child, ast.Assign):
+                targets = child.targets
+            elif isinstance(child, (ast.AugAssign, ast.AnnAssign)) and getattr(child, "value", None) is not None:
+                targets = [child.target]
+            elif isinstance(child, ast.Delete):
+                targets = [t for t in child.targets if isinstance(t, ast.Subscript)]
+            for t in targets:
+                a = target_attr(t)
+                if a:
+                    out.append((child.lineno, a, tuple(sorted(c_locks)), c_dead))
+            if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)) or hasattr(child, "body"):
+                visit(child, c_locks, c_dead)
+
+    visit(func, frozenset(), False)
     return out

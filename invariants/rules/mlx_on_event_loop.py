@@ -140,8 +140,11 @@ class MlxOnEventLoop(Rule):
     def _mlx_name(self, ctx, call):
         return mlx_name(ctx, call, self._mods, self._gen)
 
+    def matches_bytes(self, data):
+        return b"async def" in data and b"mlx" in data
+
     def check(self, ctx):
-        if not imports_mlx(ctx, self._mods + self._gen):
+        if not ctx.nodes(ast.AsyncFunctionDef) or not imports_mlx(ctx, self._mods + self._gen):
             return
         funcs = functions(ctx)
         side = loop_side(ctx)

@@ -55,6 +55,9 @@ def test_loop_mutates_worker_state_follows_calls_across_files(proj, capsys):
     defined in a third file, a write the event loop also makes."""
     write(proj, "pkg/base.py", """
         class BaseEngine:
+            async def start(self):
+                raise NotImplementedError
+
             def _advance(self):
                 self.batch = self.batch[1:]
     """)
@@ -85,10 +88,13 @@ def test_loop_mutates_worker_state_follows_calls_across_files(proj, capsys):
     [f] = json_findings(out)
     assert rc == 1 and f["path"] == "pkg/engine.py" and f["line"] == 15, f
     assert "Engine.batch is written on the event loop in Engine.cancel_all()" in f["message"]
-    assert "BaseEngine._advance() (pkg/base.py:3, running under Engine._run())" in f["message"]
+    assert "BaseEngine._advance() (pkg/base.py:6, running under Engine._run())" in f["message"]
     # the same write under a lock shared by both sides is quiet
     write(proj, "pkg/base.py", """
         class BaseEngine:
+            async def start(self):
+                raise NotImplementedError
+
             def _advance(self):
                 with self._state_lock:
                     self.batch = self.batch[1:]
