@@ -1,4 +1,4 @@
-"""Scaffold a new invariant rule: `python -m tools.new_rule NAME [--kind generic|engine|cache]`.
+"""Scaffold a new invariant rule: `python -m tripwire.tools.new_rule NAME [--kind generic|engine|cache]`.
 
 Writes `invariants/rules/<snake_name>.py` with a `Rule` subclass skeleton: the kebab-case name, the next
 free `TW###` code of the kind's range (1xx generic, 2xx engine contracts, 3xx cache store), a severity,
@@ -24,7 +24,7 @@ _RULE_NAME = re.compile(r"""^\s*name\s*=\s*["']([a-z0-9-]+)["']""", re.M)
 
 _TEMPLATE = '''import ast
 
-from invariants.core import Rule
+from tripwire.invariants.core import Rule
 
 
 class {cls}(Rule):
@@ -105,7 +105,7 @@ def scaffold(name: str, root: Path, kind: str = "generic", severity: str = "warn
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m tools.new_rule",
+        prog="python -m tripwire.tools.new_rule",
         description="Write invariants/rules/<snake_name>.py: a Rule skeleton with the next free TW code, "
                     "one VALID and one pinned INVALID sample. Rules are registered by discovery.")
     ap.add_argument("name", help="kebab-case rule name (part of the interface: never renamed later)")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path} (TW{code}, {args.kind}, {args.severity})")
     print("next: write failing INVALID samples for the real shape, then the check; run\n"
           f"  .venv/bin/python -m pytest tests/invariants/rule_samples.tripwire -q -k TW{code}\n"
-          f"  .venv/bin/python -m invariants explain {args.name}")
+          f"  .venv/bin/python -m tripwire.invariants explain {args.name}")
     return 0
 
 

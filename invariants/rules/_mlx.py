@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from invariants.core import FileContext, walk_body
+from tripwire.invariants.core import FileContext, walk_body
 
 from ._loop import call_target, functions
 

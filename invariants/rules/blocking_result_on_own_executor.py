@@ -1,7 +1,7 @@
 import ast
 
-from invariants.core import Rule, const_value, dotted, walk_body
-from invariants.lockflow import flow
+from tripwire.invariants.core import Rule, const_value, dotted, walk_body
+from tripwire.invariants.lockflow import flow
 
 from ._loop import call_target, functions
 

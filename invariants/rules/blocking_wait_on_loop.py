@@ -1,7 +1,7 @@
 import ast
 import re
 
-from invariants.core import Rule, const_value, dotted, walk_body
+from tripwire.invariants.core import Rule, const_value, dotted, walk_body
 
 from ._loop import functions, label, loop_side
 

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Rule, dotted, walk_body
+from tripwire.invariants.core import Rule, dotted, walk_body
 
 from ._loop import call_target, functions
 from ._mlx import imports_mlx, mlx_helpers, mlx_name

@@ -1,9 +1,9 @@
 import ast
 import re
 
-from invariants.core import Option, Rule, dotted, walk_body
+from tripwire.invariants.core import Option, Rule, dotted, walk_body
 
-from invariants.lockflow import flow
+from tripwire.invariants.lockflow import flow
 
 from ._loop import call_target, functions
 from ._mlx import imports_mlx, mlx_helpers, mlx_name

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Rule, dotted, walk_body
+from tripwire.invariants.core import Rule, dotted, walk_body
 
 _CLOSE_EXC = {"GeneratorExit", "CancelledError", "BaseException"}
 _REMOVE = {"pop", "discard", "remove"}

@@ -1,7 +1,7 @@
 import ast
 import re
 
-from invariants.core import Option, Rule
+from tripwire.invariants.core import Option, Rule
 
 _ROUTE_METHODS = {"get", "head", "api_route", "route"}
 _BUILTINS = {"dict", "str", "int", "float", "bool", "len", "round", "list", "tuple", "sorted", "getattr"}

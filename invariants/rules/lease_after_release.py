@@ -1,7 +1,7 @@
 import ast
 import re
 
-from invariants.core import Rule, dotted, walk_body
+from tripwire.invariants.core import Rule, dotted, walk_body
 
 _LOCKISH = ("lock", "mutex", "cond")
 _LEASE = re.compile(r"lease|ref|pin|acquire|in_use|inuse|users|active|borrow|hold|retain|incref", re.I)

@@ -1,8 +1,8 @@
 import ast
 
-from invariants.callgraph import (CallGraph, class_bases, functions_with_owner, module_of, nodes_by_function,
+from tripwire.invariants.callgraph import (CallGraph, class_bases, functions_with_owner, module_of, nodes_by_function,
                                   summarize_calls)
-from invariants.core import Rule, dotted
+from tripwire.invariants.core import Rule, dotted
 
 _LOCKISH = ("lock", "mutex", "cond", "semaphore")
 _SKIP_METHODS = {"__init__", "__post_init__", "__new__", "__del__", "__enter__", "__exit__"}

@@ -1,6 +1,6 @@
 import ast
 
-from invariants.core import Option, Rule, walk_body
+from tripwire.invariants.core import Option, Rule, walk_body
 
 from ._loop import call_target, functions, label, loop_side
 from ._mlx import imports_mlx, mlx_helpers, mlx_name

@@ -29,7 +29,7 @@ def test_pytest_tripwire_adds_one_item_per_rule(pytester):
     res = pytester.runpytest_subprocess("--tripwire", "-p", "no:cacheprovider", "-q", "-rf",
                                         "-o", "addopts=", timeout=60)
     out = res.stdout.str()
-    from invariants.registry import all_rules
+    from tripwire.invariants.registry import all_rules
 
     on_by_default = sum(1 for r in all_rules() if r.default_enabled)  # meta + generic rules
     res.assert_outcomes(passed=on_by_default + 1 - 1, failed=1)  # + 1 configured rule, long-wait-for fails

@@ -6,9 +6,9 @@ import ast
 
 import pytest
 
-from invariants import registry
-from invariants.core import Rule, Sample
-from invariants.samples import Expectation, parse_markers, verify_sample
+from tripwire.invariants import registry
+from tripwire.invariants.core import Rule, Sample
+from tripwire.invariants.samples import Expectation, parse_markers, verify_sample
 
 
 class _FakeRule(Rule):

@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from engine import SimpleEngine
-from engine.server import create_app
+from tripwire.engine import SimpleEngine
+from tripwire.engine.server import create_app
 
 
 @pytest.mark.timeout(120)
