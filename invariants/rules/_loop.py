@@ -43,6 +43,16 @@ def call_target(func_expr: ast.AST, cls: ast.ClassDef | None, funcs: dict) -> Ke
     return None
 
 
+def calls_by_function(ctx: FileContext) -> dict:
+    """function node -> the Call / While nodes directly in it (from the shared buckets; cached)."""
+    cached = getattr(ctx, "_tw_calls_by_function", None)
+    if cached is None:
+        from tripwire.invariants.callgraph import nodes_by_function
+
+        cached = ctx._tw_calls_by_function = nodes_by_function(ctx, ast.Call, ast.While)
+    return cached
+
+
 def loop_side(ctx: FileContext) -> dict[Key, str]:
     """Functions that run on the event loop -> the `async def` they are reached from (its own name for an
     async def). Sync functions reached only through offloads are not in the map."""
@@ -56,10 +66,11 @@ def loop_side(ctx: FileContext) -> dict[Key, str]:
         if isinstance(f, ast.AsyncFunctionDef):
             out[k] = _label(k, funcs)
             work.append(k)
+    by_func = calls_by_function(ctx)
     while work:
         k = work.pop()
         f, cls = funcs[k]
-        for n in walk_body(f.body):
+        for n in by_func.get(f, ()):
             if isinstance(n, ast.Call):
                 t = call_target(n.func, cls, funcs)
                 if t is not None and t not in out and isinstance(funcs[t][0], ast.FunctionDef):

@@ -3,7 +3,7 @@ import re
 
 from tripwire.invariants.core import Rule, const_value, dotted, walk_body
 
-from ._loop import functions, label, loop_side
+from ._loop import calls_by_function, functions, label, loop_side
 
 _THREAD_WAITABLE = {"threading.Event", "threading.Condition", "threading.Barrier", "multiprocessing.Event",
                     "concurrent.futures.Future"}
@@ -143,11 +143,22 @@ class BlockingWaitOnLoop(Rule):
             return
         funcs = functions(ctx)
         kinds = _receiver_kinds(ctx)
+        # calls whose value is not simply dropped on the loop: awaited, an argument, a receiver (from the
+        # shared buckets: no parent map needed)
+        self._used = {id(a.value) for a in ctx.nodes(ast.Await)}
+        for c in ctx.nodes(ast.Call):
+            self._used.update(id(x) for x in c.args)
+            self._used.update(id(k.value) for k in c.keywords)
+        self._used.update(id(a.value) for a in ctx.nodes(ast.Attribute))
+        self._used.update(id(lam.body) for lam in ctx.nodes(ast.Lambda))
+        by_func = calls_by_function(ctx)
+        self._withs = [(d, w.lineno, w.end_lineno or w.lineno) for w in ctx.nodes(ast.With)
+                       for i in w.items for d in [dotted(i.context_expr)] if d]
         for k, entry in side.items():
             f, cls = funcs[k]
             where = (f"async def {label(ctx, k)}()" if isinstance(f, ast.AsyncFunctionDef)
                      else f"{label(ctx, k)}(), called from async def {entry}()")
-            for n in walk_body(f.body):
+            for n in by_func.get(f, ()):
                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
                     self._call(ctx, n, kinds, where)
                 elif isinstance(n, ast.While):
@@ -157,9 +168,7 @@ class BlockingWaitOnLoop(Rule):
         attr = call.func.attr
         if attr not in ("wait", "get", "wait_for"):
             return
-        parent = ctx.parents.get(call)
-        if isinstance(parent, (ast.Await, ast.Call, ast.keyword, ast.Lambda)) or \
-                isinstance(parent, ast.Attribute):
+        if id(call) in self._used:
             return
         recv = dotted(call.func.value)
         if recv is None:
@@ -172,10 +181,10 @@ class BlockingWaitOnLoop(Rule):
         if attr == "wait":
             if call.args or any(kw.arg != "timeout" for kw in call.keywords):
                 return
-            what = "Condition.wait()" if _in_with(ctx, call, recv) or (kind or "").endswith("Condition") \
+            what = "Condition.wait()" if self._in_with(call, recv) or (kind or "").endswith("Condition") \
                 else "Event.wait()"
         elif attr == "wait_for":
-            if not (kind or "").endswith("Condition") and not _in_with(ctx, call, recv):
+            if not (kind or "").endswith("Condition") and not self._in_with(call, recv):
                 return
             what = "Condition.wait_for()"
         else:
@@ -189,6 +198,10 @@ class BlockingWaitOnLoop(Rule):
         ctx.report(call, f"{what} without a timeout in {where} blocks the event-loop thread: no other "
                          f"coroutine runs until another thread sets it; await an asyncio primitive or run the "
                          f"wait in a thread")
+
+    def _in_with(self, call, recv):
+        """`with cond: cond.wait()` — the receiver is used as a context manager around the call."""
+        return any(d == recv and a <= call.lineno <= b for d, a, b in self._withs)
 
     def _busy(self, ctx, loop, where):
         for t in walk_body(loop.body):
@@ -219,16 +232,6 @@ def _has_timeout(call, attr):
         return not (isinstance(call.args[1], ast.Constant) and call.args[1].value is None)
     if attr == "wait_for" and len(call.args) >= 2:
         return True
-    return False
-
-
-def _in_with(ctx, call, recv):
-    """`with cond: cond.wait()` — the receiver is used as a context manager around the call."""
-    cur = ctx.parents.get(call)
-    while cur is not None and not isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        if isinstance(cur, ast.With) and any(dotted(i.context_expr) == recv for i in cur.items):
-            return True
-        cur = ctx.parents.get(cur)
     return False
 
 

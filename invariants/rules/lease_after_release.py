@@ -6,6 +6,7 @@ from tripwire.invariants.core import Rule, dotted, walk_body
 _LOCKISH = ("lock", "mutex", "cond")
 _LEASE = re.compile(r"lease|ref|pin|acquire|in_use|inuse|users|active|borrow|hold|retain|incref", re.I)
 _EVICT_CALLS = {"stop", "close", "unload", "shutdown", "terminate", "release_model", "evict", "kill"}
+_EVICT_BYTES = tuple(b"." + n.encode() + b"(" for n in sorted(_EVICT_CALLS))
 
 
 class LeaseAfterRelease(Rule):
@@ -147,35 +148,32 @@ class LeaseAfterRelease(Rule):
     ]
 
     def matches_bytes(self, data):
-        return b"with " in data and b"self." in data and super().matches_bytes(data)
+        return super().matches_bytes(data) and any(b in data for b in _EVICT_BYTES) and b"with " in data
 
     def check(self, ctx):
-        if not ctx.nodes(ast.With) and not ctx.nodes(ast.AsyncWith):
+        withs = ctx.nodes(ast.With, ast.AsyncWith)
+        if not withs:
+            return
+        if not any(isinstance(c.func, ast.Attribute) and c.func.attr in _EVICT_CALLS for c in ctx.nodes(ast.Call)):
+            return
+        evicted = self._evictions(withs)
+        if not evicted:
             return
         for cls, methods in ctx.classes():
-            evicted = self._evictions(methods)
-            if not evicted:
-                continue
             for m in methods:
                 self._method(ctx, m, evicted)
 
-    def _evictions(self, methods):
-        """(lock, pool attribute) pairs some method evicts/stops under that lock."""
+    def _evictions(self, withs):
+        """(lock, pool attribute) pairs some `with <lock>:` block (in a method: `self`) stops members of."""
         out = set()
-        for m in methods:
-            if not m.args.args:
+        for w in withs:
+            locks = {d for i in w.items for d in [dotted(i.context_expr)] if d and _lockish(d)}
+            if not locks:
                 continue
-            me = m.args.args[0].arg
-            for w in walk_body(m.body):
-                if not isinstance(w, (ast.With, ast.AsyncWith)):
-                    continue
-                locks = {d for i in w.items for d in [dotted(i.context_expr)] if d and _lockish(d)}
-                if not locks:
-                    continue
-                for n in walk_body(w.body):
-                    pool = _evicting(n, me)
-                    if pool:
-                        out |= {(lk, pool) for lk in locks}
+            for n in walk_body(w.body):
+                pool = _evicting(n, "self")
+                if pool:
+                    out |= {(lk, pool) for lk in locks}
         return out
 
     def _method(self, ctx, m, evicted):

@@ -28,7 +28,7 @@ class LoopMutatesWorkerState(Rule):
     prefilter = (b"async def", b"Thread(", b"submit(", b"run_in_executor", b"to_thread", b"call_soon")
 
     def matches_bytes(self, data):
-        return b"self." in data and super().matches_bytes(data)
+        return super().matches_bytes(data) and b"self." in data
     valid = [
         # both writes under the same threading lock
         """
@@ -177,7 +177,7 @@ class LoopMutatesWorkerState(Rule):
                 continue
             key = f"{mod}:{cls}.{f.name}"
             joined = _first_join_line(by_func.get(f, ()))
-            for line, attr, locks, dead in _self_writes(f, f.args.args[0].arg):
+            for line, attr, locks, dead in _self_writes(f, f.args.args[0].arg, b"is_alive" in ctx.data):
                 writes.append((key, cls, attr, line, locks, dead or (joined is not None and joined < line)))
         return {"calls": calls, "writes": writes, "bases": class_bases(ctx)}
 
@@ -240,7 +240,7 @@ def _first_join_line(calls):
     return first
 
 
-def _self_writes(func, self_name):
+def _self_writes(func, self_name, check_alive=True):
     """(line, attribute, held lock names, under an `if` about a thread no longer alive) for every write to
     `self.<attr>` (assignment, augmented assignment, subscript store, `del self.x[k]`) in `func`, in one pass
     (nested functions and classes are not followed)."""
@@ -253,9 +253,16 @@ def _self_writes(func, self_name):
             return t.attr
         return None
 
+    def children(node):
+        # statements only: assignments are statements, so expressions are never walked
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            v = getattr(node, name, None)
+            if isinstance(v, list):
+                yield from v
+
     def visit(node, locks, dead):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        for child in children(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
             c_locks, c_dead = locks, dead
             if isinstance(child, (ast.With, ast.AsyncWith)):
@@ -263,7 +270,7 @@ def _self_writes(func, self_name):
                          if d and any(w in d.rsplit(".", 1)[-1].lower() for w in _LOCKISH)}
                 if extra:
                     c_locks = locks | extra
-            elif isinstance(child, ast.If) and any(isinstance(m, ast.Attribute) and m.attr == "is_alive"
+            elif check_alive and isinstance(child, ast.If) and any(isinstance(m, ast.Attribute) and m.attr == "is_alive"
                                                    for m in ast.walk(child.test)):
                 c_dead = True
             targets = []
@@ -277,8 +284,7 @@ def _self_writes(func, self_name):
                 a = target_attr(t)
                 if a:
                     out.append((child.lineno, a, tuple(sorted(c_locks)), c_dead))
-            if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)) or hasattr(child, "body"):
-                visit(child, c_locks, c_dead)
+            visit(child, c_locks, c_dead)
 
     visit(func, frozenset(), False)
     return out
