@@ -1,7 +1,7 @@
 import ast
 import re
 
-from tripwire.invariants.core import Rule, const_value, dotted, walk_body
+from tripwire.invariants.core import Option, Rule, Sample, const_value, dotted, walk_body
 
 from ._loop import calls_by_function, functions, label, loop_side
 
@@ -20,14 +20,20 @@ class BlockingWaitOnLoop(Rule):
     severity = "warning"
     rationale = (
         "A thread-blocking wait on the event-loop thread — `threading.Event.wait()` / `Condition.wait()` "
-        "without a timeout, `queue.Queue.get()` without a timeout, or a busy `get_nowait()` retry loop that "
+        "without a timeout, `queue.Queue.get()` without a timeout, `executor.submit(...).result()` without a "
+        "timeout, or a busy `get_nowait()` retry loop that "
         "never awaits — freezes every coroutine of the server until another thread makes progress. If that "
         "thread needs the loop (to deliver a token, to call back, to observe a disconnect) the server "
         "deadlocks: health checks time out and no request completes. The rule looks at `async def` bodies "
         "and at sync functions of the same file they call directly. Await an asyncio primitive, or run the "
         "wait in a thread (`await asyncio.to_thread(ev.wait, timeout)`)."
     )
-    prefilter = (b".wait(", b".get(", b"get_nowait", b".wait_for(")
+    options = {
+        "check_future_result": Option("bool", False, "also report `ex.submit(...).result()` without a timeout on the "
+                                      "loop (off by default: not yet measured on real servers, where model "
+                                      "loading at startup often does this on purpose)"),
+    }
+    prefilter = (b".wait(", b".get(", b"get_nowait", b".wait_for(", b".result(")
     valid = [
         # the blocking wait runs in a thread; the asyncio event is awaited
         """
@@ -79,9 +85,26 @@ class BlockingWaitOnLoop(Rule):
                     return out_q.get_nowait()
                 except queue.Empty:
                     await asyncio.sleep(0.01)
+
+        async def run(worker, fn, task):
+            fut = worker.submit(fn)
+            done = task.result()  # an asyncio task's result: no wait
+            return await asyncio.wrap_future(fut), done
+
+        async def load(executor, path):
+            return executor.submit(open, path).result()  # reported only with check_future_result
         """,
     ]
     invalid = [
+        # the serialized runner waits for the worker's concurrent future synchronously (with the option on)
+        Sample("""
+        import asyncio
+
+        class SimpleEngine:
+            async def _run_serialized(self, fn, *args):
+                async with self._generation_lock:
+                    return self._worker.submit(fn, *args).result()  # warning: Future.result() without a timeout in async def SimpleEngine._run_serialized()
+        """, options={"check_future_result": True}),
         """
         import threading
 
@@ -152,6 +175,10 @@ class BlockingWaitOnLoop(Rule):
         self._used.update(id(a.value) for a in ctx.nodes(ast.Attribute))
         self._used.update(id(lam.body) for lam in ctx.nodes(ast.Lambda))
         by_func = calls_by_function(ctx)
+        self._submits = {}
+        for a in ctx.nodes(ast.Assign):
+            if len(a.targets) == 1 and isinstance(a.targets[0], ast.Name):
+                self._submits.setdefault(a.targets[0].id, []).append(a)
         self._withs = [(d, w.lineno, w.end_lineno or w.lineno) for w in ctx.nodes(ast.With)
                        for i in w.items for d in [dotted(i.context_expr)] if d]
         for k, entry in side.items():
@@ -166,9 +193,13 @@ class BlockingWaitOnLoop(Rule):
 
     def _call(self, ctx, call, kinds, where):
         attr = call.func.attr
-        if attr not in ("wait", "get", "wait_for"):
+        if attr not in ("wait", "get", "wait_for", "result"):
             return
         if id(call) in self._used:
+            return
+        if attr == "result":
+            if self.opts["check_future_result"]:
+                self._result(ctx, call, where)
             return
         recv = dotted(call.func.value)
         if recv is None:
@@ -198,6 +229,22 @@ class BlockingWaitOnLoop(Rule):
         ctx.report(call, f"{what} without a timeout in {where} blocks the event-loop thread: no other "
                          f"coroutine runs until another thread sets it; await an asyncio primitive or run the "
                          f"wait in a thread")
+
+    def _result(self, ctx, call, where):
+        """`ex.submit(...).result()` / `fut.result()` with `fut = ex.submit(...)`: a concurrent future."""
+        if call.args or any(not (k.arg == "timeout" and isinstance(k.value, ast.Constant) and k.value.value is None)
+                            for k in call.keywords):
+            return
+        v = call.func.value
+        submitted = isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "submit"
+        if not submitted and isinstance(v, ast.Name):
+            submitted = any(a.lineno < call.lineno and isinstance(a.value, ast.Call)
+                            and isinstance(a.value.func, ast.Attribute) and a.value.func.attr == "submit"
+                            for a in self._submits.get(v.id, ()))
+        if submitted:
+            ctx.report(call, f"Future.result() without a timeout in {where} blocks the event-loop thread until "
+                             f"the worker finished the job: nothing else runs meanwhile; await "
+                             f"asyncio.wrap_future(fut) instead")
 
     def _in_with(self, call, recv):
         """`with cond: cond.wait()` — the receiver is used as a context manager around the call."""
