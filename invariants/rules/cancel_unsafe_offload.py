@@ -234,7 +234,7 @@ class CancelUnsafeOffload(Rule):
                     try:
                         return await asyncio.shield(job)
                     except asyncio.CancelledError:
-                        await job
+                        await job  # warning: the drain of job in the CancelledError
                         raise
         """,
         """
@@ -248,7 +248,7 @@ class CancelUnsafeOffload(Rule):
                     try:
                         return await fut
                     except anyio.get_cancelled_exc_class():
-                        await fut  # anyio cancellation is level-triggered: this wait is cancelled again at once
+                        await fut  # anyio cancellation is level-triggered: this wait is cancelled again at once  # warning: the drain of fut in the CancelledError
                         raise
         """,    ]
 

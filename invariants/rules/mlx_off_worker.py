@@ -173,7 +173,7 @@ class MlxOffWorker(Rule):
                 return mx.argmax(x)
 
             async def run(self, x):
-                return await asyncio.get_running_loop().run_in_executor(self._pool, self._decode, x)
+                return await asyncio.get_running_loop().run_in_executor(self._pool, self._decode, x)  # error: MLX work sent to executor
         """,
     ]
 

@@ -123,7 +123,7 @@ class SilentDrainError(Rule):
                         await asyncio.shield(job)
                     except asyncio.CancelledError:
                         continue
-                    except BaseException:
+                    except BaseException:  # error: error swallowed without logging inside
                         break
                 try:
                     job.result()

@@ -85,14 +85,14 @@ class SleepSynchronization(Rule):
         def test_three_requests(client):
             for prompt in ("a", "b", "c"):
                 client.send(prompt)
-                time.sleep(0.05)  # let the scheduler pick it up
+                time.sleep(0.05)  # let the scheduler pick it up  # error: time.sleep(0.05s) used to order events
         """,
         """
         import asyncio
 
         async def test_cancel_leaves_task_running(task):
             task.cancel()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # error: asyncio.sleep(0.05s) used to order events
             assert not task.done()
         """,
     ]

@@ -124,7 +124,7 @@ class UncheckedEventWait(Rule):
             started = threading.Event()
 
             async def drive(task):
-                await asyncio.to_thread(started.wait, 5.0)
+                await asyncio.to_thread(started.wait, 5.0)  # error: the bool returned by started.wait(timeout)
                 task.cancel()
         """,
         """
@@ -133,7 +133,7 @@ class UncheckedEventWait(Rule):
         class TestWorker:
             def test_started(self, worker):
                 worker.go()
-                worker.started.wait(2)
+                worker.started.wait(2)  # error: the bool returned
         """,
     ]
 
