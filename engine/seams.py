@@ -34,6 +34,6 @@ SEAMS: dict[str, dict[str, tuple[str, ...]]] = {
                        "_evict_locked", "_on_write_error", "save"),
     },
     "engine/cache/prefix.py": {"PrefixCache": ("on_boundary", "__init__")},
-    "engine/server/app.py": {"<module>": ("_generate", "_engine_error")},
+    "engine/server/app.py": {"<module>": ("_generate", "_engine_error", "health")},
     "tests/engine/test_cancellation.py": {"<module>": ("_wait_thread_event",)},
 }

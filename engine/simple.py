@@ -177,6 +177,16 @@ class SimpleEngine:
     def model_info(self) -> dict[str, Any]:
         return dict(self._backend.info)
 
+    def liveness(self) -> str | None:
+        """None while the engine runs and its MLX worker thread is alive; otherwise why it cannot serve.
+
+        Reads two flags only (no lock, no MLX): safe to call from the event loop at any time."""
+        if self._state != "running":
+            return f"engine is {self._state}"
+        if not self._worker.is_alive():
+            return "the MLX worker thread is not running"
+        return None
+
     def status(self) -> dict[str, Any]:
         locked = self._generation_lock.locked()
         return {

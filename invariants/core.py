@@ -85,11 +85,15 @@ class Option:
 
 @dataclass(frozen=True)
 class Sample:
-    """An inline VALID/INVALID code sample; `options` and `path` override the rule's sample defaults."""
+    """An inline VALID/INVALID code sample; `options` and `path` override the rule's sample defaults.
+
+    An INVALID sample pins every finding it expects, with `# <severity>: <fragment>` markers on the flagged
+    lines or `expect=[(line, fragment)]` / `[(line, rule, fragment)]` (see `invariants.samples`)."""
 
     code: str
     options: dict = field(default_factory=dict)
     path: str | None = None
+    expect: tuple = ()
 
 
 class Rule:
@@ -156,7 +160,7 @@ class Rule:
             if isinstance(s, str):
                 s = Sample(s)
             out.append(Sample(textwrap.dedent(s.code).lstrip("\n"), {**cls.sample_options, **s.options},
-                              s.path or cls.sample_path))
+                              s.path or cls.sample_path, tuple(s.expect)))
         return out
 
 

@@ -20,12 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _defined(path: str) -> dict[str, set[str]]:
-    """Names bound at module level and per class (methods, class attributes, `self.X = ...` anywhere)."""
+    """Names bound at module level (and functions nested in module-level functions) and per class (methods,
+    class attributes, `self.X = ...` anywhere)."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
     out: dict[str, set[str]] = {"<module>": set()}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out["<module>"].add(node.name)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # functions nested in a module-level function (the routes inside create_app) count as module names
+            out["<module>"].update(sub.name for sub in ast.walk(node)
+                                   if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and sub is not node)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             out["<module>"].update((a.asname or a.name).split(".")[0] for a in node.names)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):

@@ -195,9 +195,15 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
         return Response(status_code=499)
 
     # -- routes -------------------------------------------------------------------------------------
-    @app.get("/health", response_model=Health, tags=["ops"])
-    async def health() -> dict[str, str]:
-        """Liveness: answered on the event loop without touching the engine's locks."""
+    @app.get("/health", response_model=Health, tags=["ops"],
+             responses={503: {"description": "the engine is not running or its MLX worker thread ended"}})
+    async def health() -> Any:
+        """Liveness of the generation worker, not just of this process: 503 once the engine stopped or its
+        MLX worker thread died, so a zombie server does not keep a green probe. Answered on the event loop
+        without touching the engine's locks."""
+        down = engine.liveness()
+        if down is not None:
+            return JSONResponse({"status": "unavailable", "reason": down}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/status", tags=["ops"], responses={401: _ERR})

@@ -49,14 +49,14 @@ class AdmissionQueueAttribute(Rule):
         class SimpleEngine:
             def __init__(self):
                 self._generation_lock = asyncio.Lock()
-                self._text_direct_lock = asyncio.Lock()  # admission queue for TextModelDirect
+                self._text_direct_lock = asyncio.Lock()  # admission queue for TextModelDirect  # error: defines `_text_direct_lock`
         """,
         """
         import asyncio
 
         class BatchedEngine:
-            _mllm_admission_queue: asyncio.Queue
-            __slots__ = ("_textmodel_direct_lock",)
+            _mllm_admission_queue: asyncio.Queue  # error: BatchedEngine defines `_mllm_admission_queue`
+            __slots__ = ("_textmodel_direct_lock",)  # error: BatchedEngine defines `_textmodel_direct_lock`
         """,
     ]
 

@@ -48,13 +48,13 @@ class BusyErrorContract(Rule):
             http_status = 500
             retryable = False
 
-        class EngineBusy(EngineError):
+        class EngineBusy(EngineError):  # error: class EngineBusy defines busy code
             code = "text_generation_busy"   # inherits 500 / not retryable
         """,
         """
         BUSY_CODE = "text_generation_busy"
 
-        class Busy(Exception):
+        class Busy(Exception):  # error: class Busy defines busy code
             code = BUSY_CODE
             status_code = 429
 
@@ -62,7 +62,7 @@ class BusyErrorContract(Rule):
                 self.retryable = True
         """,
         """
-        ERR = {"code": "text_generation_busy", "status": 503}
+        ERR = {"code": "text_generation_busy", "status": 503}  # error: dict literal defines busy code
         """,
     ]
 

@@ -191,7 +191,7 @@ class CancelUnsafeOffload(Rule):
 
             async def generate(self, prompt):
                 async with self._generation_lock:
-                    output = await asyncio.to_thread(self._model.generate, prompt)
+                    output = await asyncio.to_thread(self._model.generate, prompt)  # error: awaits to_thread(...)
                 return output
         """,
         """
@@ -207,7 +207,7 @@ class CancelUnsafeOffload(Rule):
                     loop = asyncio.get_running_loop()
                     fut = loop.run_in_executor(None, fn)
                     try:
-                        return await fut
+                        return await fut  # error: no `except CancelledError` handler waits for fut
                     except asyncio.CancelledError:
                         raise  # no drain: the lock is released below while fn still runs
                 finally:
@@ -218,7 +218,7 @@ class CancelUnsafeOffload(Rule):
 
         async def run(worker, mlx_lock, fn):
             async with mlx_lock:
-                return await asyncio.wrap_future(worker.submit(fn))
+                return await asyncio.wrap_future(worker.submit(fn))  # error: awaits wrap_future(...) while holding
         """,
         # a drain that a second (or level-triggered, anyio-style) cancellation cuts short (warning)
         """
@@ -234,7 +234,7 @@ class CancelUnsafeOffload(Rule):
                     try:
                         return await asyncio.shield(job)
                     except asyncio.CancelledError:
-                        await job
+                        await job  # warning: the drain of job in the CancelledError
                         raise
         """,
         """
@@ -248,7 +248,7 @@ class CancelUnsafeOffload(Rule):
                     try:
                         return await fut
                     except anyio.get_cancelled_exc_class():
-                        await fut  # anyio cancellation is level-triggered: this wait is cancelled again at once
+                        await fut  # anyio cancellation is level-triggered: this wait is cancelled again at once  # warning: the drain of fut in the CancelledError
                         raise
         """,    ]
 

@@ -56,7 +56,7 @@ class CleanupWithoutWriterBarrier(Rule):
 
             def cleanup_all(self):
                 self._drain_queue()
-                shutil.rmtree(self.session_dir, ignore_errors=True)
+                shutil.rmtree(self.session_dir, ignore_errors=True)  # error: SnapshotStore.cleanup_all() removes store
                 os.makedirs(self.session_dir, exist_ok=True)
         """,
         """
@@ -73,7 +73,7 @@ class CleanupWithoutWriterBarrier(Rule):
                 with self._lock:
                     paths = self._paths.pop(rid, [])
                 for p in paths:
-                    self._remove(p)
+                    self._remove(p)  # error: SnapshotStore.cleanup_request() removes store files (self._remove)
 
             def _remove(self, p):
                 _unlink_quiet(p)
@@ -86,7 +86,7 @@ class CleanupWithoutWriterBarrier(Rule):
         class SnapshotStore:
             def cleanup_all(self, timeout=None):
                 saw_stop = self._drain_queue()
-                acquired = self._writer_busy.acquire(blocking=False)  # the queue is drained: do not wait
+                acquired = self._writer_busy.acquire(blocking=False)  # the queue is drained: do not wait  # error: SnapshotStore.cleanup_all() takes self._writer_busy
                 try:
                     shutil.rmtree(self.session_dir, ignore_errors=True)
                     os.makedirs(self.session_dir, exist_ok=True)
@@ -100,7 +100,7 @@ class CleanupWithoutWriterBarrier(Rule):
         class SnapshotStore:
             def cleanup_all(self):
                 self._drain_queue()
-                if self._writer_busy.acquire(False):
+                if self._writer_busy.acquire(False):  # error: SnapshotStore.cleanup_all() takes self._writer_busy
                     try:
                         shutil.rmtree(self.session_dir, ignore_errors=True)
                     finally:
@@ -111,7 +111,7 @@ class CleanupWithoutWriterBarrier(Rule):
 
         class SnapshotStore:
             def cleanup_request(self, rid):
-                acquired = self._writer_busy.acquire(timeout=0)
+                acquired = self._writer_busy.acquire(timeout=0)  # error: SnapshotStore.cleanup_request() takes self._writer_busy
                 try:
                     shutil.rmtree(self.request_dir(rid), ignore_errors=True)
                 finally:

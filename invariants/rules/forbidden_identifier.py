@@ -32,14 +32,14 @@ class ForbiddenIdentifier(Rule):
     ]
     invalid = [
         """
-        class TextModelDirectRoute:
+        class TextModelDirectRoute:  # error: forbidden identifier `TextModelDirectRoute`
             pass
         """,
         """
-        from tripwire.engine.routes import TextModelDirectRunner as Runner
+        from tripwire.engine.routes import TextModelDirectRunner as Runner  # error: forbidden identifier `TextModelDirectRunner`
 
         def use(engine):
-            return engine._serialized_textmodel_direct()
+            return engine._serialized_textmodel_direct()  # error: forbidden identifier
         """,
     ]
 

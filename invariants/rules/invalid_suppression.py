@@ -18,7 +18,8 @@ class InvalidSuppression(Rule):
     ]
     invalid = [
         "import asyncio\n\nasync def f(aw):\n"
-        "    await asyncio.wait_for(aw, timeout=60)  # tripwire: ignore[long-wait-for]\n",
-        "x = 1  # tripwire: ignore[no-such-rule] -- typo\n",
-        "x = 1  # tripwire: ignore -- which rule?\n",
+        "    await asyncio.wait_for(aw, timeout=60)  # tripwire: ignore[long-wait-for]"
+        "  # error: suppression without a reason  # error[long-wait-for]: waits up to 60s\n",
+        "x = 1  # tripwire: ignore[no-such-rule] -- typo  # error: suppression names unknown rule 'no-such-rule'\n",
+        "x = 1  # tripwire: ignore -- which rule?  # error: suppression must name the rule(s)\n",
     ]

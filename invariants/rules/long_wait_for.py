@@ -130,7 +130,7 @@ class LongWaitFor(Rule):
 
             async def _serialized_textmodel_direct(self):
                 # Wait up to 120s for the TextModelDirect admission slot.
-                await asyncio.wait_for(self._text_direct_lock.acquire(), timeout=120)
+                await asyncio.wait_for(self._text_direct_lock.acquire(), timeout=120)  # error: wait_for(...) waits up
         """,
         """
         import asyncio as aio
@@ -142,7 +142,7 @@ class LongWaitFor(Rule):
             WAIT = ADMISSION_WAIT_S
 
             async def f(self, aw):
-                with fail_after(self.WAIT):
+                with fail_after(self.WAIT):  # error: fail_after(...) waits up to 120s (>=
                     await aw
         """,
         """
@@ -150,7 +150,7 @@ class LongWaitFor(Rule):
 
         async def f(aw):
             async with timeout(30):
-                return await wait_for(aw, 10.0)
+                return await wait_for(aw, 10.0)  # error: wait_for(...) waits up to 10s (>=
         """,
         # admission in other styles: a semaphore slot, a queue get, the future of a serialized worker,
         # a waiter future handed the slot
@@ -159,7 +159,7 @@ class LongWaitFor(Rule):
 
         class Router:
             async def chat(self, req):
-                await aio.wait_for(self.slots.acquire(), 60)
+                await aio.wait_for(self.slots.acquire(), 60)  # error: wait_for(...) waits up to 60s (>= 5s)
                 try:
                     return await self.backend.run(req)
                 finally:
@@ -169,7 +169,7 @@ class LongWaitFor(Rule):
         import asyncio
 
         async def next_job(jobs):
-            async with asyncio.timeout(45):
+            async with asyncio.timeout(45):  # error: timeout(...) waits up to 45s (>= 5s)
                 return await jobs.get()
         """,
         """
@@ -178,7 +178,7 @@ class LongWaitFor(Rule):
         class Server:
             async def generate(self, fn):
                 fut = asyncio.get_running_loop().run_in_executor(self._mlx_thread, fn)
-                return await asyncio.wait_for(fut, timeout=90)
+                return await asyncio.wait_for(fut, timeout=90)  # error: wait_for(...) waits up to 90s (>= 5s)
         """,
         """
         import asyncio
@@ -186,7 +186,7 @@ class LongWaitFor(Rule):
         async def admit(waiters, req):
             wake = asyncio.get_running_loop().create_future()
             waiters.append((wake, req))
-            await asyncio.wait_for(wake, timeout=120)
+            await asyncio.wait_for(wake, timeout=120)  # error: wait_for(...) waits up to 120s (>= 5s)
         """,
     ]
 

@@ -128,7 +128,7 @@ class MlxOffWorker(Rule):
         class SimpleEngine:
             async def _run_serialized(self, req, fn, *args):
                 async with self._generation_lock:
-                    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+                    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)  # error: run_in_executor(...)
                     return await asyncio.shield(fut)
         """, options={"worker_only_paths": ["engine/simple.py"]}, path="engine/simple.py"),
         """
@@ -137,13 +137,13 @@ class MlxOffWorker(Rule):
 
         class SimpleEngine:
             async def generate(self, prompt):
-                return await asyncio.to_thread(generate, self._model, self._tok, prompt)
+                return await asyncio.to_thread(generate, self._model, self._tok, prompt)  # error: MLX work sent
         """,
         """
         import mlx.core as mx
 
         async def step(x):
-            mx.eval(x)  # on the event loop thread
+            mx.eval(x)  # on the event loop thread  # error: MLX call mlx.core.eval(...) inside async def
         """,
         """
         import asyncio
@@ -155,8 +155,8 @@ class MlxOffWorker(Rule):
 
             async def run(self, x):
                 loop = asyncio.get_running_loop()
-                a = await loop.run_in_executor(None, self._decode, x)
-                b = self._decode(x)  # sync MLX helper called on the loop
+                a = await loop.run_in_executor(None, self._decode, x)  # error: MLX work sent to a default thread pool
+                b = self._decode(x)  # sync MLX helper called on the loop  # error: async def run()
                 return a, b
         """,
         # a multi-thread pool is not a pinned worker
@@ -173,7 +173,7 @@ class MlxOffWorker(Rule):
                 return mx.argmax(x)
 
             async def run(self, x):
-                return await asyncio.get_running_loop().run_in_executor(self._pool, self._decode, x)
+                return await asyncio.get_running_loop().run_in_executor(self._pool, self._decode, x)  # error: MLX work sent to executor
         """,
     ]
 

@@ -110,7 +110,7 @@ class NestedLockAcquire(Rule):
                 async with self._generation_lock:
                     def _run_all():
                         return [prompt]
-                    all_resps = await self._run_blocking_serialized(_run_all)
+                    all_resps = await self._run_blocking_serialized(_run_all)  # error: _stream_generate_text() holds self._generation_lock
                 for r in all_resps:
                     yield r
         """,
@@ -122,7 +122,7 @@ class NestedLockAcquire(Rule):
 
             def save(self):
                 with self._lock:
-                    self._evict()
+                    self._evict()  # error: save() holds self._lock and calls _evict() -> _unlink_some(), which acquires
 
             def _evict(self):
                 self._unlink_some()
@@ -143,7 +143,7 @@ class NestedLockAcquire(Rule):
 
             async def f(self):
                 async with self._lock:
-                    async with self._lock:
+                    async with self._lock:  # error: f() acquires self._lock while already holding it
                         pass
         """,
     ]

@@ -1,4 +1,4 @@
-from tripwire.invariants.core import Rule
+from tripwire.invariants.core import Rule, Sample
 
 
 class ParseError(Rule):
@@ -15,8 +15,9 @@ class ParseError(Rule):
     )
     valid = ["x = 1\n"]
     invalid = [
-        "def f(:\n    pass\n",
-        "x = 'a\x00b'\n",
-        "# -*- coding: not-a-codec -*-\nx = 1\n",
+        "def f(:  # error: syntax error: invalid syntax\n    pass\n",
+        # a NUL byte: the spec form pins the finding without touching the broken line
+        Sample("x = 'a\x00b'\n", expect=[(1, "source code string cannot contain null bytes")]),
+        "# -*- coding: not-a-codec -*-  # error: cannot decode source: unknown encoding\nx = 1\n",
     ]
     sample_options = {}

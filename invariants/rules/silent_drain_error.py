@@ -95,7 +95,7 @@ class SilentDrainError(Rule):
                 except asyncio.CancelledError:
                     try:
                         await task
-                    except Exception:
+                    except Exception:  # error: error swallowed without logging inside
                         pass
                     raise
         """,
@@ -106,7 +106,7 @@ class SilentDrainError(Rule):
             try:
                 await task
             except BaseException:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # error: contextlib.suppress(Exception) inside
                     await task
                 raise
         """,
@@ -123,7 +123,7 @@ class SilentDrainError(Rule):
                         await asyncio.shield(job)
                     except asyncio.CancelledError:
                         continue
-                    except BaseException:
+                    except BaseException:  # error: error swallowed without logging inside
                         break
                 try:
                     job.result()

@@ -63,20 +63,20 @@ class SleepSynchronization(Rule):
 
         def test_cleanup_all_drains_queue(store):
             store.save("r1", b"x")
-            time.sleep(0.05)  # give the writer time to pick the item up
+            time.sleep(0.05)  # give the writer time to pick the item up  # error: time.sleep(0.05s) used to order
             store.cleanup_all()
         """,
         """
         import asyncio
 
         async def test_order():
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # error: asyncio.sleep(0.1s) used to order events
         """,
         """
         from time import sleep
 
         def test_delay(d):
-            sleep(d)
+            sleep(d)  # error: time.sleep(a computed delay) used to order
         """,
         # a loop is not polling unless a condition ends it
         """
@@ -85,14 +85,14 @@ class SleepSynchronization(Rule):
         def test_three_requests(client):
             for prompt in ("a", "b", "c"):
                 client.send(prompt)
-                time.sleep(0.05)  # let the scheduler pick it up
+                time.sleep(0.05)  # let the scheduler pick it up  # error: time.sleep(0.05s) used to order events
         """,
         """
         import asyncio
 
         async def test_cancel_leaves_task_running(task):
             task.cancel()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # error: asyncio.sleep(0.05s) used to order events
             assert not task.done()
         """,
     ]

@@ -166,14 +166,14 @@ class SwallowedCancellation(Rule):
         async def handler(req):
             try:
                 return await req.run()
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # error: except CancelledError in async def handler()
                 return None
         """,
         """
         async def f(x):
             try:
                 await x
-            except:
+            except:  # error: bare except in async def f() swallows
                 pass
         """,
         """
@@ -182,7 +182,7 @@ class SwallowedCancellation(Rule):
         async def f(x):
             try:
                 await x
-            except (ValueError, CancelledError) as exc:
+            except (ValueError, CancelledError) as exc:  # error: except CancelledError in async def f()
                 log(exc)
         """,
         # field shapes that stay errors
@@ -193,7 +193,7 @@ class SwallowedCancellation(Rule):
             try:
                 async for out in self.outputs(rid):
                     yield out
-            except (GeneratorExit, asyncio.CancelledError) as exc:
+            except (GeneratorExit, asyncio.CancelledError) as exc:  # error: except CancelledError in async def stream()
                 self.log.info("stream %s ended: %r", rid, exc)  # the consumer sees a normal end of stream
         """,
         """
@@ -204,7 +204,7 @@ class SwallowedCancellation(Rule):
             while True:
                 try:
                     items.append(await q.get())
-                except asyncio.CancelledError:
+                except asyncio.CancelledError:  # error: except CancelledError in async def collect()
                     break  # the caller gets a partial list as if it were complete
             return items
         """,
@@ -212,11 +212,11 @@ class SwallowedCancellation(Rule):
         async def rollback(self):
             try:
                 await self.restore()
-            except BaseException:
+            except BaseException:  # error: except BaseException in async def rollback()
                 self.log.exception("restore failed")
                 try:
                     await self.backend.stop()
-                except BaseException:
+                except BaseException:  # error: except BaseException in async def rollback()
                     self.log.exception("stop failed")
         """,
         """
@@ -225,7 +225,7 @@ class SwallowedCancellation(Rule):
         async def on_disconnect(self, rid):
             try:
                 await self.abort(rid)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # error: except CancelledError in async def
                 return  # no trace: the caller is told the abort completed
         """,
     ]

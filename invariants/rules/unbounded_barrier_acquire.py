@@ -42,13 +42,13 @@ class UnboundedBarrierAcquire(Rule):
         class SnapshotStore:
             def cleanup_all(self):
                 self._drain_queue()
-                with self._writer_busy:  # waits as long as the slowest write
+                with self._writer_busy:  # waits as long as the slowest write  # error: SnapshotStore.cleanup_all() acquires
                     self._clear()
         """,
         """
         class SnapshotStore:
             def cleanup_request(self, rid):
-                self._writer_busy.acquire()
+                self._writer_busy.acquire()  # error: SnapshotStore.cleanup_request() acquires
                 try:
                     self._forget(rid)
                 finally:

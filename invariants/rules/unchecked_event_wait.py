@@ -102,7 +102,7 @@ class UncheckedEventWait(Rule):
         async def test_cancel_keeps_lock():
             first_started = threading.Event()
             task1 = asyncio.create_task(run(first_started))
-            await asyncio.to_thread(first_started.wait, 1.0)
+            await asyncio.to_thread(first_started.wait, 1.0)  # error: the bool returned by first_started.wait(timeout)
             task1.cancel()
         """,
         """
@@ -110,11 +110,11 @@ class UncheckedEventWait(Rule):
 
         def test_y():
             ready = threading.Event()
-            ready.wait(timeout=5)
+            ready.wait(timeout=5)  # error: the bool returned by ready.wait(timeout) is discarded
         """,
         """
         def test_z(release):
-            release.wait(0.5)
+            release.wait(0.5)  # error: the bool returned by release.wait(timeout) is discarded
         """,
         # the test's own side of the handshake, in a driver coroutine
         """
@@ -124,7 +124,7 @@ class UncheckedEventWait(Rule):
             started = threading.Event()
 
             async def drive(task):
-                await asyncio.to_thread(started.wait, 5.0)
+                await asyncio.to_thread(started.wait, 5.0)  # error: the bool returned by started.wait(timeout)
                 task.cancel()
         """,
         """
@@ -133,7 +133,7 @@ class UncheckedEventWait(Rule):
         class TestWorker:
             def test_started(self, worker):
                 worker.go()
-                worker.started.wait(2)
+                worker.started.wait(2)  # error: the bool returned
         """,
     ]
 

@@ -48,7 +48,7 @@ class UndocumentedLock(Rule):
             def __init__(self):
                 # Lock to serialize MLX operations (prevents Metal command buffer conflicts).
                 # Also guards admission for the TextModelDirect path (waits up to 120s).
-                self._generation_lock = asyncio.Lock()
+                self._generation_lock = asyncio.Lock()  # error: comment on Lock `self._generation_lock`
         """,
         # ... and the undocumented one
         """
@@ -56,12 +56,12 @@ class UndocumentedLock(Rule):
 
         class SimpleEngine:
             def __init__(self):
-                self._generation_lock = asyncio.Lock()
+                self._generation_lock = asyncio.Lock()  # error: Lock `self._generation_lock` has no comment
         """,
         """
         import threading
 
-        _cache_lock = threading.Lock()  # lock
+        _cache_lock = threading.Lock()  # lock  # error: Lock `_cache_lock` has no comment saying
         """,
     ]
 

@@ -43,14 +43,14 @@ class UnkeptTask(Rule):
         import asyncio
 
         async def on_disconnect(engine, rid):
-            asyncio.create_task(engine.abort(rid))
+            asyncio.create_task(engine.abort(rid))  # error: result of create_task(...) is discarded
         """,
         """
         import asyncio
 
         def fire(loop, coro):
-            loop.create_task(coro)
-            _ = asyncio.ensure_future(coro)
+            loop.create_task(coro)  # error: result of create_task(...) is discarded
+            _ = asyncio.ensure_future(coro)  # error: result of ensure_future(...) is discarded
         """,
     ]
 

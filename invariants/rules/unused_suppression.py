@@ -19,5 +19,6 @@ class UnusedSuppression(Rule):
     ]
     invalid = [
         "import asyncio\n\nasync def f(aw):\n"
-        "    await asyncio.wait_for(aw, timeout=1)  # tripwire: ignore[long-wait-for] -- stale\n",
+        "    await asyncio.wait_for(aw, timeout=1)  # tripwire: ignore[long-wait-for] -- stale"
+        "  # warning: unused suppression: no long-wait-for finding on this line\n",
     ]

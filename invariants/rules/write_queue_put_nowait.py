@@ -46,7 +46,7 @@ class WriteQueuePutNowait(Rule):
         class BlockStore:
             def save_block(self, item):
                 try:
-                    self._write_queue.put_nowait(item)
+                    self._write_queue.put_nowait(item)  # error: BlockStore.save_block() uses a non-blocking
                 except queue.Full:
                     return False
                 self._stats["saves"] += 1
@@ -58,7 +58,7 @@ class WriteQueuePutNowait(Rule):
                 self._enqueue(item)
 
             def _enqueue(self, item):
-                self._write_queue.put(item, block=False)
+                self._write_queue.put(item, block=False)  # error: BlockStore._enqueue() uses a non-blocking put
         """,
     ]
 

@@ -56,7 +56,7 @@ class WriterItemOutsideBarrier(Rule):
             def _writer_loop(self):
                 while True:
                     item = self._write_queue.get()
-                    self._process_item(item)  # no barrier: cleanup_all can run mid-item
+                    self._process_item(item)  # no barrier: cleanup_all can run mid-item  # error: processes a queue
         """,
         # the shape the fuzzer finds: barrier taken after get() but the item is never re-checked under it
         """
@@ -67,7 +67,7 @@ class WriterItemOutsideBarrier(Rule):
                 while True:
                     item = self._write_queue.get()
                     with self._writer_busy:
-                        self._process_item(item)
+                        self._process_item(item)  # error: _process_item() never re-checks under it
 
             def _process_item(self, item):
                 os.makedirs(item.dir, exist_ok=True)

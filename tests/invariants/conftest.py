@@ -1,11 +1,14 @@
-"""Collect each rule's inline VALID/INVALID samples as pytest items (`TW202::INVALID[1]`), plus helpers."""
+"""Collect each rule's inline VALID/INVALID samples as pytest items (`TW202::INVALID[1]`), plus helpers.
+
+An INVALID sample must produce exactly the findings its markers pin (line, rule, severity, message
+fragment; see `invariants.samples`); a VALID one none."""
 
 from __future__ import annotations
 
 import pytest
 
-from tripwire.invariants.api import check_source
 from tripwire.invariants.registry import all_rules
+from tripwire.invariants.samples import verify_sample
 
 def pytest_collect_file(file_path, parent):
     if file_path.name == "rule_samples.tripwire":
@@ -40,16 +43,9 @@ class SampleItem(pytest.Item):
         self.rule, self.kind, self.sample = rule, kind, sample
 
     def runtest(self):
-        res = check_source(self.sample.code, self.sample.path, rules={self.rule.name: self.sample.options})
-        crashed = [f for f in res.findings if f.rule == "internal-error"]
-        if crashed:
-            raise SampleFailure(f"checker crashed: {crashed[0].message}")
-        mine = [f for f in res.findings if f.rule == self.rule.name]
-        if self.kind == "VALID" and mine:
-            raise SampleFailure("VALID sample produced findings:\n" + "\n".join(
-                f"  line {f.line}: {f.message}" for f in mine))
-        if self.kind == "INVALID" and not mine:
-            raise SampleFailure("INVALID sample produced no finding")
+        problems = verify_sample(self.rule, self.kind, self.sample)
+        if problems:
+            raise SampleFailure("\n".join(f"  {p}" for p in problems))
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, SampleFailure):

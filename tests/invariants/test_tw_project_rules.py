@@ -48,3 +48,59 @@ def test_busy_error_contract_resolves_base_class_in_another_file(proj, capsys):
                           proj, capsys)
     [f] = json_findings(out)
     assert rc == 1 and f["path"] == "pkg/busy.py" and "HTTP status is 500" in f["message"]
+
+
+def test_loop_mutates_worker_state_follows_calls_across_files(proj, capsys):
+    """The worker thread starts in one file and reaches, through an imported helper and an inherited method
+    defined in a third file, a write the event loop also makes."""
+    write(proj, "pkg/base.py", """
+        class BaseEngine:
+            async def start(self):
+                raise NotImplementedError
+
+            def _advance(self):
+                self.batch = self.batch[1:]
+    """)
+    write(proj, "pkg/loop.py", """
+        def drive(engine):
+            while True:
+                engine.step()
+    """)
+    write(proj, "pkg/engine.py", """
+        import threading
+
+        from pkg.base import BaseEngine
+        from pkg.loop import drive
+
+        class Engine(BaseEngine):
+            def start(self):
+                threading.Thread(target=self._run, daemon=True).start()
+
+            def _run(self):
+                drive(self)
+                self._advance()
+
+            async def cancel_all(self):
+                self.batch = []
+    """)
+    rc, out, _ = run_main(["check", "pkg", "--no-cache", "--format", "json", "--select",
+                           "loop-mutates-worker-state"], proj, capsys)
+    [f] = json_findings(out)
+    assert rc == 1 and f["path"] == "pkg/engine.py" and f["line"] == 15, f
+    assert "Engine.batch is written on the event loop in Engine.cancel_all()" in f["message"]
+    assert "BaseEngine._advance() (pkg/base.py:6, running under Engine._run())" in f["message"]
+    # the same write under a lock shared by both sides is quiet
+    write(proj, "pkg/base.py", """
+        class BaseEngine:
+            async def start(self):
+                raise NotImplementedError
+
+            def _advance(self):
+                with self._state_lock:
+                    self.batch = self.batch[1:]
+    """)
+    write(proj, "pkg/engine.py", (proj / "pkg/engine.py").read_text().replace(
+        "        self.batch = []", "        with self._state_lock:\n            self.batch = []"))
+    rc, out, _ = run_main(["check", "pkg", "--no-cache", "--format", "json", "--select",
+                           "loop-mutates-worker-state"], proj, capsys)
+    assert rc == 0 and json_findings(out) == []

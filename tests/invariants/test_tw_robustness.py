@@ -15,6 +15,7 @@ _RULES = from_table({"rules": {
     "undocumented-lock": {}, "mlx-off-worker": {}, "busy-error-contract": {},
     "cleanup-without-writer-barrier": {"classes": ["*"]}, "writer-item-outside-barrier": {"classes": ["*"]},
     "write-queue-put-nowait": {"classes": ["*"]}, "unbounded-barrier-acquire": {"classes": ["*"]},
+    "finish-after-yield": {},
 }}, __import__("pathlib").Path("."), None).enabled_rules()
 _FILE = [r for r in _RULES if not r.project and not r.meta]
 _PROJ = [r for r in _RULES if r.project and not r.meta]

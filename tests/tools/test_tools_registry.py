@@ -12,7 +12,8 @@ from tripwire.tools.regressions.prove import ROOT
 
 REQUIRED = ("TW-SERIAL-MLX", "TW-ADMISSION", "TW-CANCEL-DRAIN", "TW-NO-NESTED-LOCK", "TW-MLX-WORKER",
             "TW-DRAIN-ERRORS-LOGGED", "TW-BUSY-503", "TW-STOP-DRAINS", "TW-CACHE-WRITER-BARRIER", "TW-CACHE-COUNTER",
-            "TW-CACHE-QUEUE", "TW-CACHE-ENOSPC", "TW-PREFIX-KEY", "TW-TEST-HYGIENE")
+            "TW-CACHE-QUEUE", "TW-CACHE-ENOSPC", "TW-PREFIX-KEY", "TW-TEST-HYGIENE",
+            "TW-HEALTH-LIVENESS")
 
 
 def test_every_required_invariant_is_registered_once():

@@ -241,6 +241,37 @@ class _NoDrain(Codemod):
         return updated
 
 
+# -- the serialized runner blocks the event loop ------------------------------------------------------------
+class _RunnerBlocksLoop(Codemod):
+    target = ("SimpleEngine._run_serialized: `fut = asyncio.wrap_future(self._worker.submit(fn, *args))` and "
+              "`return await asyncio.shield(fut)`")
+    expected_hits = 2
+
+    def leave_SimpleStatementLine(self, original, updated):
+        if not self.inside("SimpleEngine", "_run_serialized"):
+            return updated
+        if matches_line(original, "fut = asyncio.wrap_future(self._worker.submit(fn, *args))"):
+            return self.hit(stmt("fut = self._worker.submit(fn, *args)\n")
+                            .with_changes(leading_lines=updated.leading_lines))
+        if matches_line(original, "return await asyncio.shield(fut)"):
+            return self.hit(stmt("return fut.result()  # the worker's future, waited for on the loop\n")
+                            .with_changes(leading_lines=updated.leading_lines))
+        return updated
+
+
+# -- drain without an abort signal --------------------------------------------------------------------------
+class _DrainWithoutAbort(Codemod):
+    target = ("SimpleEngine._run_serialized: `if req is not None: req.abort.set()` in the CancelledError handler "
+              "before `await self._drain(req, fut)`")
+
+    def leave_If(self, original, updated):
+        if self.inside("SimpleEngine", "_run_serialized") and " ".join(
+                cst.Module(body=[]).code_for_node(original).split()) == "if req is not None: req.abort.set()":
+            self.hit(None)
+            return cst.RemoveFromParent()
+        return updated
+
+
 # -- 13. stop() that does not abort active requests -------------------------------------------------------
 class _StopDoesNotAbort(Codemod):
     target = "SimpleEngine.stop: `for req in list(self._active.values()): req.abort.set()`"
@@ -424,6 +455,29 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         tests=(f"{T_CAN}::test_cancel_inside_a_step_then_second_request_waits_for_the_worker",
                f"{T_CAN}::test_fail_fast_rejects_while_a_cancelled_request_drains"),
         fuzz=("cancel-serialization",),
+    ),
+    Regression(
+        name="serialized-runner-blocks-loop",
+        invariants=("TW-SERIAL-MLX",),
+        origin=SEED_001,
+        description=(
+            "The serialized runner waits for the MLX worker's concurrent future with `.result()` on the event "
+            "loop instead of awaiting it: every generation freezes the loop, so no other request is admitted or "
+            "rejected, /health stops answering and disconnects go unnoticed until the job ends."),
+        edits=(Edit(SIMPLE, _RunnerBlocksLoop),),
+        rules=("blocking-wait-on-loop",),
+        fuzz=("cancel-serialization",),
+    ),
+    Regression(
+        name="drain-without-abort-signal",
+        invariants=("TW-CANCEL-DRAIN",),
+        origin=SEED_001,
+        description=(
+            "The serialized runner still drains the worker on cancellation, but no longer sets the request's abort "
+            "event first: a client that went away after one token keeps `_generation_lock` (and the slot) for the "
+            "whole max_tokens job, and every other request gets 503s or waits behind a generation nobody reads."),
+        edits=(Edit(SIMPLE, _DrainWithoutAbort),),
+        rules=("drain-without-abort",),
     ),
     Regression(
         name="stop-does-not-abort",

@@ -73,7 +73,7 @@ INVARIANTS: tuple[Invariant, ...] = (
         "A client disconnect cancels the awaiting task, but the MLX worker may still be mid-step: the lock and the "
         "admission slot outlive it, so the next request never enters MLX concurrently.",
         f"{SEED_001} (PR #8: Metal 'command encoder is already encoding'); project issue 2",
-        rules=("cancel-unsafe-offload", "swallowed-cancellation"),
+        rules=("cancel-unsafe-offload", "swallowed-cancellation", "drain-without-abort"),
         tests=(f"{T_CAN}::test_cancel_inside_a_step_then_second_request_waits_for_the_worker",
                f"{T_CAN}::test_fail_fast_rejects_while_a_cancelled_request_drains",
                f"{T_CAN}::test_cancelled_stream_stops_within_one_token",
@@ -191,6 +191,15 @@ INVARIANTS: tuple[Invariant, ...] = (
         "scenario when timing shifts — the ~20% flake of the seed's cleanup test.",
         f"{SEED_001} (PR #8 review, finding 2: unchecked first_started.wait); {SEED_002} (sleep-based flaky test)",
         rules=("unchecked-event-wait", "sleep-synchronization"),
+    ),
+    Invariant(
+        "TW-HEALTH-LIVENESS", "/health reflects the generation worker, not just the HTTP process",
+        "The health probe answers 503 once the engine stopped or its MLX worker thread ended, so a server whose "
+        "worker died is taken out of rotation instead of answering 200 while no request can complete.",
+        f"{SEED_001} (review finding 1: the MTP stream deadlock hung every text-only stream while the process stayed "
+        "up); project issue 11 (field corpus: constant-OK health routes in real MLX servers)",
+        rules=("health-without-liveness",),
+        tests=("tests/server/test_server_health.py::test_health_is_503_once_the_mlx_worker_thread_died",),
     ),
 )
 

@@ -48,6 +48,23 @@ class _AdmitInsideTheStream(Codemod):
         return updated
 
 
+class _HealthIgnoresWorker(Codemod):
+    target = "health: `down = engine.liveness()` and `if down is not None: return JSONResponse(..., 503)`"
+    expected_hits = 2
+
+    def leave_SimpleStatementLine(self, original, updated):
+        if self.inside("health") and matches_line(original, "down = engine.liveness()"):
+            self.hit(None)
+            return cst.RemoveFromParent()
+        return updated
+
+    def leave_If(self, original, updated):
+        if self.inside("health") and code_of(original.test).strip() == "down is not None":
+            self.hit(None)
+            return cst.RemoveFromParent()
+        return updated
+
+
 SERVER_REGRESSIONS: tuple[Regression, ...] = (
     Regression(
         name="server-busy-500",
@@ -70,5 +87,17 @@ SERVER_REGRESSIONS: tuple[Regression, ...] = (
             "followed by an in-band error event, which clients do not retry."),
         edits=(Edit(APP, _AdmitInsideTheStream),),
         tests=(f"{T_HTTP}::test_stream_arriving_while_busy_gets_real_503",),
+    ),
+    Regression(
+        name="health-ignores-worker",
+        invariants=("TW-HEALTH-LIVENESS",),
+        origin="seeds/001_711d17b0cbcfb0be.txt (MTP stream deadlock: process up, nothing completes); issue 11 field",
+        description=(
+            "`/health` answers a constant `{\"status\": \"ok\"}` again: once the MLX worker thread died (or the "
+            "engine stopped) the probe stays green, load balancers keep routing to the server and no request "
+            "completes."),
+        edits=(Edit(APP, _HealthIgnoresWorker),),
+        rules=("health-without-liveness",),
+        tests=("tests/server/test_server_health.py::test_health_is_503_once_the_mlx_worker_thread_died",),
     ),
 )
