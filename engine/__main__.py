@@ -55,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer KEY' on /v1/* (env TRIPWIRE_API_KEY)")
     s.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback --host without --api-key")
-    s.add_argument("--cache-dir", default=None, help="engine cache directory (default: user cache dir)")
+    cache = s.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="SSD prefix-cache directory (default: the user cache dir, e.g. ~/.cache/tripwire/engine)")
+    cache.add_argument("--no-cache", action="store_true", help="serve without the SSD prefix cache")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -68,12 +71,20 @@ def engine_kwargs(args: argparse.Namespace, engine_cls: Any) -> dict[str, Any]:
     params = inspect.signature(engine_cls).parameters
     if args.admission == "wait" and "max_wait_s" in params:
         kw["max_wait_s"] = args.max_wait_s
-    if "cache_dir" in params:
+    if "cache_dir" in params and not getattr(args, "no_cache", False):
         kw["cache_dir"] = str(Path(args.cache_dir).expanduser()) if args.cache_dir else str(default_cache_dir())
     return kw
 
 
 def serve(args: argparse.Namespace) -> int:
+    from tripwire.engine.server.auth import validate_api_key
+
+    try:
+        validate_api_key(args.api_key)
+    except ValueError as exc:
+        print(f"error: {exc}; pass the key exactly as clients send it in 'Authorization: Bearer KEY'",
+              file=sys.stderr)
+        return 2
     if not is_loopback(args.host) and not args.api_key and not args.allow_unauthenticated:
         print(f"error: refusing to bind {args.host} (not loopback) without --api-key; "
               "pass --api-key KEY or --allow-unauthenticated", file=sys.stderr)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 _MAX_REQUEST_ID_LEN = 128
 _ENCODE_MEMO_SIZE = 16
+DEFAULT_STALL_AFTER_S = 60.0  # health(): an admitted request silent this long means the worker is stuck
 
 
 @dataclass(eq=False)
@@ -39,6 +40,8 @@ class _Request:
     max_tokens: int
     temperature: float
     started: float = field(default_factory=time.monotonic)
+    # Last sign of life (admission, then each token; written on the worker): health() reports a stall.
+    progress_at: float = field(default_factory=time.monotonic)
     completion_tokens: int = 0
     abort: threading.Event = field(default_factory=threading.Event)
 
@@ -200,6 +203,26 @@ class SimpleEngine:
             "cache": self._backend.prefix_cache.stats() if self._backend.prefix_cache is not None else None,
         }
 
+    def health(self, stall_after_s: float = DEFAULT_STALL_AFTER_S, now: float | None = None) -> dict[str, str]:
+        """Liveness for a health endpoint; reads plain attributes only (no lock, no MLX), safe on the loop.
+
+        `{"status": "ok"}` while running with a live MLX worker and no admitted request silent for more than
+        `stall_after_s` (no token since admission or since its last token); otherwise
+        `{"status": "unhealthy", "reason": ...}`. `now` (monotonic) is for tests.
+        """
+        if self._state != "running":
+            return {"status": "unhealthy", "reason": f"engine is {self._state}"}
+        if not self._worker.is_alive():
+            return {"status": "unhealthy", "reason": f"MLX worker thread {self._worker.name!r} is not running"}
+        now = time.monotonic() if now is None else now
+        for req in list(self._active.values()):
+            silent = now - req.progress_at
+            if silent > stall_after_s:
+                return {"status": "unhealthy",
+                        "reason": f"request {req.id!r} made no progress for {silent:.1f}s "
+                                  f"(deadline {stall_after_s:g}s)"}
+        return {"status": "ok"}
+
     # -- request plumbing ------------------------------------------------------------------------
     def _check_running(self) -> None:
         if self._state != "running":
@@ -273,7 +296,7 @@ class SimpleEngine:
         if self._state != "running":  # wait mode: handed the slot while stop() was draining
             self._admission.release(req)
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
-        req.started = time.monotonic()
+        req.started = req.progress_at = time.monotonic()
         self._active[req.id] = req
         self.totals["admitted"] += 1
 
@@ -285,6 +308,7 @@ class SimpleEngine:
     def _job(self, req: _Request, emit: Callable[[int], None]) -> GenerationJob:
         def counted(token: int) -> None:
             req.completion_tokens += 1
+            req.progress_at = time.monotonic()
             emit(token)
 
         return GenerationJob(req.id, req.prompt_ids, req.max_tokens, req.temperature, req.abort, counted)
