@@ -32,6 +32,20 @@ _ENCODE_MEMO_SIZE = 16
 DEFAULT_STALL_AFTER_S = 60.0  # health(): an admitted request silent this long means the worker is stuck
 
 
+class _AbortFlag(threading.Event):
+    """A request's abort flag that remembers when it was first set (`set_at`, monotonic): admission measures
+    the drain (abort -> slot release) with it and bases a busy answer's retry_after on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_at: float | None = None
+
+    def set(self) -> None:
+        if self.set_at is None:
+            self.set_at = time.monotonic()
+        super().set()
+
+
 @dataclass(eq=False)
 class _Request:
     id: str
@@ -43,7 +57,7 @@ class _Request:
     # Last sign of life (admission, then each token; written on the worker): health() reports a stall.
     progress_at: float = field(default_factory=time.monotonic)
     completion_tokens: int = 0
-    abort: threading.Event = field(default_factory=threading.Event)
+    abort: threading.Event = field(default_factory=_AbortFlag)
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "prompt_tokens": len(self.prompt_ids),
@@ -227,6 +241,10 @@ class SimpleEngine:
     def _check_running(self) -> None:
         if self._state != "running":
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
+
+    def would_reject(self) -> bool:
+        """True if `reject_if_busy()` would raise EngineBusy now (no side effects, no counting)."""
+        return self._state == "running" and self._admission.would_reject()
 
     def reject_if_busy(self) -> None:
         """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes)."""
@@ -432,6 +450,12 @@ class GenerationStream:
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+    def abort(self) -> None:
+        """Ask the worker to stop generating now, without waiting (safe from any loop callback). The slot
+        is still released only by the stream's own job after the worker returned; `aclose()` waits for that."""
+        if not self._task.done():
+            self._req.abort.set()
 
     async def aclose(self) -> None:
         self._finished = True

@@ -9,6 +9,7 @@ So a busy or oversized *streaming* request gets a real 503/413 status, never a 2
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import inspect
 import logging
@@ -42,6 +43,7 @@ log = logging.getLogger("tripwire.server")
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
+_SETTLE_LOOP_ITERATIONS = 4  # EOF -> connection_lost -> disconnect message -> stream listener aborts
 DEFAULT_HEALTH_STALL_S = 60.0  # /health: an admitted request without a token this long -> 503 unhealthy
 
 
@@ -310,6 +312,13 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
                        param=max_field)
     try:
         reject_if_busy = getattr(engine, "reject_if_busy", None)
+        would_reject = getattr(engine, "would_reject", None)
+        if would_reject is not None and would_reject():
+            # The holder's client may have just gone: its EOF can sit in this very loop iteration, behind us.
+            # Let the loop run a few callbacks (no timer) so that disconnect lands (the engine then knows the
+            # holder is draining and admission waits the few ms for it) before deciding busy.
+            for _ in range(_SETTLE_LOOP_ITERATIONS):
+                await asyncio.sleep(0)
         if reject_if_busy is not None:
             reject_if_busy()  # busy answers stay cheap: no chat-template render, no tokenizer call
         prompt_tokens = count()
@@ -350,7 +359,7 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
             lambda: _sse_events(gs, ctx, chat=chat, cid=cid, created=created, model=model,
                                 prompt_tokens=prompt_tokens, include_usage=include_usage),
             gs.aclose, headers={"X-Request-Id": ctx.id},
-            on_disconnect=lambda: setattr(ctx, "cancelled", True))
+            on_disconnect=lambda: setattr(ctx, "cancelled", True), abort_now=getattr(gs, "abort", None))
 
     call = engine.chat(messages, **kw) if chat else engine.generate(prompt, **kw)
     try:
