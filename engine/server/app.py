@@ -277,6 +277,13 @@ def _model_card(st: ServerState) -> dict[str, Any]:
     return {"id": st.model_name, "object": "model", "created": st.created, "owned_by": "tripwire"}
 
 
+async def _count_tokens(engine: Any, **prompt: Any) -> int:
+    count_async = getattr(engine, "count_prompt_tokens_async", None)
+    if count_async is not None:
+        return await count_async(**prompt)
+    return engine.count_prompt_tokens(**prompt)
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -300,12 +307,12 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         what, default = "messages", st.default_chat_max_tokens
-        count = lambda: engine.count_prompt_tokens(messages=messages)  # noqa: E731
+        count = lambda: _count_tokens(engine, messages=messages)  # noqa: E731
     else:
         prompt = req.prompt_text()
         requested, max_field = req.max_tokens, "max_tokens"
         what, default = "prompt", DEFAULT_COMPLETION_MAX_TOKENS
-        count = lambda: engine.count_prompt_tokens(prompt=prompt)  # noqa: E731
+        count = lambda: _count_tokens(engine, prompt=prompt)  # noqa: E731
 
     if requested is not None and requested > cap:
         raise ApiError(400, "invalid_request", f"invalid '{max_field}': must be <= {cap}, got {requested}",
@@ -321,7 +328,7 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
                 await asyncio.sleep(0)
         if reject_if_busy is not None:
             reject_if_busy()  # busy answers stay cheap: no chat-template render, no tokenizer call
-        prompt_tokens = count()
+        prompt_tokens = await count()  # a long prompt is tokenized off the loop
     except Exception as exc:
         err = _engine_error(exc, ctx)
         if err is None:
