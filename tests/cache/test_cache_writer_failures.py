@@ -15,11 +15,11 @@ import os
 import pytest
 
 from cache_helpers import OsProxy, block, h
-from engine.cache import block_store as bs_mod
-from engine.cache import safetensors_io as stio
-from engine.cache import snapshot_store as ss_mod
-from engine.cache.block_store import BlockStore
-from engine.cache.snapshot_store import SnapshotStore
+from tripwire.engine.cache import block_store as bs_mod
+from tripwire.engine.cache import safetensors_io as stio
+from tripwire.engine.cache import snapshot_store as ss_mod
+from tripwire.engine.cache.block_store import BlockStore
+from tripwire.engine.cache.snapshot_store import SnapshotStore
 
 SIG = "sig-fail"
 
