@@ -59,8 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", default=None, metavar="DIR",
                        help="SSD prefix-cache directory (default: the user cache dir, e.g. ~/.cache/tripwire/engine)")
     cache.add_argument("--no-cache", action="store_true", help="serve without the SSD prefix cache")
+    lim = s.add_argument_group("client deadlines and limits")
+    lim.add_argument("--header-timeout", type=_positive, default=10.0, metavar="S",
+                     help="request headers must arrive within S seconds, else 408 + close (default 10)")
+    lim.add_argument("--body-timeout", type=_positive, default=30.0, metavar="S",
+                     help="the request body must arrive within S seconds, else 408 + close (default 30)")
+    lim.add_argument("--max-connections", type=int, default=512, metavar="N",
+                     help="open connections; beyond N a connection gets an immediate 503 and is closed (default 512)")
+    lim.add_argument("--keep-alive", type=_positive, default=5.0, metavar="S",
+                     help="close an idle keep-alive connection after S seconds (default 5)")
+    lim.add_argument("--shutdown-timeout", type=_positive, default=5.0, metavar="S",
+                     help="on SIGTERM, cancel requests still running after S seconds; the engine then drains "
+                          "within its own bound (default 5)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
+
+
+def _positive(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return f
 
 
 def engine_kwargs(args: argparse.Namespace, engine_cls: Any) -> dict[str, Any]:
@@ -94,6 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tripwire.engine import SimpleEngine
+    from tripwire.engine.server.serving import ClientLimits, server_config
     from tripwire.engine.errors import EngineError
     from tripwire.engine.server import create_app
     from tripwire.engine.tiny_model import ensure_tiny_model
@@ -104,8 +127,17 @@ def serve(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(eng, api_key=args.api_key, max_memory=args.max_memory, max_body_bytes=args.max_body_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    try:
+        limits = ClientLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                              max_connections=args.max_connections, keep_alive_s=args.keep_alive,
+                              graceful_shutdown_s=args.shutdown_timeout)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(eng, api_key=args.api_key, max_memory=args.max_memory, max_body_bytes=args.max_body_bytes,
+                     body_timeout_s=limits.body_timeout_s)
+    uvicorn.Server(server_config(app, host=args.host, port=args.port, limits=limits,
+                                 log_level=args.log_level)).run()
     return 0
 
 

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 
 from tripwire.engine.server.auth import authorize, validate_api_key
 from tripwire.engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
-from tripwire.engine.server.framing import RequestFramingMiddleware
+from tripwire.engine.server.framing import BodyDeadlineMiddleware, RequestFramingMiddleware
 from tripwire.engine.server.preflight import (DEFAULT_PREFILL_CHUNK, ModelMemoryShape, PrefillMemoryExceeded,
                                      check_prefill_memory, estimate_prefill_peak_bytes, resolve_memory_limit)
 from tripwire.engine.server.reqlog import RequestLog, RequestLogMiddleware
@@ -143,12 +143,14 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_tokens_limit: int | None = None,
                default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
                memory_probe: Callable[[], int] | None = None, manage_engine: bool = True,
-               health_stall_s: float = DEFAULT_HEALTH_STALL_S) -> FastAPI:
+               health_stall_s: float = DEFAULT_HEALTH_STALL_S, body_timeout_s: float = 30.0) -> FastAPI:
     """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``.
 
     Raises:
         ValueError: an API key a client could never send (see ``validate_api_key``), or a bad memory limit.
     """
+    if not body_timeout_s > 0:
+        raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s!r}")
     st = ServerState(engine=engine, api_key=validate_api_key(api_key), memory_limit=resolve_memory_limit(max_memory),
                      max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
                      default_chat_max_tokens=default_chat_max_tokens, prefill_chunk=prefill_chunk,
@@ -167,6 +169,7 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     app = FastAPI(title="tripwire", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible server with fail-fast admission (busy -> 503 + Retry-After).")
     app.state.server = st
+    app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=body_timeout_s)
     app.add_middleware(RequestFramingMiddleware)
     app.add_middleware(RequestLogMiddleware, stats=st.stats)  # added last = outermost: logs every answer
 
@@ -218,7 +221,9 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
         """The engine's status() (generation_lock, slot holder, busy_rejections, waiters, active...) plus
         server counters."""
         _authorize(request, st)
-        return {**engine.status(), "server": st.stats.snapshot(),
+        guard = getattr(app.state, "connection_guard", None)
+        server = {**st.stats.snapshot(), **(guard.stats() if guard is not None else {})}
+        return {**engine.status(), "server": server,
                 "limits": {"memory_limit_bytes": st.memory_limit, "max_body_bytes": st.max_body_bytes,
                            "max_tokens": _max_tokens_cap(st)}}
 

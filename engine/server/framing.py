@@ -1,4 +1,4 @@
-"""Request-framing checks the HTTP parser leaves to the application.
+"""Request-framing checks the HTTP parser leaves to the application: ambiguous framing and the body deadline.
 
 h11 accepts a request carrying both `Content-Length` and `Transfer-Encoding` (it frames the body by
 `Transfer-Encoding`). A proxy in front may frame it by `Content-Length` instead: the classic request-smuggling
@@ -8,7 +8,9 @@ is what this middleware does (400 `invalid_request`, `Connection: close`) before
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tripwire.engine.server.errors import ApiError, error_response
 
@@ -32,3 +34,44 @@ class RequestFramingMiddleware:
                 await error_response(err, request_id=getattr(ctx, "id", None))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class BodyDeadlineMiddleware:
+    """The whole request body must arrive within `body_timeout_s` of the request's start.
+
+    uvicorn has no body-read deadline: a client that sends its headers and then trickles (or never sends) the
+    body holds a request task forever, and a SIGTERM waits for it. A late body is answered
+    `408 request_timeout` with `Connection: close` (the rest of the body is never read). Once the body is
+    complete, `receive()` is passed through untouched (it then only reports a disconnect, with no deadline).
+    """
+
+    def __init__(self, app: ASGIApp, body_timeout_s: float) -> None:
+        if not body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s!r}")
+        self.app = app
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise ApiError(408, "request_timeout", f"the request body was not received within "
+                               f"{self.body_timeout_s:g}s of the request's start",
+                               headers={"Connection": "close"}) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, timed_receive, send)
