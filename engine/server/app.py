@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP server over ``SimpleEngine``.
 
 Order of checks for a generation request (all before any response byte is sent):
-auth -> body size / UTF-8 / JSON -> field validation -> busy pre-check (a fail_fast engine that is busy answers
-503 here, before any tokenizing) -> tokenize + context length -> memory preflight -> admission (``open_stream`` /
+framing (CL + TE -> 400) -> auth -> body size + deadline / UTF-8 / JSON -> field validation -> model (404) ->
+busy pre-check (a fail_fast engine that is busy answers 503 here, before any tokenizing; a holder that is only
+draining is waited for by admission) -> tokenize (long prompts off the loop) + context length -> memory preflight -> admission (``open_stream`` /
 ``generate`` raise ``EngineBusy`` here, authoritatively) -> stream or answer.
 So a busy or oversized *streaming* request gets a real 503/413 status, never a 200 followed by an error.
 """
