@@ -179,3 +179,25 @@ async def test_would_reject_is_a_pure_query_matching_precheck():
     assert not ctl.would_reject()
     ctl.precheck()
     assert AdmissionController("wait", clock=clock).would_reject() is False
+
+
+@pytest.mark.parametrize("mode", ["fail_fast", "wait"])
+@pytest.mark.parametrize("holder_state", ["free", "busy", "aborting"])
+@pytest.mark.parametrize("waiting", [0, 1])
+def test_would_reject_agrees_with_precheck_in_every_state(mode, holder_state, waiting):
+    """`would_reject()` is documented as "what precheck would decide now": check every combination of slot
+    holder (none, generating, aborting) and waiter deque (empty or not, even a stale entry with no holder)."""
+    clock = Clock()
+    ctl = AdmissionController(mode, clock=clock)
+    if holder_state != "free":
+        ctl._take(make(clock))
+        if holder_state == "aborting":
+            ctl.holder.abort.set()
+    for i in range(waiting):
+        ctl._waiters.append((object(), make(clock, f"w{i}")))  # precheck never touches the future
+    try:
+        ctl.precheck()
+        rejected = False
+    except EngineBusy:
+        rejected = True
+    assert ctl.would_reject() is rejected
