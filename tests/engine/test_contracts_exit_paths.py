@@ -194,3 +194,26 @@ def test_exit_hook_runs_mlx_cleanup_on_the_worker_thread(tiny_model_path, monkey
     w.submit(backend.load).result(60)
     assert w.stop(30)
     assert calls[-2:] == [("synchronize", "hook-worker"), ("clear_streams", "hook-worker")], calls
+
+
+def test_every_request_stop_caller_is_told_when_the_worker_ended():
+    """A second (third...) request_stop() while the first is still draining gets its own future, resolved
+    together with the first one once the exit hook has run."""
+    hook_ran = threading.Event()
+    w = MLXWorker(name="stop-twice", on_exit=hook_ran.set)
+    w.start()
+    entered, release = threading.Event(), threading.Event()
+
+    def gate():
+        entered.set()
+        assert release.wait(10)
+
+    job = w.submit(gate)
+    assert entered.wait(10)
+    first, second, third = w.request_stop(), w.request_stop(), w.request_stop()
+    assert len({id(first), id(second), id(third)}) == 3
+    assert not first.done() and not second.done() and not third.done()
+    release.set()
+    for f in (first, second, third):
+        assert f.result(10) is None
+    assert hook_ran.is_set() and job.done() and w.join(5)
