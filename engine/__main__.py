@@ -55,9 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require 'Authorization: Bearer KEY' on /v1/* (env TRIPWIRE_API_KEY)")
     s.add_argument("--allow-unauthenticated", action="store_true",
                    help="allow a non-loopback --host without --api-key")
-    s.add_argument("--cache-dir", default=None, help="engine cache directory (default: user cache dir)")
+    cache = s.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", default=None, metavar="DIR",
+                       help="SSD prefix-cache directory (default: the user cache dir, e.g. ~/.cache/tripwire/engine)")
+    cache.add_argument("--no-cache", action="store_true", help="serve without the SSD prefix cache")
+    lim = s.add_argument_group("client deadlines and limits")
+    lim.add_argument("--header-timeout", type=_positive, default=10.0, metavar="S",
+                     help="request headers must arrive within S seconds, else 408 + close (default 10)")
+    lim.add_argument("--body-timeout", type=_positive, default=30.0, metavar="S",
+                     help="the request body must arrive within S seconds, else 408 + close (default 30)")
+    lim.add_argument("--max-connections", type=int, default=512, metavar="N",
+                     help="open connections; beyond N a connection gets an immediate 503 and is closed (default 512)")
+    lim.add_argument("--keep-alive", type=_positive, default=5.0, metavar="S",
+                     help="close an idle keep-alive connection after S seconds (default 5)")
+    lim.add_argument("--shutdown-timeout", type=_positive, default=5.0, metavar="S",
+                     help="on SIGTERM, cancel requests still running after S seconds; the engine then drains "
+                          "within its own bound (default 5)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
+
+
+def _positive(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return f
 
 
 def engine_kwargs(args: argparse.Namespace, engine_cls: Any) -> dict[str, Any]:
@@ -68,12 +93,20 @@ def engine_kwargs(args: argparse.Namespace, engine_cls: Any) -> dict[str, Any]:
     params = inspect.signature(engine_cls).parameters
     if args.admission == "wait" and "max_wait_s" in params:
         kw["max_wait_s"] = args.max_wait_s
-    if "cache_dir" in params:
+    if "cache_dir" in params and not getattr(args, "no_cache", False):
         kw["cache_dir"] = str(Path(args.cache_dir).expanduser()) if args.cache_dir else str(default_cache_dir())
     return kw
 
 
 def serve(args: argparse.Namespace) -> int:
+    from tripwire.engine.server.auth import validate_api_key
+
+    try:
+        validate_api_key(args.api_key)
+    except ValueError as exc:
+        print(f"error: {exc}; pass the key exactly as clients send it in 'Authorization: Bearer KEY'",
+              file=sys.stderr)
+        return 2
     if not is_loopback(args.host) and not args.api_key and not args.allow_unauthenticated:
         print(f"error: refusing to bind {args.host} (not loopback) without --api-key; "
               "pass --api-key KEY or --allow-unauthenticated", file=sys.stderr)
@@ -83,6 +116,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tripwire.engine import SimpleEngine
+    from tripwire.engine.server.serving import ClientLimits, server_config
     from tripwire.engine.errors import EngineError
     from tripwire.engine.server import create_app
     from tripwire.engine.tiny_model import ensure_tiny_model
@@ -93,8 +127,17 @@ def serve(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(eng, api_key=args.api_key, max_memory=args.max_memory, max_body_bytes=args.max_body_bytes)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    try:
+        limits = ClientLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                              max_connections=args.max_connections, keep_alive_s=args.keep_alive,
+                              graceful_shutdown_s=args.shutdown_timeout)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(eng, api_key=args.api_key, max_memory=args.max_memory, max_body_bytes=args.max_body_bytes,
+                     body_timeout_s=limits.body_timeout_s)
+    uvicorn.Server(server_config(app, host=args.host, port=args.port, limits=limits,
+                                 log_level=args.log_level)).run()
     return 0
 
 

@@ -17,9 +17,17 @@ from .errors import EngineBusy, InvalidRequest
 
 MODES = ("fail_fast", "wait")
 MAX_WAIT_LIMIT_S = 2.0
+# fail_fast, holder already aborting: how long ONE arrival may wait for the drain to release the slot. The
+# drain takes ~10 ms (the worker finishes its step); without this the arrival gets a 503 telling it to
+# retry after the aborted request's remaining tokens. One waiter at most, so it never becomes a queue.
+DRAIN_GRACE_S = 0.05
+MIN_RETRY_AFTER_S = 0.01
 
 
 class SlotHolder(Protocol):
+    """What admission reads from a request. Optionally `abort` (a threading.Event; set = the request is
+    being aborted and drained) with `set_at` (when it was set, on the admission clock)."""
+
     id: str
     started: float
     completion_tokens: int
@@ -42,6 +50,7 @@ class AdmissionController:
         self.admitted = 0
         self._waiters: collections.deque[tuple[asyncio.Future, SlotHolder]] = collections.deque()
         self.seconds_per_token = 0.01  # refined from finished requests; only feeds Retry-After
+        self.drain_s = 0.02  # abort -> release, refined from aborted requests; feeds Retry-After while draining
 
     @property
     def waiters(self) -> int:
@@ -50,6 +59,8 @@ class AdmissionController:
     async def admit(self, req: SlotHolder) -> None:
         if self.holder is None and not self._waiters:
             self._take(req)
+            return
+        if self._drain_wait_allowed() and await self._await_drain(req):
             return
         if self.mode == "fail_fast":
             self._reject()
@@ -72,17 +83,55 @@ class AdmissionController:
         if self.holder is not req:  # the deadline passed before release() handed the slot over
             self._reject()
 
+    def _holder_aborting(self) -> bool:
+        abort = getattr(self.holder, "abort", None)
+        return abort is not None and abort.is_set()
+
+    def _drain_wait_allowed(self) -> bool:
+        return self.mode == "fail_fast" and not self._waiters and self._holder_aborting()
+
+    async def _await_drain(self, req: SlotHolder) -> bool:
+        """Wait at most DRAIN_GRACE_S for the aborting holder's release (direct handoff). True = admitted.
+        A cancelled waiter leaves the deque and passes on a slot it was handed."""
+        waiter = (asyncio.get_running_loop().create_future(), req)
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(DRAIN_GRACE_S):
+                await waiter[0]
+        except TimeoutError:
+            pass
+        except BaseException:
+            if self.holder is req:
+                self.release(req)
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return self.holder is req
+
+    def would_reject(self) -> bool:
+        """What `precheck` would decide now, without counting a rejection (a pure query)."""
+        return (self.mode == "fail_fast" and not self._drain_wait_allowed()
+                and (self.holder is not None or bool(self._waiters)))
+
     def precheck(self) -> None:
         """fail_fast: reject a request at once when the slot is taken, before any per-request work (tokenizing,
-        templating) so busy answers stay cheap under load. Changes nothing when the slot is free; `admit`
-        remains the authoritative decision."""
+        templating) so busy answers stay cheap under load. Changes nothing when the slot is free or is held only
+        by a request already aborting (its release is milliseconds away: `admit` waits for it, bounded);
+        `admit` remains the authoritative decision."""
+        if self._drain_wait_allowed():
+            return
         if self.mode == "fail_fast" and (self.holder is not None or self._waiters):
             self._reject()
 
     def release(self, req: SlotHolder) -> None:
         if self.holder is not req:
             return
-        elapsed = self._clock() - req.started
+        now = self._clock()
+        elapsed = now - req.started
+        aborted_at = getattr(getattr(req, "abort", None), "set_at", None)
+        if aborted_at is not None:
+            self.drain_s = 0.8 * self.drain_s + 0.2 * max(0.0, now - aborted_at)
         if req.completion_tokens > 0:
             self.seconds_per_token = 0.8 * self.seconds_per_token + 0.2 * (elapsed / req.completion_tokens)
         self.holder = None
@@ -103,9 +152,15 @@ class AdmissionController:
                 "completion_tokens": h.completion_tokens, "max_tokens": h.max_tokens}
 
     def retry_after_s(self) -> float:
+        """Seconds until the slot is likely free, rounded up to hundredths: the measured drain time still to
+        go when the holder is aborting, otherwise its remaining tokens at the measured seconds per token."""
         h = self.holder
         if h is None:
             return 0.0
+        aborted_at = getattr(getattr(h, "abort", None), "set_at", None)
+        if self._holder_aborting() and aborted_at is not None:
+            left = self.drain_s - (self._clock() - aborted_at)
+            return max(MIN_RETRY_AFTER_S, math.ceil(round(left * 100, 6)) / 100)
         remaining = max(0, h.max_tokens - h.completion_tokens)
         # round() first: 7 * 0.01 * 100 is 7.000000000000001 in floats, which ceil() would turn into 0.08.
         return max(0.05, math.ceil(round(remaining * self.seconds_per_token * 100, 6)) / 100)

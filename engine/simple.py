@@ -22,6 +22,7 @@ from .errors import ContextLengthExceeded, EngineStopped, InvalidRequest
 from .guard import MLXEntryGuard
 from .ids import new_request_id
 from .protocol import Backend, SupportsPrefixCache
+from .tokenizing import INLINE_BELOW_CHARS, TokenizerPool
 from .types import Delta, GenerationJob, GenerationResult
 from .worker import MLXWorker
 
@@ -29,6 +30,21 @@ log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant")
 _MAX_REQUEST_ID_LEN = 128
 _ENCODE_MEMO_SIZE = 16
+DEFAULT_STALL_AFTER_S = 60.0  # health(): an admitted request silent this long means the worker is stuck
+
+
+class _AbortFlag(threading.Event):
+    """A request's abort flag that remembers when it was first set (`set_at`, monotonic): admission measures
+    the drain (abort -> slot release) with it and bases a busy answer's retry_after on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_at: float | None = None
+
+    def set(self) -> None:
+        if self.set_at is None:
+            self.set_at = time.monotonic()
+        super().set()
 
 
 @dataclass(eq=False)
@@ -39,8 +55,10 @@ class _Request:
     max_tokens: int
     temperature: float
     started: float = field(default_factory=time.monotonic)
+    # Last sign of life (admission, then each token; written on the worker): health() reports a stall.
+    progress_at: float = field(default_factory=time.monotonic)
     completion_tokens: int = 0
-    abort: threading.Event = field(default_factory=threading.Event)
+    abort: threading.Event = field(default_factory=_AbortFlag)
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "prompt_tokens": len(self.prompt_ids),
@@ -71,7 +89,9 @@ class SimpleEngine:
         self._lock_holder: str | None = None
         self._lock_since = 0.0
         self._active: dict[str, _Request] = {}
-        self._encode_memo: dict[tuple, list[int]] = {}  # insertion order = LRU order
+        self._encode_memo: dict[tuple, list[int]] = {}  # insertion order = LRU order; touched on the loop only
+        # Long prompts are tokenized here (never on the loop, never on the MLX worker: tokenizing is not MLX).
+        self._tokenizer = TokenizerPool()
         self._jobs: set[asyncio.Task] = set()
         self._state = "created"
         self.totals = {"admitted": 0, "completed": 0, "cancelled": 0, "failed": 0}
@@ -95,6 +115,7 @@ class SimpleEngine:
         if self._state in ("stopping", "stopped"):
             return
         self._state = "stopping"
+        self._tokenizer.close()
         for req in list(self._active.values()):
             req.abort.set()
         jobs = list(self._jobs)
@@ -133,22 +154,26 @@ class SimpleEngine:
     # -- public generation API -----------------------------------------------------------------
     async def generate(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0,
                        request_id: str | None = None) -> GenerationResult:
+        await self._pretokenize(prompt=prompt)
         req = self._new_request("generate", self._encode_prompt(prompt), max_tokens, temperature, request_id)
         return await self._complete(req)
 
     async def chat(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0,
                    request_id: str | None = None) -> GenerationResult:
+        await self._pretokenize(messages=messages)
         req = self._new_request("chat", self._encode_messages(messages), max_tokens, temperature, request_id)
         return await self._complete(req)
 
     async def open_stream(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0,
                           request_id: str | None = None) -> "GenerationStream":
         """Admit now (EngineBusy raises here, before any token) and return the token stream."""
+        await self._pretokenize(prompt=prompt)
         req = self._new_request("stream", self._encode_prompt(prompt), max_tokens, temperature, request_id)
         return await self._open(req)
 
     async def open_chat_stream(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0,
                                request_id: str | None = None) -> "GenerationStream":
+        await self._pretokenize(messages=messages)
         req = self._new_request("chat_stream", self._encode_messages(messages), max_tokens, temperature, request_id)
         return await self._open(req)
 
@@ -169,23 +194,26 @@ class SimpleEngine:
             await stream.aclose()
 
     def count_prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
+        """Prompt tokens, tokenized on the calling thread (prefer `count_prompt_tokens_async` on a loop)."""
         if messages is not None:
             return len(self._encode_messages(messages, count_only=True))
         return len(self._encode_prompt(prompt, count_only=True))
 
+    async def count_prompt_tokens_async(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
+        """Prompt tokens; a long prompt is tokenized on the tokenizer executor, so the loop keeps serving.
+
+        The result is memoized: a following generate/open_stream of the same prompt does not tokenize again.
+
+        Raises:
+            EngineStopped, InvalidRequest: as `count_prompt_tokens`.
+            EngineBusy: `tokenizing.MAX_PENDING` long prompts are already being tokenized.
+        """
+        await self._pretokenize(prompt=prompt, messages=messages, count_only=True)
+        return self.count_prompt_tokens(prompt=prompt, messages=messages)
+
     @property
     def model_info(self) -> dict[str, Any]:
         return dict(self._backend.info)
-
-    def liveness(self) -> str | None:
-        """None while the engine runs and its MLX worker thread is alive; otherwise why it cannot serve.
-
-        Reads two flags only (no lock, no MLX): safe to call from the event loop at any time."""
-        if self._state != "running":
-            return f"engine is {self._state}"
-        if not self._worker.is_alive():
-            return "the MLX worker thread is not running"
-        return None
 
     def status(self) -> dict[str, Any]:
         locked = self._generation_lock.locked()
@@ -205,30 +233,75 @@ class SimpleEngine:
             "totals": dict(self.totals),
             "mlx_guard": {"enabled": self.guard.enabled, "entries": self.guard.entries, "trips": self.guard.trips},
             "worker": {"alive": self._worker.is_alive(), "jobs_run": self._worker.jobs_run},
+            "tokenizer": self._tokenizer.stats(),
             # Sampled on the worker after load and after each generation (never read from MLX here).
             "memory": dict(self._backend.memory),
             "cache": self._backend.prefix_cache.stats() if self._backend.prefix_cache is not None else None,
         }
+
+    def health(self, stall_after_s: float = DEFAULT_STALL_AFTER_S, now: float | None = None) -> dict[str, str]:
+        """Liveness for a health endpoint; reads plain attributes only (no lock, no MLX), safe on the loop.
+
+        `{"status": "ok"}` while running with a live MLX worker and no admitted request silent for more than
+        `stall_after_s` (no token since admission or since its last token); otherwise
+        `{"status": "unhealthy", "reason": ...}`. `now` (monotonic) is for tests.
+        """
+        if self._state != "running":
+            return {"status": "unhealthy", "reason": f"engine is {self._state}"}
+        if not self._worker.is_alive():
+            return {"status": "unhealthy", "reason": f"MLX worker thread {self._worker.name!r} is not running"}
+        now = time.monotonic() if now is None else now
+        for req in list(self._active.values()):
+            silent = now - req.progress_at
+            if silent > stall_after_s:
+                return {"status": "unhealthy",
+                        "reason": f"request {req.id!r} made no progress for {silent:.1f}s "
+                                  f"(deadline {stall_after_s:g}s)"}
+        return {"status": "ok"}
 
     # -- request plumbing ------------------------------------------------------------------------
     def _check_running(self) -> None:
         if self._state != "running":
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
 
+    def would_reject(self) -> bool:
+        """True if `reject_if_busy()` would raise EngineBusy now (no side effects, no counting)."""
+        return self._state == "running" and self._admission.would_reject()
+
     def reject_if_busy(self) -> None:
         """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes)."""
         self._check_running()
         self._admission.precheck()
 
-    def _encode_prompt(self, prompt: Any, count_only: bool = False) -> list[int]:
+    async def _pretokenize(self, prompt: Any = None, messages: Any = None, count_only: bool = False) -> None:
+        """Validate (and precheck busy unless `count_only`), then put the prompt's ids in the memo, tokenizing a
+        long prompt on the tokenizer executor. The synchronous `_encode_*` call that follows hits the memo."""
+        if messages is not None:
+            key, encode = self._messages_job(messages, count_only)
+            size = sum(len(m["content"]) for m in messages)
+        else:
+            key, encode = self._prompt_job(prompt, count_only)
+            size = len(prompt)
+        if key in self._encode_memo or size < INLINE_BELOW_CHARS:
+            return
+        ids = await self._tokenizer.run(encode)
+        self._encoded(key, lambda: ids)
+
+    def _prompt_job(self, prompt: Any, count_only: bool) -> tuple[tuple, Callable[[], list[int]]]:
         self._check_running()
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequest("prompt must be a non-empty string", field="prompt")
         if not count_only:
             self._admission.precheck()  # busy: reject before tokenizing
-        return self._encoded(("prompt", prompt), lambda: self._backend.encode(prompt))
+        return ("prompt", prompt), lambda: self._backend.encode(prompt)
+
+    def _encode_prompt(self, prompt: Any, count_only: bool = False) -> list[int]:
+        return self._encoded(*self._prompt_job(prompt, count_only))
 
     def _encode_messages(self, messages: Any, count_only: bool = False) -> list[int]:
+        return self._encoded(*self._messages_job(messages, count_only))
+
+    def _messages_job(self, messages: Any, count_only: bool) -> tuple[tuple, Callable[[], list[int]]]:
         self._check_running()
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest("messages must be a non-empty list", field="messages")
@@ -240,7 +313,7 @@ class SimpleEngine:
         if not count_only:
             self._admission.precheck()  # busy: reject before rendering the chat template
         key = ("chat", tuple((m["role"], m["content"]) for m in messages))
-        return self._encoded(key, lambda: self._backend.encode_chat(messages))
+        return key, lambda: self._backend.encode_chat(messages)
 
     def _encoded(self, key: tuple, encode: Callable[[], list[int]]) -> list[int]:
         # A server counts prompt tokens (preflight, context check) and then generates: encode once.
@@ -283,7 +356,7 @@ class SimpleEngine:
         if self._state != "running":  # wait mode: handed the slot while stop() was draining
             self._admission.release(req)
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
-        req.started = time.monotonic()
+        req.started = req.progress_at = time.monotonic()
         self._active[req.id] = req
         self.totals["admitted"] += 1
 
@@ -295,6 +368,7 @@ class SimpleEngine:
     def _job(self, req: _Request, emit: Callable[[int], None]) -> GenerationJob:
         def counted(token: int) -> None:
             req.completion_tokens += 1
+            req.progress_at = time.monotonic()
             emit(token)
 
         return GenerationJob(req.id, req.prompt_ids, req.max_tokens, req.temperature, req.abort, counted)
@@ -418,6 +492,12 @@ class GenerationStream:
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+    def abort(self) -> None:
+        """Ask the worker to stop generating now, without waiting (safe from any loop callback). The slot
+        is still released only by the stream's own job after the worker returned; `aclose()` waits for that."""
+        if not self._task.done():
+            self._req.abort.set()
 
     async def aclose(self) -> None:
         self._finished = True

@@ -42,7 +42,7 @@ class Stats:
 
 async def one_request(client: httpx.AsyncClient, a: argparse.Namespace, rng: random.Random, stats: Stats) -> float:
     """Returns seconds to wait before the next request (Retry-After when honoring it)."""
-    body = {"model": "tiny", "messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
+    body = {"messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
             "max_tokens": a.max_tokens, "stream": a.stream}
     url = a.url.rstrip("/") + "/v1/chat/completions"
     disconnect = rng.random() < a.disconnect_rate

@@ -33,8 +33,8 @@ STATUS_RE = re.compile(r"^\s*(\S+):\s*(.+?)\s*$")
 def _config(modules: list[str], tests: list[str]) -> str:
     q = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"  # noqa: E731
     return ("\n[tool.mutmut]\n"
-            'source_paths = ["engine"]\n'
-            f"only_mutate = {q(modules)}\n"
+            'source_paths = ["tripwire"]\n'
+            f"only_mutate = {q(['tripwire/' + m for m in modules])}\n"
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
             'pytest_add_cli_args = ["-p", "no:tripwire", "-p", "no:cacheprovider", "-q", "-x"]\n'
             'process_isolation = "forkserver"\n'
@@ -45,7 +45,7 @@ def _module_of(mutant: str) -> str:
     # engine.admission.xǁAdmissionControllerǁadmit__mutmut_3 -> engine/admission.py
     parts = mutant.split(".")
     idx = next((i for i, p in enumerate(parts) if p.startswith(("x_", "xǁ")) or "__mutmut_" in p), len(parts) - 1)
-    return "/".join(parts[:idx]) + ".py"
+    return "/".join(parts[:idx]).removeprefix("tripwire/") + ".py"
 
 
 def run(modules: list[str], tests: list[str], minutes: float, jobs: int, out: Path) -> dict:
@@ -54,6 +54,12 @@ def run(modules: list[str], tests: list[str], minutes: float, jobs: int, out: Pa
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tripwire-mutation-") as tmp:
         copy = copy_project(ROOT, Path(tmp) / "project")
+        # The wheel layout (tripwire/engine/...): mutmut names a mutant after its file path, and the tests import
+        # `tripwire.engine.*`; with the checkout layout (engine/ beside tripwire/) the names never match and
+        # every mutant looks uncovered.
+        for name in ("engine", "invariants", "fuzz", "tools"):
+            if (copy / name).is_dir():
+                shutil.move(str(copy / name), str(copy / "tripwire" / name))
         with open(copy / "pyproject.toml", "a") as f:
             f.write(_config(modules, tests))
         env = dict(os.environ, PYTHONPATH=str(copy), TRIPWIRE_DEBUG="1")

@@ -41,6 +41,9 @@ FORMAT = "tripwire-kv-block"
 FORMAT_VERSION = "1"
 _HASH_RE = re.compile(r"^[0-9a-f]{16,128}$")
 _STOP = object()
+# Temp files some writer of THIS process is writing right now (any store instance). The startup scan removes
+# this process's other temps: they are orphans of a failed cleanup unlink. set.add/discard are atomic.
+_LIVE_TEMPS: set[str] = set()
 
 
 @dataclass(eq=False)
@@ -93,7 +96,8 @@ class BlockStore:
         self._closed = False
         self._stats = dict(saves=0, saves_persisted=0, errors=0, drops=0, inline_writes=0, evictions=0,
                            evict_unlink_failures=0, hits=0, misses=0, rejected=0, scan_dropped=0,
-                           scan_invalid=0, scan_temp_removed=0)
+                           scan_invalid=0, scan_temp_removed=0, temp_unlink_failures=0)
+        self._orphan_temps: list[str] = []  # temps whose cleanup unlink failed; retried by wait_idle()
         os.makedirs(self.blocks_dir, exist_ok=True)
         t0 = time.monotonic()
         self._scan()
@@ -127,10 +131,12 @@ class BlockStore:
             for name in names:
                 path = os.path.join(d, name)
                 if name.endswith(".tmp"):
-                    # Temp files are never index entries. Remove those whose writer process is gone.
+                    # Temp files are never index entries. Remove those whose writer is gone: another
+                    # process that died, or this process when no live writer owns the file (an orphan).
                     parts = name.split(".")
                     pid = int(parts[2]) if len(parts) >= 5 and parts[2].isdigit() else -1
-                    if pid != os.getpid() and not _pid_alive(pid):
+                    mine = pid == os.getpid()
+                    if (mine and path not in _LIVE_TEMPS) or (not mine and not _pid_alive(pid)):
                         _unlink_quiet(path)
                         self._stats["scan_temp_removed"] += 1
                     continue
@@ -287,8 +293,15 @@ class BlockStore:
                 self._write_queue.task_done()
 
     def _write_item(self, item: _WriteItem) -> None:
-        tmp = self._temp_path_for(item.block_hash)
+        """Write one item; never raises. Every outcome is counted: persisted, dropped or `errors`.
+
+        Any exception (not only OSError: a MemoryError or a bug in the serializer too) goes through
+        `_on_write_error`, so the in-flight depth always returns to 0 and no temp file is left for good.
+        """
+        tmp = None
         try:
+            tmp = self._temp_path_for(item.block_hash)
+            _LIVE_TEMPS.add(tmp)
             os.makedirs(os.path.dirname(item.path), exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -299,7 +312,8 @@ class BlockStore:
             with self._lock:
                 if self._index.get(item.block_hash) is not item.entry or self._closed_discard:
                     # Forgotten while queued (discarding shutdown / clear): not a persisted block.
-                    _unlink_quiet(tmp)
+                    if not _unlink_quiet(tmp):
+                        self._note_orphan_locked(tmp)
                     self._stats["drops"] += 1
                     self._forget_locked(item)
                     self._idle.notify_all()
@@ -309,25 +323,36 @@ class BlockStore:
                 item.entry.item = None
                 self._stats["saves_persisted"] += 1
                 self._idle.notify_all()
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure must be accounted, see the docstring
             self._on_write_error(item, tmp, exc)
+        finally:
+            _LIVE_TEMPS.discard(tmp)
 
     _closed_discard = False
 
-    def _on_write_error(self, item: _WriteItem, tmp: str, exc: OSError) -> None:
-        _unlink_quiet(tmp)  # never leave a partial file behind
+    def _on_write_error(self, item: _WriteItem, tmp: str | None, exc: Exception) -> None:
+        code = getattr(exc, "errno", None)
+        removed = tmp is None or _unlink_quiet(tmp)  # never leave a partial file behind
         with self._lock:
-            if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            if not removed:
+                self._note_orphan_locked(tmp)
+            if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 # Invalidate under the lock: a concurrent save must not pair a stale value with a fresh time.
                 self._disk_usage_cache = None
                 log.error("block cache: %s writing block %s; disk-usage snapshot invalidated. The save was "
                           "already accepted, so this block is lost; saves already queued may fail the same way.",
-                          errno.errorcode.get(exc.errno, exc.errno), item.block_hash)
+                          errno.errorcode.get(code, code), item.block_hash)
             else:
-                log.error("block cache: failed writing block %s: %s", item.block_hash, exc)
+                log.error("block cache: failed writing block %s: %s: %s", item.block_hash, type(exc).__name__, exc)
             self._stats["errors"] += 1
             self._forget_locked(item)
             self._idle.notify_all()
+
+    def _note_orphan_locked(self, tmp: str) -> None:
+        """A temp file whose unlink failed: counted, logged, and retried by the next `wait_idle()`."""
+        self._stats["temp_unlink_failures"] += 1
+        self._orphan_temps.append(tmp)
+        log.warning("block cache: could not remove temp file %s; retried at the next wait_idle()", tmp)
 
     # -- lookups ---------------------------------------------------------------------------------------
     def __contains__(self, block_hash: str) -> bool:
@@ -378,9 +403,19 @@ class BlockStore:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Block until the in-flight depth is 0 (bounded). True when quiescent."""
+        """Block until the in-flight depth is 0 (bounded). True when quiescent.
+
+        Also retries removing temp files whose cleanup unlink failed earlier (those still failing stay
+        listed for the next call; a store opened later on the same directory removes them too).
+        """
         with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight_locked() == 0, timeout=timeout)
+            idle = self._idle.wait_for(lambda: self._in_flight_locked() == 0, timeout=timeout)
+            orphans, self._orphan_temps = self._orphan_temps, []
+        failed = [path for path in orphans if not _unlink_quiet(path)]
+        if failed:
+            with self._lock:
+                self._orphan_temps.extend(failed)
+        return idle
 
     def _in_flight_locked(self) -> int:
         s = self._stats
@@ -437,11 +472,15 @@ class BlockStore:
         return s
 
 
-def _unlink_quiet(path: str) -> None:
+def _unlink_quiet(path: str) -> bool:
+    """Remove a file; True when it is gone (removed now or already missing), False when the unlink failed."""
     try:
         os.unlink(path)
+    except FileNotFoundError:
+        return True
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _pid_alive(pid: int) -> bool:

@@ -95,7 +95,8 @@ class SnapshotStore:
         self._closed = False
         self._discard = False
         self._stats = dict(saves=0, saves_persisted=0, errors=0, drops=0, discarded=0, inline_writes=0,
-                           cleanup_timeouts=0)
+                           cleanup_timeouts=0, temp_unlink_failures=0)
+        self._orphan_temps: list[str] = []  # temps whose cleanup unlink failed; retried by wait_idle()
         os.makedirs(self.root, exist_ok=True)
         if remove_stale_sessions:
             self._remove_stale_sessions()
@@ -180,8 +181,9 @@ class SnapshotStore:
                 return
         req_dir = os.path.join(self.session_dir, item.request_id)
         final = os.path.join(req_dir, f"{item.tokens}.safetensors")
-        tmp = os.path.join(req_dir, f".{item.tokens}.{new_request_id('w')}.tmp")
+        tmp = None
         try:
+            tmp = os.path.join(req_dir, f".{item.tokens}.{new_request_id('w')}.tmp")
             os.makedirs(req_dir, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
@@ -193,7 +195,8 @@ class SnapshotStore:
                 if self._stale_locked(item):
                     # Late-rename rescue: a cleanup that could not take the barrier in time ran
                     # while this item was being written. Do not resurrect the file or the dir.
-                    _unlink_quiet(tmp)
+                    if not _unlink_quiet(tmp):
+                        self._note_orphan_locked(tmp)
                     _rmdir_quiet(req_dir)
                     self._stats["discarded"] += 1
                     self._finish_locked(item)
@@ -202,15 +205,23 @@ class SnapshotStore:
                 self._records.setdefault(item.request_id, {})[item.tokens] = final
                 self._stats["saves_persisted"] += 1
                 self._finish_locked(item)
-        except OSError as exc:
-            _unlink_quiet(tmp)
+        except Exception as exc:  # noqa: BLE001 - any failure (MemoryError too) must balance the counters
+            removed = tmp is None or _unlink_quiet(tmp)
             with self._lock:
+                if not removed:
+                    self._note_orphan_locked(tmp)
                 if self._stale_locked(item):  # the dir was removed under us by a timed-out cleanup
                     self._stats["discarded"] += 1
                 else:
                     self._stats["errors"] += 1
-                    log.error("snapshot store: failed writing %s: %s", final, exc)
+                    log.error("snapshot store: failed writing %s: %s: %s", final, type(exc).__name__, exc)
                 self._finish_locked(item)
+
+    def _note_orphan_locked(self, tmp: str) -> None:
+        """A temp file whose unlink failed: counted, logged, and retried by the next `wait_idle()`."""
+        self._stats["temp_unlink_failures"] += 1
+        self._orphan_temps.append(tmp)
+        log.warning("snapshot store: could not remove temp file %s; retried at the next wait_idle()", tmp)
 
     def _finish_locked(self, item: _Item) -> None:
         items = self._outstanding.get(item.request_id)
@@ -342,8 +353,16 @@ class SnapshotStore:
             return sum(len(v) for v in self._outstanding.values())
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Block until nothing is in flight (bounded); True when quiescent. Also retries removing temp
+        files whose cleanup unlink failed (those still failing stay listed for the next call)."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight_locked() == 0, timeout=timeout)
+            idle = self._idle.wait_for(lambda: self._in_flight_locked() == 0, timeout=timeout)
+            orphans, self._orphan_temps = self._orphan_temps, []
+        failed = [path for path in orphans if not _unlink_quiet(path)]
+        if failed:
+            with self._lock:
+                self._orphan_temps.extend(failed)
+        return idle
 
     def _in_flight_locked(self) -> int:
         s = self._stats
@@ -388,11 +407,15 @@ class SnapshotStore:
         return ok
 
 
-def _unlink_quiet(path: str) -> None:
+def _unlink_quiet(path: str) -> bool:
+    """Remove a file; True when it is gone (removed now or already missing), False when the unlink failed."""
     try:
         os.unlink(path)
+    except FileNotFoundError:
+        return True
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _rmdir_quiet(path: str) -> None:

@@ -1,16 +1,17 @@
 """The OpenAI-compatible HTTP server over ``SimpleEngine``.
 
 Order of checks for a generation request (all before any response byte is sent):
-auth -> body size / UTF-8 / JSON -> field validation -> busy pre-check (a fail_fast engine that is busy answers
-503 here, before any tokenizing) -> tokenize + context length -> memory preflight -> admission (``open_stream`` /
+framing (CL + TE -> 400) -> auth -> body size + deadline / UTF-8 / JSON -> field validation -> model (404) ->
+busy pre-check (a fail_fast engine that is busy answers 503 here, before any tokenizing; a holder that is only
+draining is waited for by admission) -> tokenize (long prompts off the loop) + context length -> memory preflight -> admission (``open_stream`` /
 ``generate`` raise ``EngineBusy`` here, authoritatively) -> stream or answer.
 So a busy or oversized *streaming* request gets a real 503/413 status, never a 200 followed by an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
-import hmac
 import inspect
 import logging
 import time
@@ -26,7 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from tripwire.engine.server.auth import authorize, validate_api_key
 from tripwire.engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
+from tripwire.engine.server.framing import BodyDeadlineMiddleware, RequestFramingMiddleware
 from tripwire.engine.server.preflight import (DEFAULT_PREFILL_CHUNK, ModelMemoryShape, PrefillMemoryExceeded,
                                      check_prefill_memory, estimate_prefill_peak_bytes, resolve_memory_limit)
 from tripwire.engine.server.reqlog import RequestLog, RequestLogMiddleware
@@ -41,6 +44,8 @@ log = logging.getLogger("tripwire.server")
 
 DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # the OpenAI default for /v1/completions
+_SETTLE_LOOP_ITERATIONS = 4  # EOF -> connection_lost -> disconnect message -> stream listener aborts
+DEFAULT_HEALTH_STALL_S = 60.0  # /health: an admitted request without a token this long -> 503 unhealthy
 
 
 def engine_memory_probe(engine: Any) -> Callable[[], int]:
@@ -82,6 +87,7 @@ class ServerState:
     default_chat_max_tokens: int
     prefill_chunk: int
     memory_probe: Callable[[], int]
+    health_stall_s: float = DEFAULT_HEALTH_STALL_S
     created: int = field(default_factory=lambda: int(time.time()))
     stats: ServerStats = field(default_factory=ServerStats)
     _shape: ModelMemoryShape | None = None
@@ -112,13 +118,7 @@ def _ctx(request: Request) -> RequestLog:
 
 
 def _authorize(request: Request, st: ServerState) -> None:
-    if st.api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), st.api_key.encode()):
-        raise ApiError(401, "invalid_api_key", "missing or invalid API key (expected 'Authorization: Bearer <key>')",
-                       headers={"WWW-Authenticate": "Bearer"})
+    authorize(request, st.api_key)
 
 
 def _engine_error(exc: Exception, ctx: RequestLog) -> ApiError | None:
@@ -143,12 +143,19 @@ _SSE = {"text/event-stream": {"schema": _SSE_EVENT}}
 def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str | None = "auto",
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_tokens_limit: int | None = None,
                default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-               memory_probe: Callable[[], int] | None = None, manage_engine: bool = True) -> FastAPI:
-    """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``."""
-    st = ServerState(engine=engine, api_key=api_key, memory_limit=resolve_memory_limit(max_memory),
+               memory_probe: Callable[[], int] | None = None, manage_engine: bool = True,
+               health_stall_s: float = DEFAULT_HEALTH_STALL_S, body_timeout_s: float = 30.0) -> FastAPI:
+    """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``.
+
+    Raises:
+        ValueError: an API key a client could never send (see ``validate_api_key``), or a bad memory limit.
+    """
+    if not body_timeout_s > 0:
+        raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s!r}")
+    st = ServerState(engine=engine, api_key=validate_api_key(api_key), memory_limit=resolve_memory_limit(max_memory),
                      max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
                      default_chat_max_tokens=default_chat_max_tokens, prefill_chunk=prefill_chunk,
-                     memory_probe=memory_probe or engine_memory_probe(engine))
+                     memory_probe=memory_probe or engine_memory_probe(engine), health_stall_s=health_stall_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -163,7 +170,9 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     app = FastAPI(title="tripwire", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible server with fail-fast admission (busy -> 503 + Retry-After).")
     app.state.server = st
-    app.add_middleware(RequestLogMiddleware, stats=st.stats)
+    app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=body_timeout_s)
+    app.add_middleware(RequestFramingMiddleware)
+    app.add_middleware(RequestLogMiddleware, stats=st.stats)  # added last = outermost: logs every answer
 
     # -- error handlers: one body shape everywhere ------------------------------------------------
     @app.exception_handler(ApiError)
@@ -195,15 +204,17 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
         return Response(status_code=499)
 
     # -- routes -------------------------------------------------------------------------------------
-    @app.get("/health", response_model=Health, tags=["ops"],
-             responses={503: {"description": "the engine is not running or its MLX worker thread ended"}})
+    @app.get("/health", response_model=Health, response_model_exclude_none=True,
+                   tags=["ops"], responses={503: {"model": Health, "description": "Unhealthy: the MLX worker "
+                                                  "is dead or an admitted request made no progress"}})
     async def health() -> Any:
-        """Liveness of the generation worker, not just of this process: 503 once the engine stopped or its
-        MLX worker thread died, so a zombie server does not keep a green probe. Answered on the event loop
-        without touching the engine's locks."""
-        down = engine.liveness()
-        if down is not None:
-            return JSONResponse({"status": "unavailable", "reason": down}, status_code=503)
+        """Liveness, answered on the event loop without touching the engine's locks: 503 when the MLX worker
+        thread is dead or an admitted request made no progress for longer than the stall deadline."""
+        check = getattr(engine, "health", None)
+        verdict = check(stall_after_s=st.health_stall_s) if check is not None else {"status": "ok"}
+        if verdict.get("status") != "ok":
+            return JSONResponse({"status": "unhealthy", "reason": str(verdict.get("reason", "unhealthy"))},
+                                status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/status", tags=["ops"], responses={401: _ERR})
@@ -211,9 +222,15 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
         """The engine's status() (generation_lock, slot holder, busy_rejections, waiters, active...) plus
         server counters."""
         _authorize(request, st)
-        return {**engine.status(), "server": st.stats.snapshot(),
+        guard = getattr(app.state, "connection_guard", None)
+        server = {**st.stats.snapshot(), **(guard.stats() if guard is not None else {})}
+        return {**engine.status(), "server": server,
                 "limits": {"memory_limit_bytes": st.memory_limit, "max_body_bytes": st.max_body_bytes,
                            "max_tokens": _max_tokens_cap(st)}}
+
+    # HEAD answers like GET without a body (uvicorn drops it); not in the schema (one operation per route).
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/v1/status", status, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/v1/models", response_model=ModelList, tags=["openai"], responses={401: _ERR})
     async def list_models(request: Request) -> dict[str, Any]:
@@ -228,7 +245,7 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
                                                    f"{st.model_name!r}", param="model")
         return _model_card(st)
 
-    gen_responses = {400: _ERR, 401: _ERR, 413: _ERR, 503: _BUSY}
+    gen_responses = {400: _ERR, 401: _ERR, 404: _ERR, 413: _ERR, 503: _BUSY}
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None,
               responses={200: {"model": ChatCompletion, "content": _SSE}, **gen_responses})
@@ -266,6 +283,13 @@ def _model_card(st: ServerState) -> dict[str, Any]:
     return {"id": st.model_name, "object": "model", "created": st.created, "owned_by": "tripwire"}
 
 
+async def _count_tokens(engine: Any, **prompt: Any) -> int:
+    count_async = getattr(engine, "count_prompt_tokens_async", None)
+    if count_async is not None:
+        return await count_async(**prompt)
+    return engine.count_prompt_tokens(**prompt)
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -275,6 +299,9 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
     _authorize(request, st)
     payload = await read_json_object(request, st.max_body_bytes)
     req = validate_request(ChatCompletionRequest if chat else CompletionRequest, payload)
+    if req.model is not None and req.model != st.model_name:  # OpenAI's answer for a model it does not serve
+        raise ApiError(404, "model_not_found", f"The model `{req.model}` does not exist or you do not have access "
+                                               f"to it. This server serves {st.model_name!r}.", param="model")
     engine = st.engine
     ctx.stream = bool(req.stream)
     context = int(engine.model_info["context_length"])
@@ -286,21 +313,28 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         max_field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         what, default = "messages", st.default_chat_max_tokens
-        count = lambda: engine.count_prompt_tokens(messages=messages)  # noqa: E731
+        count = lambda: _count_tokens(engine, messages=messages)  # noqa: E731
     else:
         prompt = req.prompt_text()
         requested, max_field = req.max_tokens, "max_tokens"
         what, default = "prompt", DEFAULT_COMPLETION_MAX_TOKENS
-        count = lambda: engine.count_prompt_tokens(prompt=prompt)  # noqa: E731
+        count = lambda: _count_tokens(engine, prompt=prompt)  # noqa: E731
 
     if requested is not None and requested > cap:
         raise ApiError(400, "invalid_request", f"invalid '{max_field}': must be <= {cap}, got {requested}",
                        param=max_field)
     try:
         reject_if_busy = getattr(engine, "reject_if_busy", None)
+        would_reject = getattr(engine, "would_reject", None)
+        if would_reject is not None and would_reject():
+            # The holder's client may have just gone: its EOF can sit in this very loop iteration, behind us.
+            # Let the loop run a few callbacks (no timer) so that disconnect lands (the engine then knows the
+            # holder is draining and admission waits the few ms for it) before deciding busy.
+            for _ in range(_SETTLE_LOOP_ITERATIONS):
+                await asyncio.sleep(0)
         if reject_if_busy is not None:
             reject_if_busy()  # busy answers stay cheap: no chat-template render, no tokenizer call
-        prompt_tokens = count()
+        prompt_tokens = await count()  # a long prompt is tokenized off the loop
     except Exception as exc:
         err = _engine_error(exc, ctx)
         if err is None:
@@ -338,7 +372,7 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
             lambda: _sse_events(gs, ctx, chat=chat, cid=cid, created=created, model=model,
                                 prompt_tokens=prompt_tokens, include_usage=include_usage),
             gs.aclose, headers={"X-Request-Id": ctx.id},
-            on_disconnect=lambda: setattr(ctx, "cancelled", True))
+            on_disconnect=lambda: setattr(ctx, "cancelled", True), abort_now=getattr(gs, "abort", None))
 
     call = engine.chat(messages, **kw) if chat else engine.generate(prompt, **kw)
     try:

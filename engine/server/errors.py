@@ -30,6 +30,8 @@ _TYPES = {
     "not_found": "invalid_request_error",
     "method_not_allowed": "invalid_request_error",
     "internal_error": "server_error",
+    "request_timeout": "invalid_request_error",
+    "too_many_connections": "server_busy",
 }
 
 

@@ -149,7 +149,8 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "unhealthy"]
+    reason: str | None = None  # only when unhealthy
 
 
 # ------------------------------------------------------------------------------------------ parsing

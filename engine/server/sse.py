@@ -43,11 +43,15 @@ class EngineSSEResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, events: Callable[[], AsyncIterator[bytes]], close_stream: Callable[[], Any],
-                 *, headers: dict[str, str] | None = None, on_disconnect: Callable[[], None] | None = None) -> None:
+                 *, headers: dict[str, str] | None = None, on_disconnect: Callable[[], None] | None = None,
+                 abort_now: Callable[[], None] | None = None) -> None:
         self.status_code = 200
         self._events = events
         self._close_stream = close_stream
         self._on_disconnect = on_disconnect
+        # Called synchronously the moment the disconnect is seen, before the stream task is even cancelled:
+        # the engine starts draining at once and a request arriving right now sees the slot as draining.
+        self._abort_now = abort_now
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
@@ -84,6 +88,8 @@ class EngineSSEResponse(Response):
 
                 async def watch() -> None:
                     await listen()
+                    if disconnected and self._abort_now is not None:
+                        self._abort_now()
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(watch)

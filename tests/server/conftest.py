@@ -7,10 +7,10 @@ import threading
 from typing import Iterator
 
 import pytest
-import uvicorn
 
 from tripwire.engine import SimpleEngine
 from tripwire.engine.server import create_app
+from tripwire.engine.server.serving import server_config
 from server_helpers import LiveServer, _Server
 
 
@@ -22,7 +22,7 @@ def live_server(tiny_model_path) -> Iterator[LiveServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    server = _Server(server_config(app, log_level="warning"))  # the guarded protocol `serve` runs
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="test-uvicorn", daemon=True)
     thread.start()
     assert server.ready.wait(60), "uvicorn did not start within 60 s"

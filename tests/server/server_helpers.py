@@ -38,6 +38,11 @@ class LiveServer:
     def state(self) -> Any:
         return self.app.state.server
 
+    @property
+    def model(self) -> str:
+        """The served model's id (any other `model` in a request is a 404 model_not_found)."""
+        return str(self.engine.model_info["name"])
+
     def status(self) -> dict[str, Any]:
         r = httpx.get(self.url + "/v1/status", timeout=5)
         assert r.status_code == 200, r.text
@@ -60,7 +65,7 @@ class LiveServer:
 
 
 def chat_body(max_tokens: int = 8, stream: bool = False, content: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
             "stream": stream, **extra}
 
 

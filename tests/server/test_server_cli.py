@@ -39,3 +39,25 @@ def test_engine_kwargs_feature_checks_cache_dir():
 
     assert engine_kwargs(a, WithCache) == {"admission": "wait", "max_wait_s": 0.5, "cache_dir": str(default_cache_dir())}
     assert engine_kwargs(a, Without) == {"admission": "wait"}
+
+
+@pytest.mark.parametrize("key", ["", " ", " k3y", "k3y ", "k\n3y"])
+def test_bad_api_key_is_a_usage_error_at_start(capsys, key):
+    assert main(["serve", "--api-key", key]) == 2
+    err = capsys.readouterr().err
+    assert "API key" in err and "Traceback" not in err
+
+
+def test_cache_flags():
+    class WithCache:
+        def __init__(self, model_path, admission="fail_fast", cache_dir=None): ...
+
+    on = build_parser().parse_args(["serve"])
+    assert engine_kwargs(on, WithCache)["cache_dir"] == str(default_cache_dir())
+    custom = build_parser().parse_args(["serve", "--cache-dir", "/tmp/tw-cache"])
+    assert engine_kwargs(custom, WithCache)["cache_dir"] == "/tmp/tw-cache"
+    off = build_parser().parse_args(["serve", "--no-cache"])
+    assert engine_kwargs(off, WithCache) == {"admission": "fail_fast"}
+    with pytest.raises(SystemExit) as ei:
+        build_parser().parse_args(["serve", "--no-cache", "--cache-dir", "/tmp/x"])
+    assert ei.value.code == 2

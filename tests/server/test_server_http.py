@@ -57,13 +57,13 @@ def test_health_models_status(srv):
 
 def test_openai_client_chat_nonstream_and_stream(srv):
     client = oai(srv)
-    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8)
+    r = client.chat.completions.create(model=srv.model, messages=[{"role": "user", "content": "hello"}], max_tokens=8)
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason in ("stop", "length")
     assert 1 <= r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 0
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
-    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+    chunks = list(client.chat.completions.create(model=srv.model, messages=[{"role": "user", "content": "hello"}],
                                                  max_tokens=8, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
@@ -72,15 +72,15 @@ def test_openai_client_chat_nonstream_and_stream(srv):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len({c.id for c in chunks}) == 1
     # Same greedy request, non-streamed, produces the same text.
-    again = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8)
+    again = client.chat.completions.create(model=srv.model, messages=[{"role": "user", "content": "hello"}], max_tokens=8)
     assert again.choices[0].message.content == text
 
 
 def test_openai_client_completions(srv):
     client = oai(srv)
-    r = client.completions.create(model="tiny", prompt="once upon a time", max_tokens=5)
+    r = client.completions.create(model=srv.model, prompt="once upon a time", max_tokens=5)
     assert r.object == "text_completion" and r.usage.completion_tokens <= 5
-    parts = list(client.completions.create(model="tiny", prompt="once upon a time", max_tokens=5, stream=True))
+    parts = list(client.completions.create(model=srv.model, prompt="once upon a time", max_tokens=5, stream=True))
     assert parts[-1].choices[0].finish_reason in ("stop", "length")
     assert "".join(p.choices[0].text for p in parts) == r.choices[0].text  # same detokenizer both ways
 
@@ -133,10 +133,10 @@ def test_stream_arriving_while_busy_gets_real_503(srv):
             assert_busy(r)
         # The official client surfaces it as a 503 status error before any chunk, with Retry-After.
         with pytest.raises(openai.APIStatusError) as ei:
-            oai(srv).chat.completions.create(model="t", messages=[{"role": "user", "content": "x"}], stream=True)
+            oai(srv).chat.completions.create(model=srv.model, messages=[{"role": "user", "content": "x"}], stream=True)
         assert ei.value.status_code == 503 and int(ei.value.response.headers["retry-after"]) >= 1
         with pytest.raises(openai.APIStatusError) as ei:
-            oai(srv).chat.completions.create(model="t", messages=[{"role": "user", "content": "x"}])
+            oai(srv).chat.completions.create(model=srv.model, messages=[{"role": "user", "content": "x"}])
         assert ei.value.status_code == 503
         assert ei.value.body["code"] == "text_generation_busy"
 

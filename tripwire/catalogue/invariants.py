@@ -199,7 +199,8 @@ INVARIANTS: tuple[Invariant, ...] = (
         f"{SEED_001} (review finding 1: the MTP stream deadlock hung every text-only stream while the process stayed "
         "up); project issue 11 (field corpus: constant-OK health routes in real MLX servers)",
         rules=("health-without-liveness",),
-        tests=("tests/server/test_server_health.py::test_health_is_503_once_the_mlx_worker_thread_died",),
+        tests=("tests/server/test_server_edges.py::test_health_is_503_when_the_worker_is_dead",
+               "tests/server/test_server_edges.py::test_health_is_503_past_the_stall_deadline",),
     ),
 )
 

@@ -49,17 +49,12 @@ class _AdmitInsideTheStream(Codemod):
 
 
 class _HealthIgnoresWorker(Codemod):
-    target = "health: `down = engine.liveness()` and `if down is not None: return JSONResponse(..., 503)`"
-    expected_hits = 2
-
-    def leave_SimpleStatementLine(self, original, updated):
-        if self.inside("health") and matches_line(original, "down = engine.liveness()"):
-            self.hit(None)
-            return cst.RemoveFromParent()
-        return updated
+    target = ("health: `if verdict.get(\"status\") != \"ok\": return JSONResponse(..., 503)` after asking the engine "
+              "for its health")
+    expected_hits = 1
 
     def leave_If(self, original, updated):
-        if self.inside("health") and code_of(original.test).strip() == "down is not None":
+        if self.inside("health") and code_of(original.test).strip() == 'verdict.get("status") != "ok"':
             self.hit(None)
             return cst.RemoveFromParent()
         return updated
@@ -98,6 +93,7 @@ SERVER_REGRESSIONS: tuple[Regression, ...] = (
             "completes."),
         edits=(Edit(APP, _HealthIgnoresWorker),),
         rules=("health-without-liveness",),
-        tests=("tests/server/test_server_health.py::test_health_is_503_once_the_mlx_worker_thread_died",),
+        tests=("tests/server/test_server_edges.py::test_health_is_503_when_the_worker_is_dead",
+               "tests/server/test_server_edges.py::test_health_is_503_past_the_stall_deadline",),
     ),
 )

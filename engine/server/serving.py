@@ -1,0 +1,168 @@
+"""Run the app under uvicorn with deadlines and limits for clients (issue 13, item 1).
+
+uvicorn's h11 protocol has a keep-alive timeout but no deadline for reading a request's headers: a client that
+connects and sends nothing, or half a request line, holds its socket forever, and a few thousand of them exhaust
+the file descriptors (the server then stops answering, /health included). `GuardedH11Protocol` adds:
+
+- a **header-read deadline** (`header_timeout_s`): armed when a connection opens and whenever a partial request
+  sits in the buffer; a request whose headers are not complete in time gets `408 Request Timeout` and the
+  connection is closed;
+- a **connection cap** (`max_connections`): a connection beyond it is answered at once with `503` +
+  `Retry-After: 1` and closed, so the descriptor is released immediately (fast refusal, no parsing);
+- **logging once, not per event**: timeouts and refusals are counted; the first of a burst is logged, then at
+  most one summary line per `LOG_INTERVAL_S`.
+
+The body-read deadline is ASGI-level (`engine.server.framing.BodyDeadlineMiddleware`, in the app), and graceful
+shutdown is bounded by uvicorn's `timeout_graceful_shutdown` (tasks still running then are cancelled; the engine
+then drains within its own stop bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("tripwire.server")
+
+LOG_INTERVAL_S = 10.0
+
+
+@dataclass
+class ClientLimits:
+    """Deadlines and limits for clients. Every field is a bound the server keeps whatever clients do."""
+
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this (else 408 + close)
+    body_timeout_s: float = 30.0  # the whole body must arrive within this after the headers (else 408 + close)
+    max_connections: int = 512  # open connections; beyond: immediate 503 + close
+    keep_alive_s: float = 5.0  # idle keep-alive connection closed after this
+    graceful_shutdown_s: float = 5.0  # after SIGTERM, requests still running then are cancelled
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "graceful_shutdown_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections!r}")
+
+
+@dataclass
+class _BurstLog:
+    """Count events; log the first of a burst, then at most one summary line per LOG_INTERVAL_S."""
+
+    what: str
+    total: int = 0
+    _unlogged: int = 0
+    _last: float = field(default=-1e18)
+
+    def event(self, detail: str) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now - self._last >= LOG_INTERVAL_S:
+            more = f" (+{self._unlogged} more since the last report)" if self._unlogged else ""
+            log.warning("%s: %s; %d in total%s", self.what, detail, self.total, more)
+            self._last, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+
+
+class ConnectionGuard:
+    """State shared by every connection of one server: the limits and the event counters."""
+
+    def __init__(self, limits: ClientLimits) -> None:
+        self.limits = limits
+        self.header_timeouts = _BurstLog("client header deadline")
+        self.refusals = _BurstLog("connection limit")
+
+    def stats(self) -> dict[str, int]:
+        return {"header_timeouts": self.header_timeouts.total, "refused_connections": self.refusals.total}
+
+
+def _raw_response(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": {"message": message, "type": "server_busy" if status == 503 else
+                                 "invalid_request_error", "param": None, "code": code}}).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n{extra}\r\n")
+    return head.encode("ascii") + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a header-read deadline and a connection cap (see the module docstring)."""
+
+    guard: ConnectionGuard  # set on the subclass built by `protocol_for`
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over = len(self.connections) >= self.guard.limits.max_connections
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        if over:
+            self.guard.refusals.event(f"{len(self.connections) - 1} connections open, limit "
+                                      f"{self.guard.limits.max_connections}; refusing new ones with 503")
+            transport.write(_raw_response(503, "Service Unavailable", "too_many_connections",
+                                          "too many open connections; retry shortly", "retry-after: 1\r\n"))
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            self._cancel_header_timer()
+        elif self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # a partial request line/headers is waiting: it must complete in time
+        else:
+            self._cancel_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.guard.limits.header_timeout_s, self._on_header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a response is still being sent (pipelining): not a stalled header read
+        self.guard.header_timeouts.event(f"no complete request headers within "
+                                         f"{self.guard.limits.header_timeout_s:g}s; answering 408 and closing")
+        self.transport.write(_raw_response(408, "Request Timeout", "request_timeout",
+                                           "request headers were not received in time"))
+        self.transport.close()
+
+
+def protocol_for(guard: ConnectionGuard) -> type[GuardedH11Protocol]:
+    """A protocol class bound to one server's guard (uvicorn instantiates the class per connection)."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"guard": guard})
+
+
+def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits: ClientLimits | None = None,
+                  log_level: str = "info", **kw: Any) -> uvicorn.Config:
+    """A uvicorn Config running `app` with the guarded protocol and the limits' keep-alive and shutdown bounds.
+
+    The app's `state.connection_guard` receives the guard (its counters show in /v1/status).
+    """
+    limits = limits or ClientLimits()
+    guard = ConnectionGuard(limits)
+    try:
+        app.state.connection_guard = guard
+    except AttributeError:
+        pass
+    return uvicorn.Config(app, host=host, port=port, http=protocol_for(guard), log_level=log_level,
+                          access_log=False, timeout_keep_alive=limits.keep_alive_s,
+                          timeout_graceful_shutdown=limits.graceful_shutdown_s, lifespan="on", **kw)

@@ -1,0 +1,185 @@
+"""Cache writers balance on ANY exception (issue 13, item 3).
+
+Contract for both stores: whatever a writer item raises (OSError or not), the item ends in `errors` with an
+ERROR log line, the in-flight depth returns to 0 (so `wait_idle` succeeds), the entry is not served as
+persisted, and no temp file survives: a temp whose unlink failed is swept by the next `wait_idle()` or by the
+next store opened on the same directory, not only by a new process.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import pytest
+
+from cache_helpers import OsProxy, block, h
+from tripwire.engine.cache import block_store as bs_mod
+from tripwire.engine.cache import safetensors_io as stio
+from tripwire.engine.cache import snapshot_store as ss_mod
+from tripwire.engine.cache.block_store import BlockStore
+from tripwire.engine.cache.snapshot_store import SnapshotStore
+
+SIG = "sig-fail"
+
+FAILURES = [
+    pytest.param(lambda: MemoryError("out of memory"), id="MemoryError"),
+    pytest.param(lambda: RuntimeError("boom"), id="RuntimeError"),
+    pytest.param(lambda: ValueError("bad value"), id="ValueError"),
+    pytest.param(lambda: OSError(errno.EIO, "I/O error"), id="EIO"),
+    pytest.param(lambda: OSError(errno.ENOSPC, "No space left on device"), id="ENOSPC"),
+]
+
+
+def files_under(path) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs)
+
+
+def temps_under(path) -> list[str]:
+    return [f for f in files_under(path) if f.endswith(".tmp")]
+
+
+def failing_write(make_exc):
+    def write_fd(fd, tensors, metadata=None):
+        os.write(fd, b"partial")  # a partial temp file exists when the failure hits
+        raise make_exc()
+    return write_fd
+
+
+class FailingUnlink:
+    """`os.unlink` that fails (EACCES) for the first `n` temp files, then behaves."""
+
+    def __init__(self, n=1):
+        self.left = n
+        self.failed: list[str] = []
+
+    def __call__(self, path, *a, **kw):
+        if str(path).endswith(".tmp") and self.left > 0:
+            self.left -= 1
+            self.failed.append(str(path))
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return os.unlink(path, *a, **kw)
+
+
+# -- block store -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_exc", FAILURES)
+@pytest.mark.parametrize("inline", [False, True], ids=["writer", "inline"])
+def test_block_writer_any_exception_ends_in_errors(tmp_path, monkeypatch, caplog, make_exc, inline):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0, queue_size=1, put_timeout=0.01, start_writer=not inline)
+    try:
+        monkeypatch.setattr(stio, "write_fd", failing_write(make_exc))
+        with caplog.at_level(logging.ERROR, logger=bs_mod.__name__):
+            if inline:
+                s._write_queue.put(object())  # fill the queue: the next save is written inline
+            assert s.save(h(1), block(1))
+            if inline:
+                s._write_queue.get_nowait()
+            assert s.wait_idle(5), f"in-flight stuck: {s.stats()}"
+        st = s.stats()
+        assert (st["errors"], st["saves_persisted"], st["in_flight"], st["bytes"]) == (1, 0, 0, 0)
+        assert h(1) not in s and s.load(h(1)) is None
+        assert any(r.levelno == logging.ERROR and h(1) in r.getMessage() for r in caplog.records)
+        assert temps_under(tmp_path) == [], "partial temp file left behind"
+        monkeypatch.undo()
+        assert s.save(h(2), block(2)), "the store keeps working after the failure"
+        if not inline:
+            assert s.wait_idle(5) and s.stats()["saves_persisted"] == 1
+    finally:
+        s.close(timeout=5)
+
+
+def test_block_writer_failing_unlink_is_swept_at_next_wait_idle(tmp_path, monkeypatch):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0)
+    try:
+        unlink = FailingUnlink(1)
+        monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+        monkeypatch.setattr(bs_mod, "os", OsProxy(unlink=unlink))
+        assert s.save(h(1), block(1))
+        assert s.wait_idle(5)
+        assert len(unlink.failed) == 1
+        assert s.stats()["in_flight"] == 0 and s.stats()["errors"] == 1
+        assert temps_under(tmp_path) == [], "wait_idle must sweep the temp whose unlink failed"
+        assert s.stats()["temp_unlink_failures"] == 1
+    finally:
+        s.close(timeout=5)
+
+
+def test_block_writer_orphan_temp_is_swept_when_the_next_store_opens(tmp_path, monkeypatch):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0)
+    unlink = FailingUnlink(10)  # the sweep in wait_idle fails too
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: MemoryError()))
+    monkeypatch.setattr(bs_mod, "os", OsProxy(unlink=unlink))
+    assert s.save(h(1), block(1)) and s.wait_idle(5)
+    assert s.close(timeout=5)
+    assert len(temps_under(tmp_path)) == 1
+    monkeypatch.undo()
+    s2 = BlockStore(tmp_path, SIG, min_free_bytes=0)  # same process, same pid in the temp name
+    try:
+        assert temps_under(tmp_path) == [], "a new store in the same process must sweep dead writers' temps"
+        assert s2.stats()["scan_temp_removed"] == 1
+    finally:
+        s2.close(timeout=5)
+
+
+def test_block_open_keeps_temps_of_a_live_writer_in_this_process(tmp_path, monkeypatch, pin):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0)
+    real = stio.write_fd
+
+    def pinned(fd, tensors, metadata=None):
+        pin.wait_here()
+        return real(fd, tensors, metadata)
+
+    monkeypatch.setattr(stio, "write_fd", pinned)
+    try:
+        assert s.save(h(1), block(1))
+        assert pin.entered.wait(5)
+        assert len(temps_under(tmp_path)) == 1
+        other = BlockStore(tmp_path, SIG, min_free_bytes=0, start_writer=False)
+        other.close()
+        assert len(temps_under(tmp_path)) == 1, "a temp being written by a live store was swept"
+        pin.release.set()
+        assert s.wait_idle(5) and s.stats()["saves_persisted"] == 1
+    finally:
+        pin.release.set()
+        s.close(timeout=5)
+
+
+# -- snapshot store ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make_exc", FAILURES)
+@pytest.mark.parametrize("inline", [False, True], ids=["writer", "inline"])
+def test_snapshot_writer_any_exception_ends_in_errors(tmp_path, monkeypatch, caplog, make_exc, inline):
+    s = SnapshotStore(tmp_path, session="1-test", queue_size=1, put_timeout=0.01, start_writer=not inline)
+    try:
+        monkeypatch.setattr(stio, "write_fd", failing_write(make_exc))
+        with caplog.at_level(logging.ERROR, logger=ss_mod.__name__):
+            if inline:
+                s._write_queue.put(object())
+            s.save("req-a", 64, block(1))
+            if inline:
+                s._write_queue.get_nowait()
+            assert s.wait_idle(5), f"in-flight stuck: {s.stats()}"
+        st = s.stats()
+        assert (st["errors"], st["saves_persisted"], st["in_flight"]) == (1, 0, 0)
+        assert s.pending("req-a") == 0 and s.snapshots("req-a") == {}
+        assert any(r.levelno == logging.ERROR and "64" in r.getMessage() for r in caplog.records)
+        assert temps_under(tmp_path) == []
+    finally:
+        s.shutdown(timeout=5)
+
+
+def test_snapshot_writer_failing_unlink_is_swept_at_next_wait_idle(tmp_path, monkeypatch):
+    s = SnapshotStore(tmp_path, session="1-test")
+    try:
+        unlink = FailingUnlink(1)
+        monkeypatch.setattr(stio, "write_fd", failing_write(lambda: MemoryError()))
+        monkeypatch.setattr(ss_mod, "os", OsProxy(unlink=unlink))
+        assert s.save("req-a", 64, block(1))
+        assert s.wait_idle(5)
+        assert len(unlink.failed) == 1 and s.stats()["errors"] == 1
+        assert temps_under(tmp_path) == [], "wait_idle must sweep the temp whose unlink failed"
+        assert s.stats()["temp_unlink_failures"] == 1
+    finally:
+        s.shutdown(timeout=5)

@@ -1,0 +1,74 @@
+"""TokenizerPool and the engine's off-loop tokenizing of long prompts (issue 13, item 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from tripwire.engine import EngineBusy
+from tripwire.engine.tokenizing import INLINE_BELOW_CHARS, TokenizerPool
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_pool_is_bounded_and_balances_on_errors():
+    pool = TokenizerPool(threads=1, max_pending=2)
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow():
+        entered.set()
+        assert gate.wait(10)
+        return [1, 2]
+
+    a = asyncio.create_task(pool.run(slow))
+    b = asyncio.create_task(pool.run(lambda: [3]))
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert pool.pending == 2
+    with pytest.raises(EngineBusy) as ei:
+        await pool.run(lambda: [4])
+    assert ei.value.retry_after_s == 1.0 and ei.value.holder is None
+    gate.set()
+    assert await a == [1, 2] and await b == [3]
+    assert pool.pending == 0
+
+    def boom():
+        raise RuntimeError("tokenizer failed")
+
+    with pytest.raises(RuntimeError, match="tokenizer failed"):
+        await pool.run(boom)
+    assert pool.pending == 0
+    assert pool.stats() == {"pending": 0, "threads": 1, "max_pending": 2, "inline_below_chars": INLINE_BELOW_CHARS}
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await pool.run(lambda: [5])
+
+
+async def test_engine_tokenizes_long_prompts_on_the_pool_short_ones_inline(make_engine):
+    eng = make_engine(spy=True)
+    await eng.start()
+    seen: list[str] = []
+    real = eng._backend.encode
+
+    def encode(text):
+        seen.append(threading.current_thread().name)
+        return real(text)
+
+    eng._backend.encode = encode
+    try:
+        await eng.generate("short", max_tokens=1)
+        assert seen == [threading.current_thread().name]
+        long_prompt = "hello " * (INLINE_BELOW_CHARS // 6 + 1)
+        assert await eng.count_prompt_tokens_async(prompt=long_prompt) > 0
+        assert seen[-1].startswith("tripwire-tokenizer")
+        n = len(seen)
+        await eng.generate(long_prompt, max_tokens=1)  # memoized by the count: not tokenized again
+        assert len(seen) == n
+        r = await eng.chat([{"role": "user", "content": long_prompt + "!"}], max_tokens=1)
+        assert r.completion_tokens == 1
+        assert eng.status()["tokenizer"]["pending"] == 0
+    finally:
+        await eng.stop()
+    with pytest.raises(Exception):
+        await eng._tokenizer.run(lambda: [1])
