@@ -4,7 +4,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup report test test-fast fuzz bench mutation field field-run clean
+.PHONY: setup report test test-fast lint fuzz bench mutation field field-run clean
 
 $(VPY):
 	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'" >&2; exit 2; }
@@ -40,6 +40,10 @@ field-run: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m tripwire.tools.run_tests
+
+# ruff with the small rule set chosen in pyproject.toml ([tool.ruff.lint]); CI runs it before the tests.
+lint: $(STAMP)
+	$(VPY) -m ruff check .
 
 test-fast: $(STAMP)
 	$(VPY) -m pytest -q -x

@@ -25,7 +25,7 @@ import os
 import sys
 import threading as _rt
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .hb import HappensBefore

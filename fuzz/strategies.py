@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-from .sched import CLOCK_ID
 
 
 def derive_seed(base: int, i: int) -> int:

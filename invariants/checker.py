@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__
 from .baseline import assign_fingerprints
 from .config import Config
 from .core import Evidence, FileContext, Finding, ProjectSink

@@ -77,7 +77,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"| Tests | {s['tests_collected']} collected ("
             + ", ".join(f"{k} {v}" for k, v in s["tests_by_suite"].items()) + "); pinned: "
             + ", ".join(f"{v} {k}" for k, v in s["pinned_tests"].items() if v) + " |",
-            f"| Static checker | "
+            "| Static checker | "
             + (", ".join(f"{v} {k}" for k, v in s["static_counts"].items()) if s["static_available"]
                else norm(data.get("static_error", "unavailable"))) + " |",
             f"| Wall time | {tm.get('total', 0):.1f}s (proofs {tm.get('proofs', 0):.1f}s"

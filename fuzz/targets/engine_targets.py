@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-from .. import prims
 from ..context import Context
 from ..target import target
 from ..fake_backend import FakeBackend

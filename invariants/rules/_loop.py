@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 
-from tripwire.invariants.core import FileContext, walk_body
+from tripwire.invariants.core import FileContext
 
 Key = tuple  # ("self", name, id(cls)) | ("mod", name, 0)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue as queue_mod
 import threading
 from collections import namedtuple
 

@@ -56,7 +56,6 @@ def test_bad_shape_found_by_bounded2_within_50_runs(name, variant):
 
 
 def test_shaped_engine_copies_leave_the_real_engine_untouched():
-    import tripwire.engine.simple
     from tripwire import engine
     from tripwire.catalogue.loader import load_engine
     m = load_engine("lock-released-before-drain")

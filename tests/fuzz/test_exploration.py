@@ -4,7 +4,6 @@ instead of OK, partial-order reduction in the bounded search (pruned schedules c
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import pytest
 
