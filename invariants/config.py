@@ -191,17 +191,6 @@ def from_table(table: dict, root: Path, source: str | None) -> Config:
     return cfg
 
 
-def find_pyproject(start: Path) -> Path | None:
-    """The nearest pyproject.toml from `start` upward, with or without a tripwire table (kept for callers that
-    want exactly that; config discovery uses `discover_config`)."""
-    cur = start.resolve()
-    for d in (cur, *cur.parents):
-        p = d / "pyproject.toml"
-        if p.is_file():
-            return p
-    return None
-
-
 @dataclass
 class Discovery:
     """Where the config for a path comes from: `path` is the winning file (None: defaults apply), `skipped`

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import io
-import re
 import textwrap
 import tokenize
 from dataclasses import dataclass, field
@@ -400,10 +399,6 @@ def const_value(node: ast.AST, env: Callable[[str], Any] | None = None, depth: i
         if d is not None:
             return env(d)
     return None
-
-
-def compile_patterns(patterns: Iterable[str], flags: int = 0) -> list[re.Pattern]:
-    return [re.compile(p, flags) for p in patterns]
 
 
 def iter_calls_shallow(node: ast.AST) -> Iterable[ast.AST]:

@@ -12,7 +12,7 @@ import ast
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .core import FileContext, const_value, dotted, iter_calls_shallow
+from .core import FileContext, const_value, iter_calls_shallow
 
 LockOf = Callable[[ast.AST], "str | None"]
 
@@ -236,26 +236,3 @@ def _non_reentrant(factory: str, call: ast.Call) -> bool:
     return True
 
 
-def self_lock_of(self_name: str, locks: dict, module: dict | None = None) -> LockOf:
-    def lock_of(expr: ast.AST) -> str | None:
-        if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name):
-            if expr.value.id in (self_name, "cls", "self") and expr.attr in locks:
-                return expr.attr
-        if module and isinstance(expr, ast.Name) and expr.id in module:
-            return expr.id
-        return None
-
-    return lock_of
-
-
-def self_call_name(call: ast.AST, self_name: str | None) -> str | None:
-    """`self.m(...)` -> 'm' (also `await self.m(...)`)."""
-    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
-        if self_name is not None and call.func.value.id == self_name:
-            return call.func.attr
-    return None
-
-
-def terminal_name(expr: ast.AST) -> str | None:
-    d = dotted(expr)
-    return d.rsplit(".", 1)[-1] if d else None

@@ -242,10 +242,6 @@ class SnapshotStore:
         item.extra["finished"] = True
         self._idle.notify_all()
 
-    def _is_cancelled(self, request_id: str) -> bool:
-        with self._lock:
-            return request_id in self._cancelled_requests
-
     # -- cleanup -------------------------------------------------------------------------------------
     def cleanup_request(self, request_id: str, timeout: float | None = None) -> bool:
         """Forget a request's snapshots (abort path). Returns True if the writer barrier was acquired."""

@@ -6,7 +6,7 @@ import ast
 import fnmatch
 from typing import Any, Callable
 
-from tripwire.invariants.core import FileContext, const_value, dotted, iter_calls_shallow, walk_body
+from tripwire.invariants.core import FileContext, const_value, dotted, walk_body
 
 LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "log", "fatal",
                "print_exc", "print_exception", "print_stack", "format_exc"}
@@ -34,10 +34,6 @@ def handler_kinds(ctx: FileContext, h: ast.ExceptHandler) -> set[str]:
 
 def is_cancel_handler(ctx: FileContext, h: ast.ExceptHandler) -> bool:
     return bool(handler_kinds(ctx, h) & {"bare", "cancel", "base"})
-
-
-def has_raise(stmts: list) -> bool:
-    return any(isinstance(n, ast.Raise) for n in walk_body(stmts))
 
 
 def calls_logging(stmts: list, extra: set[str] = frozenset()) -> bool:
@@ -102,17 +98,7 @@ def enclosing_class_map(ctx: FileContext) -> dict[ast.AST, ast.ClassDef]:
     return m
 
 
-def is_async_context_stmts(func: ast.AST) -> bool:
-    return isinstance(func, ast.AsyncFunctionDef)
-
-
 def match_any(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def func_nodes(ctx: FileContext) -> list:
-    return ctx.nodes(ast.FunctionDef, ast.AsyncFunctionDef)
-
-
-def shallow(node: ast.AST):
-    return iter_calls_shallow(node)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import libcst as cst
 
@@ -183,20 +182,9 @@ def code_of(node: cst.CSTNode) -> str:
     return cst.Module(body=[]).code_for_node(node)
 
 
-def first_line(node: cst.CSTNode) -> str:
-    return code_of(node).strip().splitlines()[0] if code_of(node).strip() else ""
-
-
 def matches_line(node: cst.CSTNode, expected: str) -> bool:
     """Compare a simple statement's code (comments and whitespace aside) with `expected`."""
     if isinstance(node, cst.SimpleStatementLine):
         node = node.with_changes(leading_lines=(), trailing_whitespace=cst.TrailingWhitespace())
     return " ".join(code_of(node).split()) == " ".join(expected.split())
 
-
-def unique(names: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(names))
-
-
-Factory = Callable[[], Codemod]
-Seq = Sequence
