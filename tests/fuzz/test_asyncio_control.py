@@ -21,6 +21,7 @@ def lost_update_body(locked: bool):
     """Two deposits; the second task starts one step later, so FIFO order never interleaves them."""
     async def body(ctx):
         acct = Account()
+        # guards acct.balance across the read-await-write (the fixed form of the lost update)
         lock = asyncio.Lock()
 
         async def deposit(delay_steps: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import hypothesmith
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tripwire.invariants.checker import analyze
