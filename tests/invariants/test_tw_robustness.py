@@ -30,12 +30,14 @@ def _check(data: bytes, path: str = "tests/test_gen.py"):
     return res
 
 
+@pytest.mark.timeout(180)  # hypothesmith's generation alone takes most of a minute on a loaded 2-core machine
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(hypothesmith.from_grammar())
 def test_generated_programs_never_crash_the_checker(source):
     _check(source.encode("utf-8", "surrogatepass"))
 
 
+@pytest.mark.timeout(180)  # as above: generating syntax trees dominates
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 @given(hypothesmith.from_node())
 def test_generated_syntax_trees_never_crash_the_checker(source):
