@@ -3,6 +3,7 @@ import ast
 from tripwire.invariants.core import Option, Rule, Sample, dotted, iter_calls_shallow, walk_body
 
 from ._common import match_any
+from ._loop import call_target, functions
 
 _OFFLOAD = {"asyncio.to_thread": 0, "asyncio.threads.to_thread": 0, "anyio.to_thread.run_sync": 0,
             "trio.to_thread.run_sync": 0}
@@ -198,13 +199,7 @@ class MlxOffWorker(Rule):
         if not any(v == m or v.startswith(m + ".") for v in ctx.imports.values() for m in mods):
             return
         # functions (by key) that call MLX directly or through other sync functions of the file
-        funcs = {}
-        for cls, methods in ctx.classes():
-            for m in methods:
-                funcs[("self", m.name, id(cls))] = (m, cls)
-        for f in ctx.tree.body:
-            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                funcs[("mod", f.name, 0)] = (f, None)
+        funcs = functions(ctx)
         direct = {k for k, (f, _) in funcs.items()
                   if isinstance(f, ast.FunctionDef) and any(self._is_mlx(ctx, n) for n in walk_body(f.body))}
         changed = True
@@ -214,7 +209,7 @@ class MlxOffWorker(Rule):
                 if k in direct or not isinstance(f, ast.FunctionDef):
                     continue
                 for n in walk_body(f.body):
-                    if isinstance(n, ast.Call) and self._target(n.func, cls, funcs) in direct:
+                    if isinstance(n, ast.Call) and call_target(n.func, cls, funcs) in direct:
                         direct.add(k)
                         changed = True
                         break
@@ -232,7 +227,7 @@ class MlxOffWorker(Rule):
                     ctx.report(n, f"MLX call {ctx.qualname(n.func)}(...) inside async def {f.name}() runs on the "
                                   f"event-loop thread; submit it to the MLX worker ({self._submit()})")
                     continue
-                tgt = self._target(n.func, cls, funcs)
+                tgt = call_target(n.func, cls, funcs)
                 if tgt in direct and not self._is_offload(ctx, n):
                     ctx.report(n, f"async def {f.name}() calls {tgt[1]}(), which runs MLX, on the event-loop "
                                   f"thread; submit it to the MLX worker ({self._submit()})")
@@ -248,7 +243,7 @@ class MlxOffWorker(Rule):
                 bad = any(q == m or q.startswith(m + ".") for m in self.opts["modules"])
                 if not bad:
                     for k, (f, c) in funcs.items():
-                        if k in direct and self._target(cb, c, funcs) == k:
+                        if k in direct and call_target(cb, c, funcs) == k:
                             bad = True
                             break
                 if not bad and isinstance(cb, ast.Name):
@@ -293,17 +288,6 @@ class MlxOffWorker(Rule):
         names = getattr(self, "_dedicated", set(self.opts["dedicated_executors"]))
         last = d.rsplit(".", 1)[-1]
         return any(d == n or d.endswith("." + n) or last == n for n in names)
-
-    @staticmethod
-    def _target(func_expr, cls, funcs):
-        if isinstance(func_expr, ast.Attribute) and isinstance(func_expr.value, ast.Name) and \
-                func_expr.value.id in ("self", "cls") and cls is not None:
-            k = ("self", func_expr.attr, id(cls))
-            return k if k in funcs else None
-        if isinstance(func_expr, ast.Name):
-            k = ("mod", func_expr.id, 0)
-            return k if k in funcs else None
-        return None
 
     def _local_def_is_mlx(self, ctx, call, name):
         parents = ctx.parents

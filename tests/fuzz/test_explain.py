@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tripwire.fuzz import prims
+from fuzz_programs import abba_deadlock
 from tripwire.fuzz.execute import execute
 from tripwire.fuzz.explain import explain
 from tripwire.fuzz.explore import run
@@ -98,24 +98,7 @@ def test_locks_appear_as_acquire_and_release_by_whom():
     mod = types.ModuleType("fz_explain_locks")
     mod.threading = real_threading
 
-    async def body(ctx):
-        ctx.instrument(mod)
-        a, b = mod.threading.Lock(), mod.threading.Lock()
-
-        def one():
-            with a:
-                prims.point()
-                with b:
-                    pass
-
-        def two():
-            with b:
-                prims.point()
-                with a:
-                    pass
-        ctx.spawn(one, name="one")
-        ctx.spawn(two, name="two")
-        await ctx.quiescent()
+    body = abba_deadlock(mod)
 
     rep = run(Target("abba-explain", "", body), strategy="bounded:2", budget=50, artifacts=False)
     assert rep.failures

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tripwire.fuzz import artifacts, prims, registry
+from fuzz_programs import abba_deadlock
+from tripwire.fuzz import artifacts, registry
 from tripwire.fuzz.replay import shrink
 from tripwire.fuzz.execute import execute
 from tripwire.fuzz.explore import run
@@ -105,24 +106,7 @@ def _module(**names):
 def test_deadlock_detection_prints_wait_for_graph():
     mod = _module()
 
-    async def body(ctx):
-        ctx.instrument(mod)
-        a, b = mod.threading.Lock(), mod.threading.Lock()
-
-        def one():
-            with a:
-                prims.point()
-                with b:
-                    pass
-
-        def two():
-            with b:
-                prims.point()
-                with a:
-                    pass
-        ctx.spawn(one, name="one")
-        ctx.spawn(two, name="two")
-        await ctx.quiescent()
+    body = abba_deadlock(mod)
 
     rep = run(Target("abba", "ABBA deadlock", body), strategy="bounded:2", budget=50, artifacts=False)
     assert rep.failures, "ABBA deadlock not found"
