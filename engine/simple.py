@@ -215,6 +215,11 @@ class SimpleEngine:
         if self._state != "running":
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
 
+    def is_busy(self) -> bool:
+        """True when a fail_fast request would be rejected as busy right now; counts nothing, raises nothing (the
+        server's busy fast path probes it on every generation request)."""
+        return self._state == "running" and self._admission.would_reject()
+
     def reject_if_busy(self) -> None:
         """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes)."""
         self._check_running()
