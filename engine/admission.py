@@ -76,11 +76,12 @@ class AdmissionController:
         """fail_fast: reject a request at once when the slot is taken, before any per-request work (tokenizing,
         templating) so busy answers stay cheap under load. Changes nothing when the slot is free; `admit`
         remains the authoritative decision."""
-        if self.would_reject():
+        if self.mode == "fail_fast" and (self.holder is not None or self._waiters):
             self._reject()
 
     def would_reject(self) -> bool:
-        """True when `precheck` would reject right now (fail_fast and the slot taken). Read-only: counts nothing."""
+        """True when `precheck` would reject right now (fail_fast and the slot taken). Read-only: counts nothing.
+        Only a hint for the server's busy fast path: `precheck`/`admit` still decide every request."""
         return self.mode == "fail_fast" and (self.holder is not None or bool(self._waiters))
 
     def release(self, req: SlotHolder) -> None:
