@@ -34,6 +34,7 @@ def _touch(path, text="\n# changed\n"):
     ("busy-error-500", "tests/conftest.py"),                                  # ...and the one above it
     ("cache-queued-unlinks", "fuzz/sched.py"),                                # the fuzz code of its target
     ("cache-queued-unlinks", "tests/cache/cache_helpers.py"),                 # a helper its test imports
+    ("admission-deadline-120s", "engine/admission.py"),                       # an exact-text Patch shape's file
 ])
 def test_a_changed_input_changes_the_key(tree, name, changed):
     reg = get(name)

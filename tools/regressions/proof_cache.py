@@ -93,7 +93,8 @@ def codemod_sources(reg: Regression) -> list[Path]:
     """The imported source files of the shape's codemod classes (what `transform` actually runs)."""
     out = set()
     for e in reg.edits:
-        f = getattr(sys.modules.get(e.codemod.__module__), "__file__", None)
+        codemod = getattr(e, "codemod", None)  # a Patch (exact-text edit) carries its text in the repr instead
+        f = getattr(sys.modules.get(codemod.__module__), "__file__", None) if codemod is not None else None
         if f:
             out.add(Path(f).resolve())
     return sorted(out)
@@ -121,8 +122,9 @@ def key(reg: Regression, root: Path, *, salt: str = "") -> str:
 
     h = hashlib.sha256()
     h.update(f"schema={SCHEMA};{_versions()};fuzz={FUZZ_BUDGET}/{FUZZ_SEED};{salt}\0".encode())
-    h.update(repr((reg.name, reg.invariants, [(e.path, e.codemod.__qualname__) for e in reg.edits], reg.rules,
-                   reg.tests, reg.fuzz, reg.requires, reg.pytest_timeout)).encode() + b"\0")
+    edits = [(e.path, e.codemod.__qualname__) if hasattr(e, "codemod") else repr(e) for e in reg.edits]
+    h.update(repr((reg.name, reg.invariants, edits, reg.rules, reg.tests, reg.fuzz, reg.requires,
+                   reg.pytest_timeout)).encode() + b"\0")
     files = [(rel, root / rel) for rel in inputs(reg, root)]
     files += [(f"<codemod>/{p.name}", p) for p in codemod_sources(reg)]
     for rel, p in files:
