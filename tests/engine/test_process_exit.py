@@ -45,7 +45,7 @@ async def main():
     async for _ in eng.stream_generate("and stream", max_tokens=8):
         pass
     await eng.stop()
-    print("generated", r.completion_tokens, flush=True)
+    assert r.completion_tokens > 0, "generated nothing"  # a trial that did not generate exits 1, never 0
 asyncio.run(main())
 '''
 codes, running = [], []
@@ -75,4 +75,3 @@ def test_generate_then_exit_exits_zero_20_of_20(tiny_model_path):
     assert len(codes) == TRIALS
     failures = [c for c in codes if c != 0]
     assert not failures, f"{len(failures)}/{TRIALS} trials did not exit 0 (codes {failures}): {p.stderr[-1200:]}"
-    assert p.stdout.count("generated ") == TRIALS, p.stdout[-800:]
