@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -122,11 +123,12 @@ def test_inject_prove_cli_says_what_it_reused(tmp_path):
     root = copy_project(ROOT, tmp_path / "tree")
     cmd = [sys.executable, "-m", "tripwire.tools.inject", "prove", "textmodel-direct-route", "--root", str(root),
            "--jobs", "1", "--json", str(tmp_path / "out.json")]
-    p1 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
+    env = {k: v for k, v in os.environ.items() if k != "TRIPWIRE_PROOF_CACHE"}  # a cold `make test` sets it to 0
+    p1 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert p1.returncode == 0, p1.stdout + p1.stderr
-    p2 = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
+    p2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert p2.returncode == 0, p2.stdout + p2.stderr
     assert "reused, inputs unchanged" in p2.stdout and "1 verdict(s) reused" in p2.stdout
     assert json.loads((tmp_path / "out.json").read_text())["results"][0]["reused"] is True
-    p3 = subprocess.run([*cmd, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=200)
+    p3 = subprocess.run([*cmd, "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert p3.returncode == 0 and "reused" not in p3.stdout, p3.stdout
