@@ -117,11 +117,10 @@ def _versions() -> str:
 
 
 def key(reg: Regression, root: Path, *, salt: str = "") -> str:
-    """sha256 over the shape's definition, its input files' bytes and the environment (a missing file counts)."""
-    from .prove import FUZZ_BUDGET, FUZZ_SEED
-
+    """sha256 over the shape's definition, its input files' bytes and the environment (a missing file counts);
+    `salt` carries the proof run's own settings (the prover passes its fuzz budget and seed)."""
     h = hashlib.sha256()
-    h.update(f"schema={SCHEMA};{_versions()};fuzz={FUZZ_BUDGET}/{FUZZ_SEED};{salt}\0".encode())
+    h.update(f"schema={SCHEMA};{_versions()};{salt}\0".encode())
     edits = [(e.path, e.codemod.__qualname__) if hasattr(e, "codemod") else repr(e) for e in reg.edits]
     h.update(repr((reg.name, reg.invariants, edits, reg.rules, reg.tests, reg.fuzz, reg.requires,
                    reg.pytest_timeout)).encode() + b"\0")

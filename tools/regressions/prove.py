@@ -23,12 +23,10 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from tripwire.catalogue.base import NotApplicable, Regression
 
-if TYPE_CHECKING:
-    from .proof_cache import ProofCache
 
 ROOT = Path(__file__).resolve().parents[2]
 COPY_ITEMS = ("tripwire", "engine", "invariants", "fuzz", "tests", "tools", "pyproject.toml", "setup.py", "setup.cfg",
@@ -349,11 +347,12 @@ def prove_one(reg: Regression, snapshot: Path, env: Environment, workdir: Path) 
 
 def prove(regs: list[Regression], jobs: int = 2, root: Path = ROOT,
           progress: Callable[[ProofResult, int, int], None] | None = None,
-          cache: "ProofCache | None" = None) -> list[ProofResult]:
+          cache: Any = None) -> list[ProofResult]:
     """Prove every shape in `regs` (up to `jobs` at a time) against one pristine snapshot of `root`.
 
-    With a `cache`, a shape whose inputs (see `proof_cache`) hash to a stored `caught` verdict is not proved again:
-    its stored result comes back with `reused=True`; every new `caught` verdict is stored."""
+    With a `cache` (a `proof_cache.ProofCache`), a shape whose inputs (see `proof_cache`) hash to a stored
+    `caught` verdict is not proved again: its stored result comes back with `reused=True`; every new `caught`
+    verdict is stored."""
     from .proof_cache import key as cache_key
 
     with tempfile.TemporaryDirectory(prefix="tripwire-proof-") as tmp:
@@ -365,7 +364,7 @@ def prove(regs: list[Regression], jobs: int = 2, root: Path = ROOT,
         done = 0
         for r in regs:
             if cache is not None:
-                keys[r.name] = cache_key(r, snapshot)
+                keys[r.name] = cache_key(r, snapshot, salt=f"fuzz={FUZZ_BUDGET}/{FUZZ_SEED}")
                 hit = cache.get(r.name, keys[r.name])
                 if hit is not None:
                     res = _from_dict(hit)
