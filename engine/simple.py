@@ -264,8 +264,9 @@ class SimpleEngine:
         if self._state != "running":
             raise EngineStopped(f"engine is {self._state}; not accepting requests")
 
-    def would_reject(self) -> bool:
-        """True if `reject_if_busy()` would raise EngineBusy now (no side effects, no counting)."""
+    def is_busy(self) -> bool:
+        """True when a fail_fast request would be rejected as busy right now (`reject_if_busy()` would raise);
+        counts nothing, raises nothing (the server's busy fast path probes it on every generation request)."""
         return self._state == "running" and self._admission.would_reject()
 
     def reject_if_busy(self) -> None:

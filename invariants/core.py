@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import textwrap
 import tokenize
 from dataclasses import dataclass, field
@@ -118,11 +119,16 @@ class Rule:
     project: ClassVar[bool] = False
     #: meta rules are produced by the framework itself (parse errors, suppression bookkeeping)
     meta: ClassVar[bool] = False
+    #: the name of a list[str] option of class-name globs when the rule only looks inside classes matching them:
+    #: a file is then handed to the rule only if it contains the literal part of one glob (a class it could
+    #: match is named in the file), on top of `prefilter`
+    class_globs_option: ClassVar[str | None] = None
 
     def __init__(self, options: dict | None = None):
         values = {k: o.default for k, o in self.options.items()}
         values.update(options or {})
         self.opts = values
+        self._class_literals = glob_literals(values[self.class_globs_option]) if self.class_globs_option else None
         self.setup()
 
     def setup(self) -> None:
@@ -135,7 +141,10 @@ class Rule:
         """Byte-level prefilter: False means this file cannot produce a finding (it is then not parsed
         for this rule)."""
         pre = self.prefilter_bytes()
-        return pre is None or any(p in data for p in pre)
+        if pre is not None and not any(p in data for p in pre):
+            return False
+        lits = self._class_literals
+        return lits is None or any(lit in data for lit in lits)
 
     def matches_file(self, path: str, data: bytes) -> bool:
         """Prefilter with the (root-relative) path known; defaults to the byte prefilter."""
@@ -201,6 +210,7 @@ class FileContext:
         self._comments: dict[int, str] | None = None
         self._parents: dict[ast.AST, ast.AST] | None = None
         self._classes: list[tuple[ast.ClassDef, list]] | None = None
+        self._body_nodes: dict[int, list[ast.AST]] | None = None
 
     # -- reporting ----------------------------------------------------------------------------
     def report(self, node: ast.AST | int, message: str, col: int | None = None, severity: str | None = None) -> None:
@@ -238,6 +248,16 @@ class FileContext:
             out.extend(self._buckets.get(t, []))
         out.sort(key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0)))
         return out
+
+    def body_nodes(self, func: ast.AST) -> list[ast.AST]:
+        """The nodes of a function's own body (`shallow_nodes(func.body)`), computed once per function and shared
+        by every rule: the per-function summary rules query instead of re-walking the body."""
+        if self._body_nodes is None:
+            self._body_nodes = {}
+        got = self._body_nodes.get(id(func))
+        if got is None:
+            got = self._body_nodes[id(func)] = shallow_nodes(func.body)
+        return got
 
     @property
     def parents(self) -> dict[ast.AST, ast.AST]:
@@ -316,33 +336,116 @@ class FileContext:
         return q
 
 
-_SKIP = (ast.expr_context, ast.operator, ast.unaryop, ast.cmpop, ast.boolop)
+# Fields that never hold a child node worth visiting: names and flags (str/int/bool), and the expression-context
+# and operator singletons. Skipping them by name (per node class, computed once) saves a getattr and an
+# isinstance per field on every node of every tree.
+_LEAF_FIELDS = frozenset({"ctx", "op", "ops", "id", "attr", "name", "arg", "module", "level", "kind", "type_comment",
+                          "is_async", "conversion", "asname"})
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type) -> tuple[str, ...]:
+    fields = tuple(f for f in cls._fields if f not in _LEAF_FIELDS and not (cls is ast.Constant and f == "value"))
+    _CHILD_FIELDS[cls] = fields
+    return fields
 
 
 def _bucket_nodes(tree: ast.AST) -> dict[type, list]:
-    """All nodes grouped by type, in one pass (about twice as fast as `ast.walk`; operator and context
-    singletons are skipped)."""
+    """All nodes grouped by type, in one pass (about three times as fast as `ast.walk`; operator and context
+    singletons are skipped). Within a type, nodes are in source (pre-)order."""
     b: dict[type, list] = {}
     stack = [tree]
-    pop, push = stack.pop, stack.append
-    AST, skip = ast.AST, _SKIP
+    pop, push, get = stack.pop, stack.append, b.get
+    AST, child_fields = ast.AST, _CHILD_FIELDS
     while stack:
         n = pop()
         t = n.__class__
-        lst = b.get(t)
+        lst = get(t)
         if lst is None:
             b[t] = [n]
         else:
             lst.append(n)
-        for f in n._fields:
+        fields = child_fields.get(t)
+        if fields is None:
+            fields = _child_fields(t)
+        for f in fields:
             v = getattr(n, f, None)
             if v.__class__ is list:
                 for x in reversed(v):
-                    if isinstance(x, AST) and not isinstance(x, skip):
+                    if isinstance(x, AST):
                         push(x)
-            elif isinstance(v, AST) and not isinstance(v, skip):
+            elif isinstance(v, AST):
                 push(v)
     return b
+
+
+def shallow_nodes(stmts: list[ast.stmt]) -> list[ast.AST]:
+    """Every node under `stmts` (the statements included), not descending into nested function/class
+    definitions or lambdas (those statements themselves are skipped, as `walk_body` does). Same set as
+    `list(walk_body(stmts))`, built with the fast field table; order is unspecified."""
+    out: list[ast.AST] = []
+    add = out.append
+    stack = [s for s in stmts if not isinstance(s, _NESTED_SCOPES)]
+    pop, push = stack.pop, stack.append
+    AST, child_fields, nested = ast.AST, _CHILD_FIELDS, _NESTED_SCOPES
+    while stack:
+        n = pop()
+        add(n)
+        t = n.__class__
+        fields = child_fields.get(t)
+        if fields is None:
+            fields = _child_fields(t)
+        for f in fields:
+            v = getattr(n, f, None)
+            if v.__class__ is list:
+                for x in v:
+                    if isinstance(x, AST) and not isinstance(x, nested):
+                        push(x)
+            elif isinstance(v, AST) and not isinstance(v, nested):
+                push(v)
+    return out
+
+
+def walk_nodes(node: ast.AST) -> list[ast.AST]:
+    """`list(ast.walk(node))` in the same (breadth-first) order, without the operator and expression-context
+    singletons, about three times as fast (the fast field table)."""
+    out = [node]
+    AST, child_fields = ast.AST, _CHILD_FIELDS
+    i = 0
+    while i < len(out):
+        n = out[i]
+        i += 1
+        t = n.__class__
+        fields = child_fields.get(t)
+        if fields is None:
+            fields = _child_fields(t)
+        for f in fields:
+            v = getattr(n, f, None)
+            if v.__class__ is list:
+                for x in v:
+                    if isinstance(x, AST):
+                        out.append(x)
+            elif isinstance(v, AST):
+                out.append(v)
+    return out
+
+
+_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+_GLOB_META = re.compile(r"\*|\?|\[[^\]]*\]")
+
+
+def glob_literals(patterns: Iterable[str]) -> tuple[bytes, ...] | None:
+    """The longest literal run of each fnmatch glob, as bytes: a name matching the glob contains it.
+    None when some glob has no literal part (e.g. `*`): no byte prefilter is possible then."""
+    out = []
+    for p in patterns:
+        longest = max(_GLOB_META.split(p), key=len)
+        if not longest:
+            return None
+        out.append(longest.encode())
+    return tuple(sorted(set(out)))
 
 
 def dotted(node: ast.AST) -> str | None:

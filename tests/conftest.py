@@ -24,3 +24,9 @@ def anyio_backend():
 def pytest_configure(config):
     # The MLX entry guard is always on in tests.
     os.environ.setdefault("TRIPWIRE_DEBUG", "1")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # Long tests (marked `slow`) first: under `make test` (xdist, --dist worksteal) they start at once on the
+    # first worker while the others take the short tests, instead of becoming the suite's tail.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -18,6 +18,7 @@ from tripwire.progress import Progress
 from tripwire.catalogue import catalogue, get
 from tripwire.catalogue.base import NotApplicable
 from tripwire.tools.regressions.prove import ROOT, ProofResult, exit_code, prove
+from tripwire.tools.regressions.proof_cache import default_cache
 
 MARK = {"fired": "✔", "silent": "·", "unavailable": "?", "error": "!"}
 
@@ -59,7 +60,8 @@ def cmd_show(args) -> int:
 
 def print_result(r: ProofResult, i: int | None = None, n: int | None = None) -> None:
     head = f"[{i}/{n}] " if i else ""
-    print(f"{head}{r.status.upper():<14} {r.name} ({r.seconds:.1f}s) {'' if r.status == 'caught' else r.message}")
+    how = "reused, inputs unchanged" if r.reused else f"{r.seconds:.1f}s"
+    print(f"{head}{r.status.upper():<14} {r.name} ({how}) {'' if r.status == 'caught' else r.message}")
     for d in r.detectors:
         print(f"      {MARK.get(d.status, '?')} {d.kind:<4} {d.name}  {d.status} {d.seconds:.2f}s  {d.detail}")
     for d in r.unlisted:
@@ -75,16 +77,21 @@ def cmd_prove(args) -> int:
         return 2
     t0 = time.monotonic()
     print(f"proving {len(regs)} regression(s) with {args.jobs} job(s)…", flush=True)
+    root = Path(args.root).resolve()
+    cache = None if args.no_cache else default_cache(root)
     with Progress("proofs", len(regs), stream=sys.stdout) as bar:
         def show(r: ProofResult, i: int, n: int) -> None:
             with bar.paused():
                 print_result(r, i, n)
             bar.update(i, note=f"last: {r.name} {r.status}")
 
-        results = prove(regs, jobs=args.jobs, root=Path(args.root).resolve(), progress=show)
+        results = prove(regs, jobs=args.jobs, root=root, progress=show, cache=cache)
     wall = time.monotonic() - t0
     counts = {s: sum(r.status == s for r in results) for s in ("caught", "survived", "not-applicable", "pending",
                                                                 "error")}
+    reused = sum(r.reused for r in results)
+    if reused:
+        print(f"{reused} verdict(s) reused from {cache.directory} (inputs unchanged; --no-cache proves all)")
     print(f"\n{counts['caught']} caught, {counts['survived']} survived, {counts['not-applicable']} not applicable, "
           f"{counts['pending']} pending, {counts['error']} error(s) in {wall:.1f}s")
     for r in results:
@@ -109,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--root", default=str(ROOT), help="project to copy (default: this checkout)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="prove every shape cold (default: reuse verdicts whose inputs are unchanged, "
+                        "from .tripwire_cache/proofs/)")
     args = ap.parse_args(argv)
     return {"list": cmd_list, "show": cmd_show, "prove": cmd_prove}[args.cmd](args)
 

@@ -7,6 +7,11 @@ admission pressure; pass --honor-retry-after to back off instead). With --discon
 requests is abandoned mid-flight (streams after their first event, non-streams after a random delay) to
 exercise the server's cancellation drain. Prints a status histogram, p50/p99 latency of 200s and 503s, the
 disconnects issued, and /v1/status before and after (nothing may be left locked).
+
+Goodput: unless `--baseline-seconds 0`, the same invocation first runs ONE client alone for that long (the idle
+baseline), then the storm; both count the completion tokens of finished 200s. It prints
+`goodput ratio = storm tokens/s / single-client tokens/s` (issue 16 wants >= 0.8 with 32 clients retrying at
+once) and the 503s' server-side p99 (from Server-Timing; wanted <= 10 ms).
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ class Stats:
         self.disconnects = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.bad_503_bodies = 0
+        self.completion_tokens = 0  # of finished 200s (usage.completion_tokens)
 
 
 async def one_request(client: httpx.AsyncClient, a: argparse.Namespace, rng: random.Random, stats: Stats) -> float:
     """Returns seconds to wait before the next request (Retry-After when honoring it)."""
     body = {"messages": [{"role": "user", "content": rng.choice(PROMPTS)}],
             "max_tokens": a.max_tokens, "stream": a.stream}
+    if a.stream:
+        body["stream_options"] = {"include_usage": True}
     url = a.url.rstrip("/") + "/v1/chat/completions"
     disconnect = rng.random() < a.disconnect_rate
     t0 = time.perf_counter()
@@ -57,7 +65,10 @@ async def one_request(client: httpx.AsyncClient, a: argparse.Namespace, rng: ran
                     stats.status["200 (disconnected)"] += 1
                     return 0.0
                 await r.aread()
-                return record(stats, r, time.perf_counter() - t0, a)
+                wait = record(stats, r, time.perf_counter() - t0, a)
+                if r.status_code == 200:
+                    stats.completion_tokens += stream_usage(r.text)
+                return wait
         if disconnect:
             task = asyncio.ensure_future(client.post(url, json=body))
             done, _ = await asyncio.wait({task}, timeout=rng.uniform(0.0, a.disconnect_after_max_s))
@@ -70,11 +81,28 @@ async def one_request(client: httpx.AsyncClient, a: argparse.Namespace, rng: ran
             r = task.result()
         else:
             r = await client.post(url, json=body)
-        return record(stats, r, time.perf_counter() - t0, a)
+        wait = record(stats, r, time.perf_counter() - t0, a)
+        if r.status_code == 200:
+            try:
+                stats.completion_tokens += int(r.json()["usage"]["completion_tokens"])
+            except (ValueError, KeyError, TypeError):
+                stats.errors["200 without usage"] += 1
+        return wait
     except httpx.HTTPError as exc:
         stats.errors[type(exc).__name__] += 1
         stats.status["transport error"] += 1
         return 0.0
+
+
+def stream_usage(text: str) -> int:
+    """completion_tokens of the usage chunk a stream sends last (stream_options.include_usage)."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("data: {") and '"usage"' in line:
+            try:
+                return int(json.loads(line[6:])["usage"]["completion_tokens"])
+            except (ValueError, KeyError, TypeError):
+                return 0
+    return 0
 
 
 def record(stats: Stats, r: httpx.Response, elapsed: float, a: argparse.Namespace) -> float:
@@ -116,33 +144,57 @@ async def get_status(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return r.json()
 
 
+async def phase(client: httpx.AsyncClient, a: argparse.Namespace, clients: int, seconds: float) -> tuple[Stats, float]:
+    stats = Stats()
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    await asyncio.gather(*(client_loop(i, client, a, deadline, stats) for i in range(clients)))
+    return stats, time.perf_counter() - t0
+
+
+async def settle(client: httpx.AsyncClient, url: str) -> tuple[dict[str, Any], bool]:
+    # The last cancelled request may still be draining: poll (bounded) until the engine is idle.
+    settle_deadline = time.perf_counter() + 10
+    while True:
+        after = await get_status(client, url)
+        idle = not after["generation_lock"]["locked"] and not after["active"] and after["slot_holder"] is None
+        if idle or time.perf_counter() > settle_deadline:
+            return after, idle
+        await asyncio.sleep(0.05)
+
+
 async def run(a: argparse.Namespace) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=a.clients + 4, max_keepalive_connections=a.clients + 4)
     async with httpx.AsyncClient(timeout=a.timeout, limits=limits) as client:
+        base = None
+        if a.baseline_seconds > 0:  # the idle baseline: one client alone, same request shape
+            bstats, bwall = await phase(client, a, 1, a.baseline_seconds)
+            await settle(client, a.url)
+            base = {"seconds": round(bwall, 2), "completed": bstats.status.get("200", 0),
+                    "completion_tokens": bstats.completion_tokens,
+                    "tokens_per_s": round(bstats.completion_tokens / bwall, 1)}
         before = await get_status(client, a.url)
-        stats = Stats()
-        t0 = time.perf_counter()
-        deadline = t0 + a.seconds
-        await asyncio.gather(*(client_loop(i, client, a, deadline, stats) for i in range(a.clients)))
-        wall = time.perf_counter() - t0
-        # The last cancelled request may still be draining: poll (bounded) until the engine is idle.
-        settle_deadline = time.perf_counter() + 10
-        while True:
-            after = await get_status(client, a.url)
-            idle = not after["generation_lock"]["locked"] and not after["active"] and after["slot_holder"] is None
-            if idle or time.perf_counter() > settle_deadline:
-                break
+        stats, wall = await phase(client, a, a.clients, a.seconds)
+        after, idle = await settle(client, a.url)
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     total = sum(stats.status.values())
+    storm_tps = round(stats.completion_tokens / wall, 1)
+    busy_server = stats.server_latency.get("503", [])
     return {
         "config": {"url": a.url, "clients": a.clients, "seconds": a.seconds, "stream": a.stream,
-                   "disconnect_rate": a.disconnect_rate, "max_tokens": a.max_tokens},
+                   "disconnect_rate": a.disconnect_rate, "max_tokens": a.max_tokens,
+                   "baseline_seconds": a.baseline_seconds},
         "requests": total, "requests_per_s": round(total / wall, 1),
         "status": dict(sorted(stats.status.items())),
         "latency_ms": {code: {"n": len(v), "p50": ms(pct(v, 50)), "p99": ms(pct(v, 99)), "max": ms(max(v))}
                        for code, v in sorted(stats.latency.items())},
         "server_time_to_response_start_ms": {code: {"n": len(v), "p50": ms(pct(v, 50)), "p99": ms(pct(v, 99)),
                                                     "max": ms(max(v))} for code, v in sorted(stats.server_latency.items())},
+        "goodput": {"single_client": base,
+                    "storm": {"seconds": round(wall, 2), "completed": stats.status.get("200", 0),
+                              "completion_tokens": stats.completion_tokens, "tokens_per_s": storm_tps},
+                    "ratio": round(storm_tps / base["tokens_per_s"], 3) if base and base["tokens_per_s"] else None},
+        "busy_503_server_p99_ms": ms(pct(busy_server, 99)),
         "disconnects_issued": stats.disconnects,
         "transport_errors": dict(stats.errors),
         "malformed_503_bodies": stats.bad_503_bodies,
@@ -174,6 +226,16 @@ def print_report(rep: dict[str, Any]) -> None:
     print("server time to response start (Server-Timing header, ms):")
     for k, v in rep["server_time_to_response_start_ms"].items():
         print(f"  {k}: n={v['n']} p50={v['p50']} p99={v['p99']} max={v['max']}")
+    g = rep["goodput"]
+    if g["single_client"]:
+        b = g["single_client"]
+        print(f"goodput: storm {g['storm']['tokens_per_s']} tok/s ({g['storm']['completed']} completed) vs single "
+              f"client {b['tokens_per_s']} tok/s ({b['completed']} completed in {b['seconds']} s) -> "
+              f"ratio {g['ratio']} (want >= 0.8)")
+    else:
+        print(f"goodput: storm {g['storm']['tokens_per_s']} tok/s ({g['storm']['completed']} completed); "
+              "no single-client baseline (--baseline-seconds 0)")
+    print(f"503 p99 server-side: {rep['busy_503_server_p99_ms']} ms (want <= 10 ms)")
     print(f"disconnects issued: {rep['disconnects_issued']}; transport errors: {rep['transport_errors'] or 0}; "
           f"malformed 503 bodies: {rep['malformed_503_bodies']}")
     print(f"busy_rejections +{rep['busy_rejections_delta']}; engine totals delta: {rep['totals_delta']}")
@@ -187,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--baseline-seconds", type=float, default=10.0,
+                   help="first run one client alone this long (the goodput baseline); 0 skips it")
     p.add_argument("--stream", action="store_true")
     p.add_argument("--disconnect-rate", type=float, default=0.0)
     p.add_argument("--disconnect-after-max-s", type=float, default=0.1,
@@ -199,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0 <= a.disconnect_rate <= 1:
         p.error("--disconnect-rate must be in [0, 1]")
-    rep = asyncio.run(run(a))
+    if a.baseline_seconds < 0 or a.seconds <= 0 or a.clients < 1:
+        p.error("--seconds and --clients must be positive, --baseline-seconds >= 0")
+    try:
+        rep = asyncio.run(run(a))
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {a.url} ({type(exc).__name__}: {exc}); start `python -m engine serve` first",
+              file=sys.stderr)
+        return 1
     if a.json:
         print(json.dumps(rep, indent=2))
     else:

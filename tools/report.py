@@ -133,10 +133,15 @@ def load_or_run_proofs(out_dir: Path, jobs: int, fresh: bool,
 
     if bar is not None:
         bar.total = len(regs)
-    results = prove(regs, jobs=jobs, progress=show)
+    from tripwire.tools.regressions.proof_cache import default_cache
+
+    # Per-shape reuse: a shape whose inputs are unchanged since its last `caught` verdict is not proved again.
+    results = prove(regs, jobs=jobs, progress=show, cache=None if fresh else default_cache(ROOT))
     wall = round(time.monotonic() - t0, 2)
     save_proofs(results, wall, cache, current)
-    return [r.to_dict() for r in results], wall, False
+    n_reused = sum(r.reused for r in results)
+    log(f"      {n_reused}/{len(results)} proof(s) reused from .tripwire_cache/proofs (inputs unchanged)")
+    return [r.to_dict() for r in results], wall, n_reused == len(results)
 
 
 def save_proofs(results: list, wall: float, path: Path, tree: str | None = None) -> None:
@@ -469,19 +474,30 @@ def build(out: Path, jobs: int, fuzz_budget: int, fresh_proofs: bool) -> dict[st
     proofs, proof_wall, reused = phase_proofs(out, jobs, fresh_proofs, expected)
     timings["proofs"] = round(time.monotonic() - t0, 2)
 
+    # Phases that depend on the whole tree are reused while its content hash is unchanged (issue 16).
+    from tripwire.tools.report_cache import PhaseCache
+
+    phases = PhaseCache(out / ".reuse", tree_hash(), enabled=not fresh_proofs)
     t0 = time.monotonic()
-    fuzz = phase_fuzz(sorted({t for inv in INVARIANTS for t in inv.fuzz}), fuzz_budget, expected)
+    targets = sorted({t for inv in INVARIANTS for t in inv.fuzz})
+    fuzz = phases.run("fuzz", [targets, fuzz_budget, FUZZ_SEED], lambda: phase_fuzz(targets, fuzz_budget, expected))
     timings["fuzz"] = round(time.monotonic() - t0, 2)
 
     t0 = time.monotonic()
-    tests, counts, cov = phase_tests(sorted({t for inv in INVARIANTS for t in inv.tests}), out, expected)
+    pinned = sorted({t for inv in INVARIANTS for t in inv.tests})
+    cov_file = out / "coverage.json"
+    cov_key = cov_file.stat().st_mtime_ns if cov_file.exists() else None
+    tests, counts, cov = phases.run("tests", [pinned, cov_key], lambda: list(phase_tests(pinned, out, expected)))
     timings["tests"] = round(time.monotonic() - t0, 2)
+    for phase in phases.reused:
+        log(f"      {phase}: reused (same tree {phases.tree}; --fresh runs it again)")
 
     data = assemble(static, proofs, fuzz, tests, counts, cov)
     timings["total"] = round(time.monotonic() - t_all, 2)
     data["meta"] = {"commit": _git_commit(), "tree_hash": tree_hash(), "fuzz_budget": fuzz_budget,
                     "fuzz_seed": FUZZ_SEED}
-    data["timings"] = {**timings, "proof_run_wall_s": proof_wall, "proofs_reused": reused}
+    data["timings"] = {**timings, "proof_run_wall_s": proof_wall, "proofs_reused": reused,
+                       "phases_reused": phases.reused + (["proofs"] if reused else [])}
     from tripwire.tools.field_report import load_field
 
     data["field"] = load_field(out)  # reports/field_run.json from `make field-run`, if present
@@ -607,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--jobs", "-j", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--fuzz-budget", type=int, default=FUZZ_BUDGET)
-    ap.add_argument("--fresh-proofs", action="store_true", help="ignore reports/proofs.json from `make test`")
+    ap.add_argument("--fresh-proofs", "--fresh", action="store_true",
+                    help="run every phase again: ignore reports/proofs.json from `make test`, the proof cache and "
+                         "the cached fuzz/test phases (OUT/.reuse/)")
     ap.add_argument("--base", metavar="REV", help="PR mode: also build the report of REV (in a temporary git "
                     "worktree) and open with what changed (also `make report BASE=REV`)")
     ap.add_argument("--summary", action="store_true", help="print only a <= 40-line Markdown summary on stdout "
@@ -660,7 +678,7 @@ def print_totals(data: dict[str, Any], out: Path) -> None:
     log(f"fuzz: {s['fuzz_schedules']} schedules, {s['fuzz_failures']} failure(s); "
         f"coverage: {_cov_text(s['coverage'])}; tests collected: {s['tests_collected']}")
     log(f"wrote {out / 'index.html'}, {out / 'invariants.md'}, {out / 'report.json'} in "
-        f"{data['timings']['total']:.1f}s")
+        f"{data['timings']['total']:.1f}s (reused: {', '.join(data['timings'].get('phases_reused') or []) or 'nothing'})")
 
 
 def exit_status(data: dict[str, Any]) -> int:

@@ -82,7 +82,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                else norm(data.get("static_error", "unavailable"))) + " |",
             f"| Wall time | {tm.get('total', 0):.1f}s (proofs {tm.get('proofs', 0):.1f}s"
             f"{', reused from make test' if tm.get('proofs_reused') else ''}, fuzz {tm.get('fuzz', 0):.1f}s, "
-            f"tests {tm.get('tests', 0):.1f}s, static {tm.get('static', 0):.1f}s) |", ""]
+            f"tests {tm.get('tests', 0):.1f}s, static {tm.get('static', 0):.1f}s; reused (tree unchanged): "
+            f"{', '.join(tm.get('phases_reused') or []) or 'nothing'}) |", ""]
     out += ["| Invariant | Status | Static | Regressions caught | Fuzz | Pinned tests |", "|---|---|---|---|---|---|"]
     for inv in data["invariants"]:
         regs = inv["regressions"]
@@ -309,7 +310,8 @@ def render_html(data: dict[str, Any]) -> str:
          + e(", ".join(f"{v} {k}" for k, v in s["pinned_tests"].items() if v)) + "</div></div>",
          f"<div><div class=muted>Wall time</div><div class=big>{tm.get('total', 0):.0f}s</div>"
          f"<div class=muted>proofs {tm.get('proofs', 0):.0f}s{' (reused)' if tm.get('proofs_reused') else ''}, "
-         f"fuzz {tm.get('fuzz', 0):.0f}s, tests {tm.get('tests', 0):.0f}s</div></div>",
+         f"fuzz {tm.get('fuzz', 0):.0f}s, tests {tm.get('tests', 0):.0f}s; reused: "
+         f"{e(', '.join(tm.get('phases_reused') or []) or 'nothing')}</div></div>",
          "</div>",
          ("" if s["static_available"] else f"<p class=warn>{e(data.get('static_error'))}</p>"),
          "</div>",

@@ -1,10 +1,17 @@
 """`make test`: the whole suite under coverage (branch + thread), then the engine's coverage total.
 
 Extra arguments are passed to pytest: `python -m tripwire.tools.run_tests -k admission`.
+
+The suite runs on every core (pytest-xdist, `--dist worksteal`: tests marked `slow` are ordered first, so the
+long ones start at once and the short ones fill the other workers). Coverage follows the workers through
+pytest-cov, which combines every worker's data into `.coverage` (the `[tool.coverage.*]` config in
+pyproject.toml: engine/ only, branch + thread). `TRIPWIRE_TEST_WORKERS=N` sets the worker count (`0` runs in
+one process, as before); an explicit `-n` in the arguments wins.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,15 +20,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def workers_args(argv: list[str]) -> list[str]:
+    """`-n N --dist worksteal` unless disabled, unavailable or already given."""
+    if any(a == "-n" or a.startswith(("-n=", "--numprocesses")) or (a.startswith("-n") and a[2:].isdigit())
+           for a in argv):
+        return []
+    if importlib.util.find_spec("xdist") is None:
+        print("note: pytest-xdist is not installed (run `make setup`): running in one process", file=sys.stderr)
+        return []
+    n = os.environ.get("TRIPWIRE_TEST_WORKERS", "auto")
+    if n == "0":
+        return []
+    return ["-n", n, "--dist", "worksteal"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ)
     for stale in ROOT.glob(".coverage*"):
         stale.unlink()
     py = sys.executable
+    # Build the embedded model once, before the workers start: two workers building it at the same time on a
+    # fresh machine would replace each other's directory.
+    subprocess.run([py, "-c", "from tripwire.engine.tiny_model import ensure_tiny_model; ensure_tiny_model()"], cwd=ROOT,
+                   env=env, stdout=subprocess.DEVNULL, check=False)
+    if importlib.util.find_spec("pytest_cov") is not None:
+        # pytest-cov measures every xdist worker and combines their data; config from pyproject.toml
+        cmd = [py, "-m", "pytest", "--tripwire", "--cov", "--cov-report=", *workers_args(argv), *argv]
+    else:  # `coverage run` does not follow xdist workers: one process
+        print("note: pytest-cov is not installed (run `make setup`): running in one process", file=sys.stderr)
+        cmd = [py, "-m", "coverage", "run", "-m", "pytest", "--tripwire", *argv]
     # --tripwire: one item per enabled static rule over the configured paths (the checker, run as tests).
-    rc = subprocess.call([py, "-m", "coverage", "run", "-m", "pytest", "--tripwire", *argv], cwd=ROOT, env=env)
-    subprocess.call([py, "-m", "coverage", "combine", "-q"], cwd=ROOT, env=env)
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
+    subprocess.call([py, "-m", "coverage", "combine", "-q"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     cov = subprocess.run([py, "-m", "coverage", "report", "--format=total"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     if cov.returncode == 0:

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from tripwire.engine.server.auth import authorize, validate_api_key
 from tripwire.engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
+from tripwire.engine.server.fastpath import FastPathApp, NotBusy, engine_is_busy
 from tripwire.engine.server.framing import BodyDeadlineMiddleware, RequestFramingMiddleware
 from tripwire.engine.server.preflight import (DEFAULT_PREFILL_CHUNK, ModelMemoryShape, PrefillMemoryExceeded,
                                      check_prefill_memory, estimate_prefill_peak_bytes, resolve_memory_limit)
@@ -167,12 +168,15 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
             if manage_engine:
                 await engine.stop()
 
-    app = FastAPI(title="tripwire", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastPathApp(title="tripwire", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible server with fail-fast admission (busy -> 503 + Retry-After).")
     app.state.server = st
     app.add_middleware(BodyDeadlineMiddleware, body_timeout_s=body_timeout_s)
     app.add_middleware(RequestFramingMiddleware)
     app.add_middleware(RequestLogMiddleware, stats=st.stats)  # added last = outermost: logs every answer
+    # Busy answers skip the framework (a 503 storm must not starve generation); same checks, same answers.
+    app.enable_busy_fast_path(is_busy=engine_is_busy(engine), stats=st.stats,
+                              prechecks=lambda request, chat: _generate(request, st, chat=chat, precheck_only=True))
 
     # -- error handlers: one body shape everywhere ------------------------------------------------
     @app.exception_handler(ApiError)
@@ -294,7 +298,9 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def _generate(request: Request, st: ServerState, *, chat: bool) -> Response:
+async def _generate(request: Request, st: ServerState, *, chat: bool, precheck_only: bool = False) -> Response:
+    """Serve one generation request. With ``precheck_only`` (the busy fast path) stop after the busy check:
+    raise its ``ApiError`` or, when the engine admits requests again, ``NotBusy``."""
     ctx = _ctx(request)
     _authorize(request, st)
     payload = await read_json_object(request, st.max_body_bytes)
@@ -325,8 +331,8 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
                        param=max_field)
     try:
         reject_if_busy = getattr(engine, "reject_if_busy", None)
-        would_reject = getattr(engine, "would_reject", None)
-        if would_reject is not None and would_reject():
+        is_busy = getattr(engine, "is_busy", None)
+        if is_busy is not None and is_busy():
             # The holder's client may have just gone: its EOF can sit in this very loop iteration, behind us.
             # Let the loop run a few callbacks (no timer) so that disconnect lands (the engine then knows the
             # holder is draining and admission waits the few ms for it) before deciding busy.
@@ -334,6 +340,8 @@ async def _generate(request: Request, st: ServerState, *, chat: bool) -> Respons
                 await asyncio.sleep(0)
         if reject_if_busy is not None:
             reject_if_busy()  # busy answers stay cheap: no chat-template render, no tokenizer call
+        if precheck_only:
+            raise NotBusy()
         prompt_tokens = await count()  # a long prompt is tokenized off the loop
     except Exception as exc:
         err = _engine_error(exc, ctx)

@@ -54,7 +54,7 @@ class RequestLogMiddleware:
         self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or "reqlog" in scope.get("state", {}):  # not HTTP, or logged by an outer layer
             await self.app(scope, receive, send)
             return
         incoming = None

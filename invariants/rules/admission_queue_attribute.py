@@ -25,6 +25,7 @@ class AdmissionQueueAttribute(Rule):
         "deny": Option("list[str]", DEFAULT_DENY, "glob patterns of forbidden attribute names (case-insensitive)"),
     }
     prefilter = (b"class ",)
+    class_globs_option = "classes"  # only classes matching these globs are looked at
     sample_options = {"classes": ["SimpleEngine", "*Engine"]}
     valid = [
         """

@@ -1,6 +1,6 @@
 import ast
 
-from tripwire.invariants.core import Option, Rule
+from tripwire.invariants.core import Option, Rule, walk_nodes
 
 
 class BusyErrorContract(Rule):
@@ -94,7 +94,7 @@ class BusyErrorContract(Rule):
             for m in methods:
                 if m.name != "__init__":
                     continue
-                for n in ast.walk(m):
+                for n in walk_nodes(m):  # ast.walk order, faster
                     if isinstance(n, ast.Assign):
                         for t in n.targets:
                             if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":

@@ -24,6 +24,7 @@ class CleanupWithoutWriterBarrier(Rule):
         "methods": Option("list[str]", ["cleanup*", "clear*", "reset*"], "cleanup method names (globs)"),
     }
     prefilter = (b"class ",)
+    class_globs_option = "classes"  # only classes matching these globs are looked at
     sample_options = {"classes": ["SnapshotStore"]}
     valid = [
         """

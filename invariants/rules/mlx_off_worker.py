@@ -1,6 +1,6 @@
 import ast
 
-from tripwire.invariants.core import Option, Rule, Sample, dotted, iter_calls_shallow, walk_body
+from tripwire.invariants.core import Option, Rule, Sample, dotted, iter_calls_shallow
 
 from ._common import match_any
 from ._loop import call_target, functions
@@ -36,11 +36,18 @@ class MlxOffWorker(Rule):
                                       "in the file with `ThreadPoolExecutor(max_workers=1)` count too"),
     }
     prefilter = (b"mlx",)
+    # Outside worker-only paths a finding needs an MLX import and either an `async def` (MLX on the loop, or a
+    # sync MLX helper called from it) or a default-executor offload: a file with none of these bytes is skipped.
+    _NEEDS_ONE_OF = (b"async", b"to_thread", b"run_in_executor", b"run_sync")
+
+    def setup(self):
+        # a finding needs an import of one of the configured modules: their top-level names occur as bytes
+        self._module_bytes = tuple(sorted({m.split(".")[0].encode() for m in self.opts["modules"] if m}))
 
     def matches_file(self, path, data):
         if self.opts["worker_only_paths"] and match_any(path, self.opts["worker_only_paths"]):
             return True
-        return b"mlx" in data
+        return any(m in data for m in self._module_bytes) and any(t in data for t in self._NEEDS_ONE_OF)
     sample_options = {"worker_submit": ["_worker.submit", "submit"]}
     valid = [
         """
@@ -201,14 +208,14 @@ class MlxOffWorker(Rule):
         # functions (by key) that call MLX directly or through other sync functions of the file
         funcs = functions(ctx)
         direct = {k for k, (f, _) in funcs.items()
-                  if isinstance(f, ast.FunctionDef) and any(self._is_mlx(ctx, n) for n in walk_body(f.body))}
+                  if isinstance(f, ast.FunctionDef) and any(self._is_mlx(ctx, n) for n in ctx.body_nodes(f))}
         changed = True
         while changed:
             changed = False
             for k, (f, cls) in funcs.items():
                 if k in direct or not isinstance(f, ast.FunctionDef):
                     continue
-                for n in walk_body(f.body):
+                for n in ctx.body_nodes(f):
                     if isinstance(n, ast.Call) and call_target(n.func, cls, funcs) in direct:
                         direct.add(k)
                         changed = True
@@ -220,7 +227,7 @@ class MlxOffWorker(Rule):
         for k, (f, cls) in funcs.items():
             if not isinstance(f, ast.AsyncFunctionDef):
                 continue
-            for n in walk_body(f.body):
+            for n in ctx.body_nodes(f):
                 if not isinstance(n, ast.Call):
                     continue
                 if self._is_mlx(ctx, n):

@@ -24,6 +24,7 @@ class UnboundedBarrierAcquire(Rule):
                           "cleanup/abort method names (globs)"),
     }
     prefilter = (b"class ",)
+    class_globs_option = "classes"  # only classes matching these globs are looked at
     sample_options = {"classes": ["SnapshotStore"]}
     valid = [
         """

@@ -25,6 +25,7 @@ class WriteQueuePutNowait(Rule):
                           "save-path method names (globs)"),
     }
     prefilter = (b"put",)
+    class_globs_option = "classes"  # only classes matching these globs are looked at
     sample_options = {"classes": ["BlockStore"]}
     valid = [
         """

@@ -32,6 +32,7 @@ class WriterItemOutsideBarrier(Rule):
                                    "substrings of the re-check condition"),
     }
     prefilter = (b"class ",)
+    class_globs_option = "classes"  # only classes matching these globs are looked at
     sample_options = {"classes": ["SnapshotStore"]}
     valid = [
         """

@@ -23,9 +23,10 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from tripwire.catalogue.base import NotApplicable, Regression
+
 
 ROOT = Path(__file__).resolve().parents[2]
 COPY_ITEMS = ("tripwire", "engine", "invariants", "fuzz", "tests", "tools", "pyproject.toml", "setup.py", "setup.cfg",
@@ -36,6 +37,9 @@ FUZZ_BUDGET = int(os.environ.get("TRIPWIRE_PROOF_FUZZ_BUDGET", "200"))
 FUZZ_SEED = 0
 STATIC_TIMEOUT_S = 120
 FUZZ_TIMEOUT_S = 120
+# Plugins a detector test never needs; importing them (schemathesis pulls in hypothesis) costs ~1.7 s of CPU in
+# every proof's pytest start-up, more than most detector tests take.
+QUIET_PLUGINS = ("-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:xdist", "-p", "no:pytest_cov")
 
 
 @dataclass
@@ -57,6 +61,7 @@ class ProofResult:
     detectors: list[DetectorResult] = field(default_factory=list)
     unlisted: list[DetectorResult] = field(default_factory=list)   # fired but not expected (info)
     diff: str = ""
+    reused: bool = False  # True: taken from the proof cache (inputs unchanged since it was proved)
 
     @property
     def fired(self) -> list[DetectorResult]:
@@ -262,7 +267,7 @@ def run_tests(reg: Regression, copy: Path) -> list[DetectorResult]:
                for t in reg.tests if t not in present}
     if present:
         junit = copy / ".proof-junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tripwire",
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tripwire", *QUIET_PLUGINS,
                "-p", "tripwire.tools.regressions.pytest_verify", f"--timeout={reg.pytest_timeout}",
                f"--junitxml={junit}", *present]
         rc, out, err, secs = _run(cmd, copy, reg.pytest_timeout * len(present) + 120)
@@ -341,23 +346,58 @@ def prove_one(reg: Regression, snapshot: Path, env: Environment, workdir: Path) 
 
 
 def prove(regs: list[Regression], jobs: int = 2, root: Path = ROOT,
-          progress: Callable[[ProofResult, int, int], None] | None = None) -> list[ProofResult]:
+          progress: Callable[[ProofResult, int, int], None] | None = None,
+          cache: Any = None) -> list[ProofResult]:
+    """Prove every shape in `regs` (up to `jobs` at a time) against one pristine snapshot of `root`.
+
+    With a `cache` (a `proof_cache.ProofCache`), a shape whose inputs (see `proof_cache`) hash to a stored
+    `caught` verdict is not proved again: its stored result comes back with `reused=True`; every new `caught`
+    verdict is stored."""
+    from .proof_cache import key as cache_key
+
     with tempfile.TemporaryDirectory(prefix="tripwire-proof-") as tmp:
         tmpdir = Path(tmp)
         snapshot = copy_project(root, tmpdir / "_pristine")
-        env = Environment(snapshot)
-        # Warm the shared baselines once, before the parallel proofs need them.
-        for p in sorted({static_paths(r) for r in regs if r.rules}):
-            env.baseline(p)
         results: dict[str, ProofResult] = {}
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            futs = {pool.submit(prove_one, r, snapshot, env, tmpdir): r for r in regs}
-            for i, fut in enumerate(as_completed(futs), 1):
-                r = fut.result()
-                results[r.name] = r
-                if progress:
-                    progress(r, i, len(regs))
+        keys: dict[str, str] = {}
+        todo = []
+        done = 0
+        for r in regs:
+            if cache is not None:
+                keys[r.name] = cache_key(r, snapshot, salt=f"fuzz={FUZZ_BUDGET}/{FUZZ_SEED}")
+                hit = cache.get(r.name, keys[r.name])
+                if hit is not None:
+                    res = _from_dict(hit)
+                    res.reused = True
+                    results[r.name] = res
+                    done += 1
+                    if progress:
+                        progress(res, done, len(regs))
+                    continue
+            todo.append(r)
+        if todo:
+            env = Environment(snapshot)
+            # Warm the shared baselines once, before the parallel proofs need them.
+            for p in sorted({static_paths(r) for r in todo if r.rules}):
+                env.baseline(p)
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                futs = {pool.submit(prove_one, r, snapshot, env, tmpdir): r for r in todo}
+                for fut in as_completed(futs):
+                    r = fut.result()
+                    results[r.name] = r
+                    if cache is not None:
+                        cache.put(r.name, keys[r.name], r.to_dict())
+                    done += 1
+                    if progress:
+                        progress(r, done, len(regs))
     return [results[r.name] for r in regs]
+
+
+def _from_dict(d: dict) -> ProofResult:
+    fields = {k: v for k, v in d.items() if k in ProofResult.__dataclass_fields__}
+    fields["detectors"] = [DetectorResult(**x) for x in d.get("detectors", [])]
+    fields["unlisted"] = [DetectorResult(**x) for x in d.get("unlisted", [])]
+    return ProofResult(**fields)
 
 
 def exit_code(results: list[ProofResult]) -> int:
