@@ -34,6 +34,7 @@ from typing import Mapping
 
 from . import safetensors_io as stio
 from ..ids import new_request_id
+from ._proc import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class BlockStore:
                     parts = name.split(".")
                     pid = int(parts[2]) if len(parts) >= 5 and parts[2].isdigit() else -1
                     mine = pid == os.getpid()
-                    if (mine and path not in _LIVE_TEMPS) or (not mine and not _pid_alive(pid)):
+                    if (mine and path not in _LIVE_TEMPS) or (not mine and not pid_alive(pid)):
                         _unlink_quiet(path)
                         self._stats["scan_temp_removed"] += 1
                     continue
@@ -473,24 +474,13 @@ class BlockStore:
 
 
 def _unlink_quiet(path: str) -> bool:
-    """Remove a file; True when it is gone (removed now or already missing), False when the unlink failed."""
+    """Remove a file; True when it is gone (removed now or already missing), False when the unlink failed.
+
+    Each store keeps its own copy on purpose: it must call this module's `os`, which the fuzzer swaps for an
+    instrumented one (a shared helper would hide these unlinks from the schedule)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
     except OSError:
         return False

@@ -31,6 +31,7 @@ from typing import Mapping
 
 from . import safetensors_io as stio
 from ..ids import new_request_id
+from ._proc import pid_alive
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -109,7 +110,7 @@ class SnapshotStore:
     def _remove_stale_sessions(self) -> None:
         for name in os.listdir(self.root):
             pid = name.split("-", 1)[0]
-            if name != self.session and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if name != self.session and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
     def request_dir(self, request_id: str) -> str:
@@ -404,7 +405,10 @@ class SnapshotStore:
 
 
 def _unlink_quiet(path: str) -> bool:
-    """Remove a file; True when it is gone (removed now or already missing), False when the unlink failed."""
+    """Remove a file; True when it is gone (removed now or already missing), False when the unlink failed.
+
+    Each store keeps its own copy on purpose: it must call this module's `os`, which the fuzzer swaps for an
+    instrumented one (a shared helper would hide these unlinks from the schedule)."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -419,13 +423,3 @@ def _rmdir_quiet(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
