@@ -207,15 +207,23 @@ class PrefixCache:
             self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
+        """Drop a cancelled or failed request's boundaries and snapshots (bounded wait for the snapshot writer).
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component (`accepts` filters those out first).
+        """
         self._boundaries.pop(request_id, None)
         self._plans.pop(request_id, None)
         self.snapshots.cleanup_request(request_id)
 
     def stats(self) -> dict:
+        """Both stores' counters, the block size and the last prefill's figures. No I/O, never raises."""
         return {"blocks": self.blocks.stats(), "snapshots": self.snapshots.stats(),
                 "block_size": self.block_size, "last_prefill": dict(self.last_prefill)}
 
     def close(self, timeout: float = 5.0) -> None:
+        """Clean up this session's snapshots, stop the snapshot writer, then flush and stop the block writer,
+        each bounded by `timeout`. Runs on the MLX worker's exit; never raises for disk errors."""
         self.snapshots.cleanup_all()
         self.snapshots.shutdown(cleanup=True, timeout=timeout)
         self.blocks.close(flush=True, timeout=timeout)
