@@ -48,7 +48,7 @@ class MlxLmBackend:
         self.guard = guard
         self.model: Any = None
         self.tokenizer: Any = None
-        self.prefix_cache: Any = None  # engine.cache.PrefixCache when SimpleEngine(cache_dir=...) (issue 6)
+        self.prefix_cache: Any = None  # engine.cache.PrefixCache when SimpleEngine(cache_dir=...) (SSD prefix cache)
         self.eos_ids: set[int] = set()
         cfg = json.loads((self.path / "config.json").read_text())
         self.config = cfg

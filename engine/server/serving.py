@@ -1,4 +1,4 @@
-"""Run the app under uvicorn with deadlines and limits for clients (issue 13, item 1).
+"""Run the app under uvicorn with deadlines and limits for clients.
 
 uvicorn's h11 protocol has a keep-alive timeout but no deadline for reading a request's headers: a client that
 connects and sends nothing, or half a request line, holds its socket forever, and a few thousand of them exhaust
