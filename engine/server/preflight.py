@@ -86,6 +86,8 @@ class ModelMemoryShape:
 
 @dataclass(frozen=True)
 class PrefillEstimate:
+    """The parts of one request's estimated extra memory (bytes); `total_bytes` is their sum."""
+
     prompt_tokens: int
     max_tokens: int
     chunk: int
@@ -96,6 +98,7 @@ class PrefillEstimate:
 
     @property
     def total_bytes(self) -> int:
+        """KV cache + attention scores + activations + logits, in bytes."""
         return self.kv_cache_bytes + self.attention_bytes + self.activation_bytes + self.logits_bytes
 
 
@@ -124,6 +127,8 @@ def estimate_prefill_peak_bytes(
 
 
 class PrefillMemoryExceeded(Exception):
+    """The estimate plus current use exceeds the limit: answered as 413 `prefill_memory_exceeded`."""
+
     code = "prefill_memory_exceeded"
     http_status = 413
 
@@ -180,6 +185,7 @@ def parse_bytes(text: str) -> int:
 
 
 def physical_memory_bytes() -> int | None:
+    """Physical RAM in bytes from sysconf, or None where it is unknown. Never raises."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

@@ -82,6 +82,7 @@ class ConnectionGuard:
         self.refusals = _BurstLog("connection limit")
 
     def stats(self) -> dict[str, int]:
+        """Totals of header-deadline closes and refused connections since start."""
         return {"header_timeouts": self.header_timeouts.total, "refused_connections": self.refusals.total}
 
 
@@ -99,6 +100,7 @@ class GuardedH11Protocol(H11Protocol):
     guard: ConnectionGuard  # set on the subclass built by `protocol_for`
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Over the connection cap: answer 503 `too_many_connections` and close; else arm the header deadline."""
         over = len(self.connections) >= self.guard.limits.max_connections
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
@@ -112,6 +114,7 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        """Feed h11; keep the header deadline armed only while a request's head is still incomplete."""
         super().data_received(data)
         if self.transport.is_closing():
             self._cancel_header_timer()
@@ -121,6 +124,7 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Disarm the header deadline, then let uvicorn clean up."""
         self._cancel_header_timer()
         super().connection_lost(exc)
 
