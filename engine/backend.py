@@ -20,7 +20,11 @@ _WEIGHT_GLOB = "*.safetensors"
 
 
 def validate_model_dir(model_path: str | Path) -> Path:
-    """Fail before any thread starts, naming the path and exactly what is missing."""
+    """Fail before any thread starts, naming the path and exactly what is missing. Returns the resolved path.
+
+    Raises:
+        ModelLoadError: the path is missing, not a directory, lacks required files or has an unreadable config.
+    """
     p = Path(model_path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model path {str(p)!r} does not exist", field="model")

@@ -48,7 +48,12 @@ def default_root() -> Path:
 
 
 def ensure_tiny_model(path: str | os.PathLike | None = None, size: str = "tiny") -> Path:
-    """Return a directory `mlx_lm.load()` can load offline, building it once if missing."""
+    """Return a directory `mlx_lm.load()` can load offline, building it once if missing.
+
+    Raises:
+        ValueError: unknown `size`.
+        OSError: the target directory cannot be written.
+    """
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
     target = Path(path) if path is not None else default_root() / f"{size}-v{BUILD_VERSION}"

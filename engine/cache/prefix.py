@@ -54,7 +54,11 @@ def model_signature(model_path: str | os.PathLike, block_size: int, extra: str =
 
 
 def block_hashes(tokens: Sequence[int], block_size: int, signature: str) -> list[str]:
-    """Hash chain over the FULL blocks of `tokens`: h_i = sha256(h_{i-1} || block_i), h_-1 = sha256(signature)."""
+    """Hash chain over the FULL blocks of `tokens`: h_i = sha256(h_{i-1} || block_i), h_-1 = sha256(signature).
+
+    Raises:
+        ValueError: `block_size` <= 0.
+    """
     if block_size <= 0:
         raise ValueError("block_size must be positive")
     prev = hashlib.sha256(f"{HASH_VERSION}|{signature}".encode()).digest()
@@ -92,7 +96,11 @@ def _from_tensor(t: stio.Tensor):
 
 
 def cache_block_tensors(prompt_cache: list, start: int, end: int) -> dict[str, stio.Tensor]:
-    """(MLX thread) The KV slice [start, end) of every layer as numpy tensors: l{i}.k / l{i}.v."""
+    """(MLX thread) The KV slice [start, end) of every layer as numpy tensors: l{i}.k / l{i}.v.
+
+    Raises:
+        ValueError: a layer holds fewer than `end` tokens.
+    """
     import mlx.core as mx
 
     out: dict[str, stio.Tensor] = {}

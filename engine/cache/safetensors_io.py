@@ -103,7 +103,12 @@ def _write_all(fd: int, data) -> int:
 
 
 def read_header(path: str) -> tuple[dict, int, int]:
-    """Return (header dict, data start offset, expected file size); validates structure, not data."""
+    """Return (header dict, data start offset, expected file size); validates structure, not data.
+
+    Raises:
+        CorruptFile: truncated or malformed header, or a file size that does not match it.
+        OSError: the file cannot be opened or read.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

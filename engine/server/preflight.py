@@ -110,7 +110,11 @@ def estimate_prefill_peak_bytes(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     kv_step: int = DEFAULT_KV_STEP,
 ) -> PrefillEstimate:
-    """Upper estimate of the extra memory one request needs on top of what is already in use."""
+    """Upper estimate of the extra memory one request needs on top of what is already in use. Pure arithmetic.
+
+    Raises:
+        ValueError: negative token counts, or `prefill_chunk`/`kv_step` <= 0.
+    """
     if prompt_tokens < 0 or max_tokens < 0:
         raise ValueError("prompt_tokens and max_tokens must be >= 0")
     if prefill_chunk <= 0 or kv_step <= 0:
@@ -199,7 +203,11 @@ def auto_memory_limit(physical: int | None = None, fraction: float = 0.75) -> in
 
 
 def resolve_memory_limit(value: int | str | None) -> int | None:
-    """None/'none'/'off' -> no limit, 'auto' -> auto_memory_limit(), int or size string -> bytes."""
+    """None/'none'/'off' -> no limit, 'auto' -> auto_memory_limit(), int or size string -> bytes.
+
+    Raises:
+        ValueError: a non-positive int or an unparsable size string.
+    """
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):

@@ -161,7 +161,12 @@ def _reject_constant(name: str) -> Any:
 
 
 async def read_json_object(request: Request, limit: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
-    """Read the body with a size cap, decode UTF-8 strictly and parse a JSON object (ApiError otherwise)."""
+    """Read the body with a size cap, decode UTF-8 strictly and parse a JSON object (ApiError otherwise).
+
+    Raises:
+        ApiError: 413 `request_too_large` (declared or streamed size over `limit`, before reading it all);
+            400 `invalid_json` (empty, malformed, non-object, NaN/Infinity) or `invalid_encoding` (bad UTF-8).
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise ApiError(413, "request_too_large", f"request body is {int(declared)} bytes; the limit is {limit} bytes")
