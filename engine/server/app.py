@@ -161,7 +161,8 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``.
 
     Raises:
-        ValueError: an API key a client could never send (see ``validate_api_key``), or a bad memory limit.
+        ValueError: an API key a client could never send (see ``validate_api_key``), a bad memory limit, or
+            ``body_timeout_s`` <= 0.
     """
     if not body_timeout_s > 0:
         raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s!r}")

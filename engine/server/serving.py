@@ -37,7 +37,11 @@ LOG_INTERVAL_S = 10.0
 
 @dataclass
 class ClientLimits:
-    """Deadlines and limits for clients. Every field is a bound the server keeps whatever clients do."""
+    """Deadlines and limits for clients. Every field is a bound the server keeps whatever clients do.
+
+    Raises:
+        ValueError: a timeout <= 0 or `max_connections` < 1 (checked on construction).
+    """
 
     header_timeout_s: float = 10.0  # request line + headers must arrive within this (else 408 + close)
     body_timeout_s: float = 30.0  # the whole body must arrive within this after the headers (else 408 + close)
