@@ -14,6 +14,7 @@ LOOPBACK_NAMES = ("localhost",)
 
 
 def is_loopback(host: str) -> bool:
+    """True for localhost names and loopback IPs (brackets allowed); False for anything else. Never raises."""
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -23,6 +24,7 @@ def is_loopback(host: str) -> bool:
 
 
 def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/tripwire/engine` (default `~/.cache/...`); not created here."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "tripwire" / "engine"
 
@@ -55,6 +57,7 @@ def _positive_ms(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m tripwire.engine` parser (`serve` sub-command with its engine, server and limit options)."""
     p = argparse.ArgumentParser(prog="python -m tripwire.engine", description="tripwire engine commands")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API",
@@ -119,6 +122,8 @@ def engine_kwargs(args: argparse.Namespace, engine_cls: Any) -> dict[str, Any]:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Build the engine and app from `args` and run uvicorn until shutdown. Returns 0, or 2 with a message on
+    stderr for a bad API key, a non-loopback bind without --api-key, or invalid engine/limit settings."""
     from tripwire.engine.server.auth import validate_api_key
 
     try:
@@ -167,6 +172,11 @@ ENGINE_EXTRA_MODULES = {"mlx", "mlx_lm", "tokenizers", "fastapi", "starlette", "
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry: 0 ok, 2 usage or setup error (a missing engine-extra module is reported, not a traceback).
+
+    Raises:
+        SystemExit: from argparse on bad usage (exit code 2) or --help.
+    """
     try:
         args = build_parser().parse_args(argv)  # --max-memory's check already imports the server package
         if args.command == "serve":

@@ -1,7 +1,7 @@
 """Admission: who may hold the generation slot. Separate from MLX serialization on purpose.
 
-fail_fast (default): a second request is rejected with EngineBusy at once, never queued (seed #495: a lock
-repurposed as a 120 s wait queue piled requests up under agent traffic). wait: single-user setups may wait
+fail_fast (default): a second request is rejected with EngineBusy at once, never queued (the upstream incident
+this follows: a lock repurposed as a 120 s wait queue piled requests up under agent traffic). wait: single-user setups may wait
 at most `max_wait_s` (<= 2 s) before the same rejection. A request is admitted once for its whole life.
 """
 
@@ -35,6 +35,13 @@ class SlotHolder(Protocol):
 
 
 class AdmissionController:
+    """Who holds the one generation slot. Loop-only: every method is called on the engine's event loop (no
+    locking inside). Never queues in fail_fast mode; wait mode waits at most `max_wait_s` (<= 2 s).
+
+    Raises (constructor):
+        InvalidRequest: unknown mode, or `max_wait_s` outside (0, 2] for mode "wait".
+    """
+
     def __init__(self, mode: str = "fail_fast", max_wait_s: float = 1.0, clock=None):
         if mode not in MODES:
             raise InvalidRequest(f"unknown admission mode {mode!r}; expected one of {list(MODES)}", field="admission")
@@ -54,9 +61,20 @@ class AdmissionController:
 
     @property
     def waiters(self) -> int:
+        """Requests currently waiting for the slot (wait mode, or the one bounded drain-grace waiter)."""
         return len(self._waiters)
 
     async def admit(self, req: SlotHolder) -> None:
+        """Give `req` the slot; on return `self.holder is req` and the caller must `release(req)` later.
+
+        A failed or cancelled admit never leaves a slot held for `req` (a slot handed over and then cancelled
+        is passed on).
+
+        Raises:
+            EngineBusy: fail_fast and the slot is held (after at most DRAIN_GRACE_S if its holder is aborting),
+                or wait mode and the slot is still held after `max_wait_s`.
+            asyncio.CancelledError: cancelled while waiting.
+        """
         if self.holder is None and not self._waiters:
             self._take(req)
             return
@@ -118,13 +136,19 @@ class AdmissionController:
         """fail_fast: reject a request at once when the slot is taken, before any per-request work (tokenizing,
         templating) so busy answers stay cheap under load. Changes nothing when the slot is free or is held only
         by a request already aborting (its release is milliseconds away: `admit` waits for it, bounded);
-        `admit` remains the authoritative decision."""
+        `admit` remains the authoritative decision.
+
+        Raises:
+            EngineBusy: fail_fast and the slot is held (or waited for) by a request that is not aborting.
+        """
         if self._drain_wait_allowed():
             return
         if self.mode == "fail_fast" and (self.holder is not None or self._waiters):
             self._reject()
 
     def release(self, req: SlotHolder) -> None:
+        """Free the slot if `req` holds it (a no-op otherwise, so a double release is harmless) and hand it
+        directly to the first live waiter. Refines the Retry-After estimates. Never raises."""
         if self.holder is not req:
             return
         now = self._clock()
@@ -145,6 +169,7 @@ class AdmissionController:
                 break
 
     def holder_summary(self) -> dict[str, Any] | None:
+        """The holder's request_id, elapsed_s, completion_tokens and max_tokens, or None when the slot is free."""
         h = self.holder
         if h is None:
             return None

@@ -20,7 +20,11 @@ _WEIGHT_GLOB = "*.safetensors"
 
 
 def validate_model_dir(model_path: str | Path) -> Path:
-    """Fail before any thread starts, naming the path and exactly what is missing."""
+    """Fail before any thread starts, naming the path and exactly what is missing. Returns the resolved path.
+
+    Raises:
+        ModelLoadError: the path is missing, not a directory, lacks required files or has an unreadable config.
+    """
     p = Path(model_path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model path {str(p)!r} does not exist", field="model")
@@ -43,12 +47,20 @@ def validate_model_dir(model_path: str | Path) -> Path:
 
 
 class MlxLmBackend:
+    """The engine's Backend on mlx-lm. `load`, `generate` and `close` are MLX work: call them only on the
+    MLX worker. `encode`, `encode_chat`, `detokenizer` and `decode` use the tokenizer only (any thread, after
+    `load`).
+
+    Raises (constructor):
+        ModelLoadError: `model_path` is not a directory with a readable config.json.
+    """
+
     def __init__(self, model_path: str | Path, guard: MLXEntryGuard):
         self.path = validate_model_dir(model_path)
         self.guard = guard
         self.model: Any = None
         self.tokenizer: Any = None
-        self.prefix_cache: Any = None  # engine.cache.PrefixCache when SimpleEngine(cache_dir=...) (issue 6)
+        self.prefix_cache: Any = None  # engine.cache.PrefixCache when SimpleEngine(cache_dir=...) (SSD prefix cache)
         self.eos_ids: set[int] = set()
         cfg = json.loads((self.path / "config.json").read_text())
         self.config = cfg
@@ -70,6 +82,12 @@ class MlxLmBackend:
 
     # -- worker thread ---------------------------------------------------------------------------
     def load(self) -> None:
+        """(MLX worker) Load the model and tokenizer, then sample memory.
+
+        Raises:
+            ModelLoadError: mlx-lm could not load the model.
+            ConcurrentMLXEntry: another thread is inside MLX (guard enabled only).
+        """
         import mlx_lm
 
         with self.guard.enter("load"):
@@ -87,6 +105,14 @@ class MlxLmBackend:
         self.memory = {"active_bytes": int(mx.get_active_memory()), "peak_bytes": int(mx.get_peak_memory())}
 
     def generate(self, job: GenerationJob) -> str:
+        """(MLX worker) Generate for `job`, calling `job.emit` per token; return the finish reason ("stop",
+        "length", or "cancelled" once `job.abort` is set, checked between tokens). The generator is closed and
+        the prefix cache finished on this thread on every exit path.
+
+        Raises:
+            ConcurrentMLXEntry: another thread is inside MLX (guard enabled only).
+            Exception: whatever MLX / mlx-lm raises during prefill or decode.
+        """
         import mlx.core as mx
         from mlx_lm.generate import generate_step
         from mlx_lm.sample_utils import make_sampler
@@ -144,20 +170,29 @@ class MlxLmBackend:
         mx.clear_streams()
 
     def enable_prefix_cache(self, cache_dir: str | Path, **kw: Any) -> None:
+        """Attach an SSD PrefixCache under `cache_dir` (closed by `close`). No MLX work.
+
+        Raises:
+            OSError: the cache directories cannot be created or scanned.
+        """
         from .cache import PrefixCache
 
         self.prefix_cache = PrefixCache(cache_dir, self.path, **kw)
 
     # -- event-loop thread (tokenizer only) -------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without special tokens (tokenizer only, no MLX)."""
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of `messages` rendered by the chat template with the generation prompt (no MLX)."""
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(ids)
 
     def detokenizer(self):
+        """The tokenizer's streaming detokenizer (a fresh state per access)."""
         return self.tokenizer.detokenizer
 
     def decode(self, ids: list[int]) -> str:
+        """Text of `ids` (no MLX)."""
         return self.tokenizer.decode(ids)

@@ -20,6 +20,9 @@ END = object()  # returned by get() after the last token
 
 
 class TokenChannel:
+    """One producer (the MLX worker: `put`) and one consumer on `loop` (`get`); `close` on the loop after the
+    producer's job returned. Tokens arrive in order and none is lost; the worker never blocks on the consumer."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, min_wake_interval_s: float = 0.01):
         self._loop = loop
         self._interval = min_wake_interval_s

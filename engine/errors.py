@@ -6,6 +6,9 @@ from typing import Any
 
 
 class EngineError(Exception):
+    """Base of every error the engine raises on purpose: `code`, `http_status` and `retryable` are fixed per
+    class; keyword details are kept in `details` and in `to_dict()`."""
+
     code = "engine_error"
     http_status = 500
     retryable = False
@@ -16,14 +19,16 @@ class EngineError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: code, message, http_status, retryable and the details. Never raises."""
         return {"code": self.code, "message": self.message, "http_status": self.http_status,
                 "retryable": self.retryable, **self.details}
 
 
 class EngineBusy(EngineError):
-    """The generation slot is held: answer at once with a retryable 503 (invariant TW-ADMISSION, seed #495).
+    """The generation slot is held: answer at once with a retryable 503 (invariant TW-ADMISSION).
 
-    Never turned into a wait queue: a busy engine rejects in microseconds so clients back off and retry.
+    Never turned into a wait queue: a busy engine rejects in microseconds so clients back off and retry
+    (upstream, a 120 s wait for the lock piled requests up under agent traffic and looked like a hang).
     """
 
     code = "text_generation_busy"
@@ -49,6 +54,8 @@ class EngineStopped(EngineError):
 
 
 class InvalidRequest(EngineError, ValueError):
+    """The request itself is wrong (400, not retryable as is); `field` names the offending parameter."""
+
     code = "invalid_request"
     http_status = 400
 
@@ -58,10 +65,14 @@ class InvalidRequest(EngineError, ValueError):
 
 
 class ContextLengthExceeded(InvalidRequest):
+    """Prompt tokens plus max_tokens exceed the model's context; details carry prompt_tokens, context_length."""
+
     code = "context_length_exceeded"
 
 
 class ModelLoadError(InvalidRequest):
+    """The model path is missing or unreadable, or mlx-lm could not load it (field="model")."""
+
     code = "model_not_found"
 
 

@@ -22,6 +22,9 @@ def _debug_enabled() -> bool:
 
 
 class MLXEntryGuard:
+    """Detects two threads inside MLX at once (enabled in tests and with TRIPWIRE_DEBUG=1; otherwise `enter`
+    only counts sanitizer regions). Re-entry from the owning thread is allowed."""
+
     def __init__(self, enabled: bool | None = None):
         self.enabled = _debug_enabled() if enabled is None else enabled
         # Guards the owner record below; held for a few bytecodes, never across MLX work.
@@ -75,5 +78,6 @@ class MLXEntryGuard:
 
     @property
     def owner(self) -> dict | None:
+        """The thread name and request id inside MLX now, or None. Never raises."""
         o = self._owner
         return None if o is None else {"thread": o[1], "request_id": o[2]}

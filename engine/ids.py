@@ -14,4 +14,5 @@ _counter = itertools.count(1)
 
 
 def new_request_id(prefix: str = "req") -> str:
+    """A process-unique id `<prefix>-<random per-process hex><counter hex>`; thread-safe, never raises."""
     return f"{prefix}-{_PREFIX}{next(_counter):x}"

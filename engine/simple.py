@@ -67,6 +67,18 @@ class _Request:
 
 
 class SimpleEngine:
+    """One request at a time on one pinned MLX worker thread, with fail-fast admission (or a wait of <= 2 s).
+
+    All public methods are called on the one event loop that called `start()`; none of them blocks the loop on
+    MLX (MLX runs only on the worker) and none turns a busy engine into a wait queue. A request is admitted once
+    for its whole life; its slot and `_generation_lock` are released only after the worker has returned,
+    whatever the caller does (cancel, close, stop).
+
+    Raises (constructor):
+        InvalidRequest: unknown `admission` mode or `max_wait_s` out of range; no `model_path` and no `backend`.
+        ModelLoadError: `model_path` is not a readable model directory (checked before any MLX work).
+    """
+
     def __init__(self, model_path: str | Path | None = None, admission: str = "fail_fast", *,
                  max_wait_s: float = 1.0, backend: Backend | None = None, guard: MLXEntryGuard | None = None,
                  cache_dir: str | Path | None = None, stop_timeout_s: float = 10.0):
@@ -79,12 +91,14 @@ class SimpleEngine:
         self._backend = backend
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None and isinstance(backend, SupportsPrefixCache):
-            backend.enable_prefix_cache(self.cache_dir)  # SSD prefix cache (issue 6); closed on worker exit
+            backend.enable_prefix_cache(self.cache_dir)  # SSD prefix cache (engine/cache); closed on worker exit
         self._stop_timeout_s = stop_timeout_s
         self._worker = MLXWorker(on_exit=backend.close)
         # Serializes MLX work only (one worker step at a time; on Metal, one command encoder). It is NOT a
-        # request-admission gate: admission is fail-fast in AdmissionController (invariant TW-SERIAL-MLX,
-        # seeds #8 and #495). Never hold it while calling _run_serialized (non-reentrant: deadlock).
+        # request-admission gate: admission is fail-fast in AdmissionController (invariant TW-SERIAL-MLX;
+        # upstream, this lock was once reused as a 120 s wait-queue admission gate and requests piled up
+        # under agent traffic, and a cancelled request that released it while its worker still ran let two
+        # requests into Metal at once). Never hold it while calling _run_serialized (non-reentrant: deadlock).
         self._generation_lock = asyncio.Lock()
         self._lock_holder: str | None = None
         self._lock_since = 0.0
@@ -98,6 +112,16 @@ class SimpleEngine:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start the MLX worker and load the model on it; on return the engine is running and accepts requests.
+
+        On failure the engine is stopped (worker ended) and cannot be started again.
+
+        Raises:
+            RuntimeError: the engine was already started (any state but "created").
+            ModelLoadError: mlx-lm could not load the model.
+            ConcurrentMLXEntry: another thread was inside MLX (only with the debug guard enabled).
+            asyncio.CancelledError: cancelled; the load still finishes on the worker before the worker ends.
+        """
         if self._state != "created":
             raise RuntimeError(f"engine cannot start from state {self._state!r}")
         self._state = "starting"
@@ -111,7 +135,15 @@ class SimpleEngine:
         self._state = "running"
 
     async def stop(self) -> None:
-        """Refuse new requests, abort active ones, drain within a bound, end the worker."""
+        """Refuse new requests, abort active ones, drain within a bound, end the worker.
+
+        Idempotent (a second call returns at once). On return the state is "stopped" and no MLX work is in
+        flight: the worker's exit hook (prefix-cache close, stream cleanup) ran under `_generation_lock`.
+        Drains that overrun `stop_timeout_s` are logged, never raised.
+
+        Raises:
+            asyncio.CancelledError: cancelled; the exit hook is still drained before the lock is released.
+        """
         if self._state in ("stopping", "stopped"):
             return
         self._state = "stopping"
@@ -154,30 +186,63 @@ class SimpleEngine:
     # -- public generation API -----------------------------------------------------------------
     async def generate(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0,
                        request_id: str | None = None) -> GenerationResult:
+        """Generate a completion for `prompt` and return it whole (the slot is released before returning).
+
+        Raises:
+            EngineStopped: the engine is not running.
+            InvalidRequest: empty prompt, bad max_tokens/temperature/request_id, or request_id already active.
+            ContextLengthExceeded: prompt tokens + max_tokens exceed the model's context.
+            EngineBusy: the slot is held (fail_fast), or still held after `max_wait_s` (wait mode).
+            asyncio.CancelledError: cancelled; the worker is aborted and drained before the slot is released.
+            Exception: an error raised by the backend on the worker (e.g. ConcurrentMLXEntry) is re-raised.
+        """
         await self._pretokenize(prompt=prompt)
         req = self._new_request("generate", self._encode_prompt(prompt), max_tokens, temperature, request_id)
         return await self._complete(req)
 
     async def chat(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0,
                    request_id: str | None = None) -> GenerationResult:
+        """`generate` for chat `messages` (dicts with role in system/user/assistant and str content), rendered
+        with the model's chat template.
+
+        Raises:
+            As `generate`; InvalidRequest also for an empty list, a bad role or non-str content.
+        """
         await self._pretokenize(messages=messages)
         req = self._new_request("chat", self._encode_messages(messages), max_tokens, temperature, request_id)
         return await self._complete(req)
 
     async def open_stream(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0,
                           request_id: str | None = None) -> "GenerationStream":
-        """Admit now (EngineBusy raises here, before any token) and return the token stream."""
+        """Admit now (EngineBusy raises here, before any token) and return the token stream.
+
+        On return the request holds the slot and generates in a job of its own; the slot is released by that
+        job once the worker has returned, whether the stream is read to the end, closed or abandoned.
+
+        Raises:
+            As `generate` (admission and validation errors only: generation errors surface from the stream).
+        """
         await self._pretokenize(prompt=prompt)
         req = self._new_request("stream", self._encode_prompt(prompt), max_tokens, temperature, request_id)
         return await self._open(req)
 
     async def open_chat_stream(self, messages: list[dict], max_tokens: int = 16, temperature: float = 0.0,
                                request_id: str | None = None) -> "GenerationStream":
+        """`open_stream` for chat `messages`.
+
+        Raises:
+            As `chat` (admission and validation errors only: generation errors surface from the stream).
+        """
         await self._pretokenize(messages=messages)
         req = self._new_request("chat_stream", self._encode_messages(messages), max_tokens, temperature, request_id)
         return await self._open(req)
 
     async def stream_generate(self, prompt: str, **kw: Any) -> AsyncIterator[Delta]:
+        """Yield Deltas of `open_stream(prompt, **kw)`; leaving the loop early closes the stream (abort + drain).
+
+        Raises:
+            As `open_stream` on the first iteration; then any backend error of the generation.
+        """
         stream = await self.open_stream(prompt, **kw)
         try:
             async for d in stream:
@@ -186,6 +251,11 @@ class SimpleEngine:
             await stream.aclose()
 
     async def stream_chat(self, messages: list[dict], **kw: Any) -> AsyncIterator[Delta]:
+        """Yield Deltas of `open_chat_stream(messages, **kw)`; leaving early closes the stream (abort + drain).
+
+        Raises:
+            As `open_chat_stream` on the first iteration; then any backend error of the generation.
+        """
         stream = await self.open_chat_stream(messages, **kw)
         try:
             async for d in stream:
@@ -194,7 +264,14 @@ class SimpleEngine:
             await stream.aclose()
 
     def count_prompt_tokens(self, prompt: str | None = None, messages: list[dict] | None = None) -> int:
-        """Prompt tokens, tokenized on the calling thread (prefer `count_prompt_tokens_async` on a loop)."""
+        """Prompt tokens, tokenized on the calling thread (prefer `count_prompt_tokens_async` on a loop).
+
+        Never admits or checks busy: counting works while another request holds the slot.
+
+        Raises:
+            EngineStopped: the engine is not running.
+            InvalidRequest: empty prompt, or malformed `messages`.
+        """
         if messages is not None:
             return len(self._encode_messages(messages, count_only=True))
         return len(self._encode_prompt(prompt, count_only=True))
@@ -213,9 +290,15 @@ class SimpleEngine:
 
     @property
     def model_info(self) -> dict[str, Any]:
+        """A copy of the backend's model description (name, path, context_length, layer/head sizes); no MLX."""
         return dict(self._backend.info)
 
     def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: state, lock holder, slot holder, active requests, totals, worker, memory, cache.
+
+        Reads plain attributes only (no lock taken, no MLX call), so it is safe on the loop while a request
+        runs; memory figures are those last sampled on the worker. Never raises for a started engine.
+        """
         locked = self._generation_lock.locked()
         return {
             "state": self._state,
@@ -266,11 +349,18 @@ class SimpleEngine:
 
     def is_busy(self) -> bool:
         """True when a fail_fast request would be rejected as busy right now (`reject_if_busy()` would raise);
-        counts nothing, raises nothing (the server's busy fast path probes it on every generation request)."""
+        counts nothing, never raises (the server's busy fast path probes it on every generation request)."""
         return self._state == "running" and self._admission.would_reject()
 
     def reject_if_busy(self) -> None:
-        """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes)."""
+        """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes).
+
+        Takes no slot: `generate`/`open_stream` still decide admission.
+
+        Raises:
+            EngineStopped: the engine is not running.
+            EngineBusy: fail_fast and the slot is held by a request that is not already aborting.
+        """
         self._check_running()
         self._admission.precheck()
 
@@ -424,7 +514,9 @@ class SimpleEngine:
         """Run `fn` on the MLX worker under `_generation_lock`, draining the worker on cancellation.
 
         The lock is released only after the worker returned: releasing it on CancelledError while the
-        worker still runs lets the next request enter MLX concurrently (seed #8, Metal abort).
+        worker still runs lets the next request enter MLX concurrently (the upstream bug this follows: a
+        client disconnect cancelled a request, the next one entered Metal while the first still encoded, and
+        the process aborted with "command encoder is already encoding").
         """
         async with self._generation_lock:
             self._lock_holder = req.id if req is not None else "engine"
@@ -457,7 +549,14 @@ class SimpleEngine:
 
 
 class GenerationStream:
-    """Async iterator of Deltas for one admitted request. `aclose()` aborts and drains if still running."""
+    """Async iterator of Deltas for one admitted request. `aclose()` aborts and drains if still running.
+
+    Iterate on the engine's loop. The last Delta carries `finish_reason` ("stop", "length" or "cancelled");
+    `request_id`, `prompt_tokens`, `token_ids` and `finish_reason` are readable at any time.
+
+    Raises (from iteration):
+        Exception: the backend's error if the generation failed on the worker (e.g. ConcurrentMLXEntry).
+    """
 
     def __init__(self, engine: SimpleEngine, req: _Request, task: asyncio.Task, channel: TokenChannel):
         self._engine = engine
@@ -492,6 +591,7 @@ class GenerationStream:
 
     @property
     def completion_tokens(self) -> int:
+        """Tokens received by this consumer so far (the engine's own count can be ahead by queued tokens)."""
         return len(self.token_ids)
 
     def abort(self) -> None:
@@ -501,6 +601,13 @@ class GenerationStream:
             self._req.abort.set()
 
     async def aclose(self) -> None:
+        """Abort the generation if it still runs and wait until its job has released the slot.
+
+        Idempotent; after it returns, iteration ends. Never releases the slot itself.
+
+        Raises:
+            asyncio.CancelledError: cancelled while waiting; the drain completes first, then the cancel is raised.
+        """
         self._finished = True
         if self._task.done():
             return

@@ -38,6 +38,8 @@ _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokeni
 
 
 def default_root() -> Path:
+    """Where tiny models are built: `$TRIPWIRE_MODEL_DIR`, else `$XDG_CACHE_HOME/tripwire/models` (default
+    `~/.cache/...`). Not created here."""
     env = os.environ.get("TRIPWIRE_MODEL_DIR")
     if env:
         return Path(env).expanduser()
@@ -46,7 +48,12 @@ def default_root() -> Path:
 
 
 def ensure_tiny_model(path: str | os.PathLike | None = None, size: str = "tiny") -> Path:
-    """Return a directory `mlx_lm.load()` can load offline, building it once if missing."""
+    """Return a directory `mlx_lm.load()` can load offline, building it once if missing.
+
+    Raises:
+        ValueError: unknown `size`.
+        OSError: the target directory cannot be written.
+    """
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
     target = Path(path) if path is not None else default_root() / f"{size}-v{BUILD_VERSION}"
@@ -67,6 +74,11 @@ def ensure_tiny_model(path: str | os.PathLike | None = None, size: str = "tiny")
 
 
 def model_config(size: str) -> dict:
+    """The mlx-lm config.json contents for model `size` (one of SIZES).
+
+    Raises:
+        KeyError: unknown `size`.
+    """
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -82,6 +94,11 @@ def model_config(size: str) -> dict:
 
 
 def build_model_files(out: Path, size: str) -> None:
+    """Write tokenizer, weights and config.json of model `size` into `out` (created if needed).
+
+    Raises:
+        OSError: `out` cannot be written.
+    """
     out.mkdir(parents=True, exist_ok=True)
     config = model_config(size)
     _build_tokenizer(out, config["vocab_size"])
@@ -135,12 +152,14 @@ def _build_weights(out: Path, config: dict) -> None:
 
 
 def param_count(path: Path) -> int:
+    """Number of parameters in `path`/model.safetensors (loads it with MLX: call on the thread that owns MLX)."""
     import mlx.core as mx
 
     return sum(v.size for v in mx.load(str(path / "model.safetensors")).values())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI: build (or find) the tiny model and print its directory; returns 0."""
     p = argparse.ArgumentParser(prog="python -m tripwire.engine.tiny_model", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--path", help="build into this directory (default: the user cache, or $TRIPWIRE_MODEL_DIR)")

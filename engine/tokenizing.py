@@ -56,5 +56,6 @@ class TokenizerPool:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def stats(self) -> dict[str, int]:
+        """Pending jobs, thread count and limits, for status(). Reads plain attributes; never raises."""
         return {"pending": self.pending, "threads": self.threads, "max_pending": self.max_pending,
                 "inline_below_chars": INLINE_BELOW_CHARS}

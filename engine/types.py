@@ -9,6 +9,8 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class GenerationResult:
+    """A finished non-streaming generation: text, token ids, finish reason and token counts."""
+
     request_id: str
     text: str
     token_ids: list[int]
@@ -19,6 +21,9 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Delta:
+    """One stream step: new text (may be empty mid-character) and its token; the last Delta has no token
+    and carries `finish_reason`."""
+
     text: str
     token_id: int | None
     finish_reason: str | None = None

@@ -20,6 +20,12 @@ _STOP = object()
 
 
 class MLXWorker:
+    """The one thread that runs MLX work: jobs run one at a time, in submission order, on this thread only.
+
+    `submit`, `request_stop`, `stop` and `join` may be called from any thread. The exit hook (`on_exit`) runs
+    on the worker after its last job, also when a job failed; its errors are logged, never raised.
+    """
+
     def __init__(self, name: str = "tripwire-mlx-worker", on_exit: Callable[[], None] | None = None):
         self.name = name
         self._jobs: queue.Queue = queue.Queue()
@@ -34,18 +40,31 @@ class MLXWorker:
 
     @property
     def thread(self) -> threading.Thread | None:
+        """The worker thread, or None before `start()`."""
         return self._thread
 
     def is_alive(self) -> bool:
+        """True while the worker thread runs (started and not yet ended). Never raises."""
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        """Start the worker thread (daemon). Call once.
+
+        Raises:
+            RuntimeError: already started.
+        """
         if self._thread is not None:
             raise RuntimeError("worker already started")
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Queue `fn(*args)` for the worker; the future resolves with its result or exception. A job whose
+        future is cancelled before it starts never runs. Never runs `fn` on the calling thread.
+
+        Raises:
+            RuntimeError: the worker is not running, or is stopping (no job is ever queued behind the stop).
+        """
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError(f"MLX worker {self.name!r} is not running")
         fut: concurrent.futures.Future = concurrent.futures.Future()
@@ -56,7 +75,10 @@ class MLXWorker:
         return fut
 
     def request_stop(self) -> concurrent.futures.Future:
-        """Finish queued jobs, then run the exit hook on the worker; the future resolves when it has ended."""
+        """Finish queued jobs, then run the exit hook on the worker; the future resolves when it has ended.
+
+        Non-blocking and idempotent: later callers get futures that resolve at the same point. Never raises.
+        """
         ended: concurrent.futures.Future = concurrent.futures.Future()
         with self._submit_lock:
             already = self._stopping
@@ -70,6 +92,7 @@ class MLXWorker:
         return ended
 
     def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for the thread to end; True if it is not running. Does not ask it to stop."""
         if self._thread is not None:
             self._thread.join(timeout)
         return not self.is_alive()

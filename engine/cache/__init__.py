@@ -1,4 +1,4 @@
-"""SSD prefix cache: paged block store, boundary-snapshot store, prefix reuse (issue 6).
+"""SSD prefix cache: paged block store, boundary-snapshot store, prefix reuse.
 
 Importing this package does not import MLX; only the prefix (de)serialization helpers do, lazily.
 """

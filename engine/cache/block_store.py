@@ -67,7 +67,15 @@ class _WriteItem:
 
 
 class BlockStore:
-    """Persistent, size-bounded, LRU block store with a background writer thread."""
+    """Persistent, size-bounded, LRU block store with a background writer thread.
+
+    Thread-safe: every public method may be called from any thread (the MLX worker saves and loads). Eviction
+    runs inline on the saving thread and never enqueues work; the writer thread never touches MLX.
+
+    Raises (constructor):
+        ValueError: `full_policy` not "inline"/"drop", or `put_timeout` <= 0.
+        OSError: the cache directory cannot be created or scanned.
+    """
 
     MAX_INLINE_UNLINKS_PER_SAVE = 32
     DISK_USAGE_TTL_S = 30.0
@@ -186,6 +194,8 @@ class BlockStore:
         return max(0, min(self.max_bytes, self._total_bytes + free - self.min_free_bytes))
 
     def effective_max_bytes(self) -> int:
+        """The quota now: `max_bytes`, lowered so the disk keeps `min_free_bytes` free (free space is sampled
+        at most every DISK_USAGE_TTL_S). Never raises: an unreadable disk usage falls back to `max_bytes`."""
         with self._lock:
             return self._effective_max_locked()
 
@@ -228,10 +238,15 @@ class BlockStore:
 
     # -- save ----------------------------------------------------------------------------------------
     def save(self, block_hash: str, tensors: Mapping, metadata: Mapping[str, str] | None = None) -> bool:
-        """Accept a block for persistence. Returns False if already present or rejected by the quota.
+        """Accept a block for persistence. Returns False if already present, rejected by the quota, or the
+        store is closed; True once accepted (queued, written inline when the queue stays full for
+        `put_timeout`, or dropped and counted under full_policy="drop"). Disk errors are counted, never raised.
 
         `tensors` maps names to numpy arrays or `safetensors_io.Tensor` (no MLX arrays: the writer
         thread must not touch MLX).
+
+        Raises:
+            ValueError: `block_hash` is not a valid block hash.
         """
         if not isinstance(block_hash, str) or not _HASH_RE.match(block_hash):
             raise ValueError(f"invalid block hash {block_hash!r}")
@@ -371,7 +386,10 @@ class BlockStore:
         return n
 
     def load(self, block_hash: str) -> dict[str, stio.Tensor] | None:
-        """Return the block's tensors (numpy), or None. A hit moves it to MRU and touches its mtime."""
+        """Return the block's tensors (numpy), or None. A hit moves it to MRU and touches its mtime.
+
+        Never raises for a missing, unreadable or mismatching file: it is dropped from the index and counted
+        as a miss."""
         with self._lock:
             entry = self._index.get(block_hash)
             if entry is None:
@@ -425,7 +443,8 @@ class BlockStore:
     def close(self, flush: bool = True, timeout: float = 5.0) -> bool:
         """Stop the writer. flush=True writes what is queued; flush=False discards it (counted as drops).
 
-        Returns True when the writer thread exited within `timeout`.
+        Returns True when the writer thread exited within `timeout`. Idempotent; never raises; later saves
+        return False.
         """
         with self._lock:
             if self._closed:
@@ -463,6 +482,7 @@ class BlockStore:
         return True
 
     def stats(self) -> dict:
+        """A consistent copy of the counters plus in_flight, entries, bytes, max_bytes, queue_depth. No I/O."""
         with self._lock:
             s = dict(self._stats)
             s["in_flight"] = self._in_flight_locked()

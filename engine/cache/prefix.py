@@ -54,7 +54,11 @@ def model_signature(model_path: str | os.PathLike, block_size: int, extra: str =
 
 
 def block_hashes(tokens: Sequence[int], block_size: int, signature: str) -> list[str]:
-    """Hash chain over the FULL blocks of `tokens`: h_i = sha256(h_{i-1} || block_i), h_-1 = sha256(signature)."""
+    """Hash chain over the FULL blocks of `tokens`: h_i = sha256(h_{i-1} || block_i), h_-1 = sha256(signature).
+
+    Raises:
+        ValueError: `block_size` <= 0.
+    """
     if block_size <= 0:
         raise ValueError("block_size must be positive")
     prev = hashlib.sha256(f"{HASH_VERSION}|{signature}".encode()).digest()
@@ -92,7 +96,11 @@ def _from_tensor(t: stio.Tensor):
 
 
 def cache_block_tensors(prompt_cache: list, start: int, end: int) -> dict[str, stio.Tensor]:
-    """(MLX thread) The KV slice [start, end) of every layer as numpy tensors: l{i}.k / l{i}.v."""
+    """(MLX thread) The KV slice [start, end) of every layer as numpy tensors: l{i}.k / l{i}.v.
+
+    Raises:
+        ValueError: a layer holds fewer than `end` tokens.
+    """
     import mlx.core as mx
 
     out: dict[str, stio.Tensor] = {}
@@ -207,15 +215,23 @@ class PrefixCache:
             self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
+        """Drop a cancelled or failed request's boundaries and snapshots (bounded wait for the snapshot writer).
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component (`accepts` filters those out first).
+        """
         self._boundaries.pop(request_id, None)
         self._plans.pop(request_id, None)
         self.snapshots.cleanup_request(request_id)
 
     def stats(self) -> dict:
+        """Both stores' counters, the block size and the last prefill's figures. No I/O, never raises."""
         return {"blocks": self.blocks.stats(), "snapshots": self.snapshots.stats(),
                 "block_size": self.block_size, "last_prefill": dict(self.last_prefill)}
 
     def close(self, timeout: float = 5.0) -> None:
+        """Clean up this session's snapshots, stop the snapshot writer, then flush and stop the block writer,
+        each bounded by `timeout`. Runs on the MLX worker's exit; never raises for disk errors."""
         self.snapshots.cleanup_all()
         self.snapshots.shutdown(cleanup=True, timeout=timeout)
         self.blocks.close(flush=True, timeout=timeout)

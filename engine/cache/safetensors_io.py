@@ -49,6 +49,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
+        """Size of the tensor's data in bytes."""
         return int(self.array.nbytes)
 
 
@@ -75,6 +76,11 @@ def encode_header(tensors: Mapping[str, Tensor | np.ndarray], metadata: Mapping[
 
 
 def serialized_size(tensors: Mapping[str, Tensor | np.ndarray], metadata: Mapping[str, str] | None = None) -> int:
+    """Exact size in bytes of the safetensors file `write_fd` would write (header + data). No I/O.
+
+    Raises:
+        TypeError: a tensor has an unsupported dtype.
+    """
     head, ordered = encode_header(tensors, metadata)
     return len(head) + sum(t.nbytes for t in ordered)
 
@@ -97,7 +103,12 @@ def _write_all(fd: int, data) -> int:
 
 
 def read_header(path: str) -> tuple[dict, int, int]:
-    """Return (header dict, data start offset, expected file size); validates structure, not data."""
+    """Return (header dict, data start offset, expected file size); validates structure, not data.
+
+    Raises:
+        CorruptFile: truncated or malformed header, or a file size that does not match it.
+        OSError: the file cannot be opened or read.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

@@ -42,6 +42,12 @@ class InvalidRequestId(ValueError):
 
 
 def validate_request_id(request_id) -> str:
+    """Return `request_id` unchanged if it is safe as one path component: a non-empty str of at most 200
+    characters, not '.' or '..', without a path separator, NUL or '..'.
+
+    Raises:
+        InvalidRequestId: otherwise (a ValueError).
+    """
     if not isinstance(request_id, str) or not request_id:
         raise InvalidRequestId(f"request id must be a non-empty string, got {request_id!r}")
     if len(request_id) > 200:
@@ -68,6 +74,17 @@ class _Item:
 
 
 class SnapshotStore:
+    """Per-request prefill boundary snapshots of one session, written by one background writer thread.
+
+    Thread-safe. A cleanup (`cleanup_request`, `cleanup_all`) waits, bounded, for the writer's item in flight,
+    so no file of a cleaned request is recreated after it returns; counters are additive and never created
+    for zero pending items. Disk errors are counted, never raised.
+
+    Raises (constructor):
+        ValueError: `put_timeout` <= 0; InvalidRequestId: `session` is not a safe path component.
+        OSError: the cache root or session directory cannot be created or listed.
+    """
+
     _CLEANUP_ALL_TIMEOUT_S = 5.0
     _CLEANUP_REQUEST_TIMEOUT_S = 2.0
     _SHUTDOWN_TIMEOUT_S = 5.0
@@ -86,7 +103,8 @@ class SnapshotStore:
         # Signals quiescence (queue drained, writer idle) to wait_idle(); shares the state lock above.
         self._idle = threading.Condition(self._lock)
         # The writer-busy barrier: held by the writer for each whole item, taken (bounded) by cleanup_all and
-        # cleanup_request so no file is recreated after a cleanup returns (seed 002, TW-CACHE-WRITER-BARRIER).
+        # cleanup_request so no file is recreated after a cleanup returns (TW-CACHE-WRITER-BARRIER: upstream,
+        # the writer had already pulled an item off the queue when cleanup_all ran, and a test flaked ~20%).
         self._writer_busy = threading.Lock()
         self._write_queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._generation = 0
@@ -114,14 +132,29 @@ class SnapshotStore:
                 shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
 
     def request_dir(self, request_id: str) -> str:
+        """The directory of `request_id`'s snapshots in this session (not created here).
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component.
+        """
         return os.path.join(self.session_dir, validate_request_id(request_id))
 
     def snapshot_path(self, request_id: str, tokens: int) -> str:
+        """The file of `request_id`'s snapshot after `tokens` tokens (not created here).
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component.
+        """
         return os.path.join(self.request_dir(request_id), f"{int(tokens)}.safetensors")
 
     # -- save --------------------------------------------------------------------------------------
     def save(self, request_id: str, tokens: int, tensors: Mapping, metadata: Mapping[str, str] | None = None) -> bool:
-        """Queue a boundary snapshot (numpy tensors only). False when the store is closed or it was dropped."""
+        """Queue a boundary snapshot (numpy tensors only). False when the store is closed or it was dropped.
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component.
+            ValueError: `tokens` < 0.
+        """
         validate_request_id(request_id)
         tokens = int(tokens)
         if tokens < 0:
@@ -245,7 +278,14 @@ class SnapshotStore:
 
     # -- cleanup -------------------------------------------------------------------------------------
     def cleanup_request(self, request_id: str, timeout: float | None = None) -> bool:
-        """Forget a request's snapshots (abort path). Returns True if the writer barrier was acquired."""
+        """Forget a request's snapshots (abort path). Returns True if the writer barrier was acquired.
+
+        Waits for the writer's item in flight at most `timeout` (default 2 s); on timeout the cleanup still
+        happens and the late item is discarded before its rename.
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component.
+        """
         validate_request_id(request_id)
         bound = self._CLEANUP_REQUEST_TIMEOUT_S if timeout is None else timeout
         acquired = self._writer_busy.acquire(timeout=bound)
@@ -274,7 +314,10 @@ class SnapshotStore:
         return acquired
 
     def cleanup_all(self, timeout: float | None = None) -> bool:
-        """Forget every snapshot of this session. Returns True if the writer barrier was acquired."""
+        """Forget every snapshot of this session. Returns True if the writer barrier was acquired.
+
+        Queued items are discarded; waits for the writer's item in flight at most `timeout` (default 5 s),
+        then clears anyway. Never raises for disk errors."""
         bound = self._CLEANUP_ALL_TIMEOUT_S if timeout is None else timeout
         with self._lock:
             if self._closed:
@@ -336,6 +379,11 @@ class SnapshotStore:
             return dict(self._records.get(request_id, {}))
 
     def load(self, request_id: str, tokens: int) -> dict[str, stio.Tensor] | None:
+        """The snapshot's tensors, or None if it is missing or unreadable.
+
+        Raises:
+            InvalidRequestId: `request_id` is not a safe path component.
+        """
         path = self.snapshot_path(request_id, tokens)
         try:
             tensors, _meta = stio.read_file(path)
@@ -344,6 +392,7 @@ class SnapshotStore:
         return tensors
 
     def pending(self, request_id: str | None = None) -> int:
+        """Saved items not yet finished (written, dropped or discarded), for one request or all. Never raises."""
         with self._lock:
             if request_id is not None:
                 return len(self._outstanding.get(request_id, ()))
@@ -366,6 +415,7 @@ class SnapshotStore:
         return s["saves"] - s["saves_persisted"] - s["errors"] - s["drops"] - s["discarded"]
 
     def stats(self) -> dict:
+        """A consistent copy of the counters plus in_flight, cancelled_requests, queue_depth. No I/O."""
         with self._lock:
             s = dict(self._stats)
             s["in_flight"] = self._in_flight_locked()
@@ -376,7 +426,9 @@ class SnapshotStore:
     # -- shutdown ------------------------------------------------------------------------------------
     def shutdown(self, cleanup: bool = False, flush: bool = True, timeout: float | None = None) -> bool:
         """Stop the writer. `cleanup=True` runs cleanup_all() first (and removes the session dir);
-        `flush=True` writes queued items, `flush=False` discards them. Joins with a bound."""
+        `flush=True` writes queued items, `flush=False` discards them. Joins with a bound.
+
+        Returns True when the writer ended within `timeout` (default 5 s). Idempotent; never raises."""
         bound = self._SHUTDOWN_TIMEOUT_S if timeout is None else timeout
         if cleanup:
             self.cleanup_all()

@@ -1,4 +1,4 @@
-"""OpenAI-compatible HTTP server over SimpleEngine (issue 3). See ``create_app`` and ``python -m tripwire.engine serve``."""
+"""OpenAI-compatible HTTP server over SimpleEngine. See ``create_app`` and ``python -m tripwire.engine serve``."""
 
 from tripwire.engine.server.app import create_app
 

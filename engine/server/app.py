@@ -60,6 +60,8 @@ def engine_memory_probe(engine: Any) -> Callable[[], int]:
 
 
 class ServerStats:
+    """HTTP counters for /v1/status (in flight, totals by status, busy 503s, client cancels). Loop-only."""
+
     def __init__(self) -> None:
         self.in_flight = 0
         self.requests = 0
@@ -68,18 +70,22 @@ class ServerStats:
         self.cancelled = 0
 
     def record(self, ctx: RequestLog) -> None:
+        """Count one finished request from its log record. Never raises."""
         self.requests += 1
         self.by_status[ctx.status or 0] += 1
         self.busy_503 += ctx.busy
         self.cancelled += ctx.cancelled
 
     def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy of the counters."""
         return {"in_flight": self.in_flight, "requests": self.requests, "busy_503": self.busy_503,
                 "cancelled": self.cancelled, "by_status": {str(k): v for k, v in sorted(self.by_status.items())}}
 
 
 @dataclass
 class ServerState:
+    """Per-app settings and the engine, shared by the route handlers on the server's event loop."""
+
     engine: Any
     api_key: str | None
     memory_limit: int | None
@@ -95,9 +101,16 @@ class ServerState:
 
     @property
     def model_name(self) -> str:
+        """The served model's name (the engine's model_info name, else "model")."""
         return str(self.engine.model_info.get("name") or "model")
 
     def preflight(self, prompt_tokens: int, max_tokens: int, param: str) -> None:
+        """Refuse a request whose estimated prefill peak would exceed the memory limit, before any response
+        (or stream) starts. A no-op without a limit. Reads the engine's last memory sample; no MLX.
+
+        Raises:
+            ApiError: 413 `prefill_memory_exceeded`, naming `param`.
+        """
         if self.memory_limit is None:
             return
         if self._shape is None:
@@ -149,7 +162,8 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``.
 
     Raises:
-        ValueError: an API key a client could never send (see ``validate_api_key``), or a bad memory limit.
+        ValueError: an API key a client could never send (see ``validate_api_key``), a bad memory limit, or
+            ``body_timeout_s`` <= 0.
     """
     if not body_timeout_s > 0:
         raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s!r}")

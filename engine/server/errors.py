@@ -50,6 +50,7 @@ class ApiError(Exception):
 
 
 def retry_after_header(seconds: float | None) -> str:
+    """The Retry-After header value: whole seconds, rounded up, at least 1 ("1" for None or non-finite)."""
     if seconds is None or not math.isfinite(seconds):
         return "1"
     return str(max(1, math.ceil(seconds)))
@@ -57,6 +58,7 @@ def retry_after_header(seconds: float | None) -> str:
 
 def error_body(code: str, message: str, *, param: str | None = None, retry_after: float | None = None,
                type_: str | None = None) -> dict[str, Any]:
+    """The OpenAI-style error body `{"error": {message, type, param, code[, retry_after]}}`. Never raises."""
     err: dict[str, Any] = {
         "message": message,
         "type": type_ or _TYPES.get(code, "invalid_request_error"),
@@ -87,6 +89,8 @@ def api_error_from_exception(exc: BaseException) -> ApiError:
 
 
 def error_response(err: ApiError, *, request_id: str | None = None) -> Response:
+    """The JSON response for `err`, with Retry-After (when retryable) and X-Request-Id headers. A generic
+    500 names the request id instead of any internal detail. Never raises."""
     message = err.message
     if err.status >= 500 and err.code == "internal_error" and request_id:
         message = f"internal server error (request id {request_id})"

@@ -86,6 +86,8 @@ class ModelMemoryShape:
 
 @dataclass(frozen=True)
 class PrefillEstimate:
+    """The parts of one request's estimated extra memory (bytes); `total_bytes` is their sum."""
+
     prompt_tokens: int
     max_tokens: int
     chunk: int
@@ -96,6 +98,7 @@ class PrefillEstimate:
 
     @property
     def total_bytes(self) -> int:
+        """KV cache + attention scores + activations + logits, in bytes."""
         return self.kv_cache_bytes + self.attention_bytes + self.activation_bytes + self.logits_bytes
 
 
@@ -107,7 +110,11 @@ def estimate_prefill_peak_bytes(
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
     kv_step: int = DEFAULT_KV_STEP,
 ) -> PrefillEstimate:
-    """Upper estimate of the extra memory one request needs on top of what is already in use."""
+    """Upper estimate of the extra memory one request needs on top of what is already in use. Pure arithmetic.
+
+    Raises:
+        ValueError: negative token counts, or `prefill_chunk`/`kv_step` <= 0.
+    """
     if prompt_tokens < 0 or max_tokens < 0:
         raise ValueError("prompt_tokens and max_tokens must be >= 0")
     if prefill_chunk <= 0 or kv_step <= 0:
@@ -124,6 +131,8 @@ def estimate_prefill_peak_bytes(
 
 
 class PrefillMemoryExceeded(Exception):
+    """The estimate plus current use exceeds the limit: answered as 413 `prefill_memory_exceeded`."""
+
     code = "prefill_memory_exceeded"
     http_status = 413
 
@@ -180,6 +189,7 @@ def parse_bytes(text: str) -> int:
 
 
 def physical_memory_bytes() -> int | None:
+    """Physical RAM in bytes from sysconf, or None where it is unknown. Never raises."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -193,7 +203,11 @@ def auto_memory_limit(physical: int | None = None, fraction: float = 0.75) -> in
 
 
 def resolve_memory_limit(value: int | str | None) -> int | None:
-    """None/'none'/'off' -> no limit, 'auto' -> auto_memory_limit(), int or size string -> bytes."""
+    """None/'none'/'off' -> no limit, 'auto' -> auto_memory_limit(), int or size string -> bytes.
+
+    Raises:
+        ValueError: a non-positive int or an unparsable size string.
+    """
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):

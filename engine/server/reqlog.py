@@ -26,6 +26,8 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 @dataclass
 class RequestLog:
+    """What one HTTP request did, filled in by the handlers; `line()` is its structured log record."""
+
     id: str
     method: str
     route: str
@@ -39,6 +41,7 @@ class RequestLog:
     error_code: str | None = None
 
     def line(self) -> dict[str, Any]:
+        """The JSON-ready `http_request` log record (latency measured now). Never raises."""
         d = {"event": "http_request", "id": self.id, "method": self.method, "route": self.route,
              "status": self.status, "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
              "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -49,6 +52,10 @@ class RequestLog:
 
 
 class RequestLogMiddleware:
+    """ASGI middleware: one RequestLog per HTTP request (X-Request-Id kept if valid, else assigned), logged
+    and counted in `stats` when it ends, also on errors and disconnects; an unhandled error before the
+    response started becomes a 500 naming the request id. Non-HTTP scopes pass through untouched."""
+
     def __init__(self, app: ASGIApp, stats: Any = None) -> None:
         self.app = app
         self.stats = stats

@@ -45,6 +45,7 @@ class ChatMessage(_Strict):
     content: Text | list[TextContentPart]
 
     def text(self) -> str:
+        """The message content as one string (text parts joined)."""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content)
@@ -77,6 +78,7 @@ class CompletionRequest(_GenerationParams):
     echo: Literal[False] | None = None
 
     def prompt_text(self) -> str:
+        """The prompt as one string (the single element of a one-item list)."""
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
@@ -159,7 +161,12 @@ def _reject_constant(name: str) -> Any:
 
 
 async def read_json_object(request: Request, limit: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
-    """Read the body with a size cap, decode UTF-8 strictly and parse a JSON object (ApiError otherwise)."""
+    """Read the body with a size cap, decode UTF-8 strictly and parse a JSON object (ApiError otherwise).
+
+    Raises:
+        ApiError: 413 `request_too_large` (declared or streamed size over `limit`, before reading it all);
+            400 `invalid_json` (empty, malformed, non-object, NaN/Infinity) or `invalid_encoding` (bad UTF-8).
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise ApiError(413, "request_too_large", f"request body is {int(declared)} bytes; the limit is {limit} bytes")
@@ -218,6 +225,11 @@ def _branch_matches(payload: Any, loc: tuple[Any, ...]) -> bool:
 
 
 def validate_request(model: type[_Strict], payload: dict[str, Any]) -> Any:
+    """Parse `payload` into `model`, or report the first invalid field the way the client sent it.
+
+    Raises:
+        ApiError: 400 `invalid_request` naming the field (for a union, the branch matching the sent type).
+    """
     try:
         return model.model_validate(payload)
     except ValidationError as exc:

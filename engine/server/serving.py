@@ -1,4 +1,4 @@
-"""Run the app under uvicorn with deadlines and limits for clients (issue 13, item 1).
+"""Run the app under uvicorn with deadlines and limits for clients.
 
 uvicorn's h11 protocol has a keep-alive timeout but no deadline for reading a request's headers: a client that
 connects and sends nothing, or half a request line, holds its socket forever, and a few thousand of them exhaust
@@ -37,7 +37,11 @@ LOG_INTERVAL_S = 10.0
 
 @dataclass
 class ClientLimits:
-    """Deadlines and limits for clients. Every field is a bound the server keeps whatever clients do."""
+    """Deadlines and limits for clients. Every field is a bound the server keeps whatever clients do.
+
+    Raises:
+        ValueError: a timeout <= 0 or `max_connections` < 1 (checked on construction).
+    """
 
     header_timeout_s: float = 10.0  # request line + headers must arrive within this (else 408 + close)
     body_timeout_s: float = 30.0  # the whole body must arrive within this after the headers (else 408 + close)
@@ -82,6 +86,7 @@ class ConnectionGuard:
         self.refusals = _BurstLog("connection limit")
 
     def stats(self) -> dict[str, int]:
+        """Totals of header-deadline closes and refused connections since start."""
         return {"header_timeouts": self.header_timeouts.total, "refused_connections": self.refusals.total}
 
 
@@ -99,6 +104,7 @@ class GuardedH11Protocol(H11Protocol):
     guard: ConnectionGuard  # set on the subclass built by `protocol_for`
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Over the connection cap: answer 503 `too_many_connections` and close; else arm the header deadline."""
         over = len(self.connections) >= self.guard.limits.max_connections
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
@@ -112,6 +118,7 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        """Feed h11; keep the header deadline armed only while a request's head is still incomplete."""
         super().data_received(data)
         if self.transport.is_closing():
             self._cancel_header_timer()
@@ -121,6 +128,7 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Disarm the header deadline, then let uvicorn clean up."""
         self._cancel_header_timer()
         super().connection_lost(exc)
 

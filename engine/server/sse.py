@@ -24,15 +24,18 @@ DONE = b"data: [DONE]\n\n"
 
 
 def sse_event(obj: Any) -> bytes:
+    """One `data: <compact JSON>` server-sent event (UTF-8, blank-line terminated)."""
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n"
 
 
 def chat_chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None) -> dict:
+    """An OpenAI `chat.completion.chunk` with one choice."""
     return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
 
 def completion_chunk(cid: str, created: int, model: str, text: str, finish_reason: str | None) -> dict:
+    """An OpenAI `text_completion` stream chunk with one choice."""
     return {"id": cid, "object": "text_completion", "created": created, "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]}
 
@@ -105,6 +108,11 @@ class EngineSSEResponse(Response):
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the ASGI client disconnects (other messages are read and ignored).
+
+    Raises:
+        asyncio.CancelledError: cancelled (callers cancel it once the work it watches has finished).
+    """
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -1,4 +1,4 @@
-"""Cache targets (issue 6): the real engine.cache stores with their writer threads and filesystem calls
+"""Cache targets: the real engine.cache stores with their writer threads and filesystem calls
 under the scheduler (names swapped in engine.cache.snapshot_store / block_store / safetensors_io only).
 
 Registration: `fuzz/targets/__init__.py` must import this module (`from . import cache_targets`).

@@ -29,7 +29,8 @@ async def make_engine(ctx: Context, *, admission: str = "fail_fast", max_wait_s:
                                   stop_timeout_s=stop_timeout_s)
 
     def on_step(job, produced):
-        # MLX runs only while the serialization lock is held *for this request* (seed #8).
+        # MLX runs only while the serialization lock is held *for this request* (the upstream
+        # cancellation fix: a cancelled request keeps the lock until its worker step has returned).
         if slot_check:
             holder = eng._lock_holder
             ctx.check(eng._generation_lock.locked() and holder == job.request_id,

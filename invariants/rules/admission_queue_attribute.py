@@ -14,7 +14,7 @@ class AdmissionQueueAttribute(Rule):
     default_enabled = False
     rationale = (
         "An engine class growing an attribute like `_text_direct_lock` or `_text_admission_queue` is the "
-        "structural signature of seed #495: a serialized TextModel-direct route with its own wait-mode "
+        "structural signature of the upstream admission incident: a serialized TextModel-direct route with its own wait-mode "
         "admission queue, where concurrent requests pile up for minutes instead of failing fast with a "
         "retryable `text_generation_busy` 503. Admission belongs in one fail-fast controller; the engine "
         "classes (patterns in `classes`) must define no attribute matching the deny list (`self.X = ...`, "
@@ -43,7 +43,7 @@ class AdmissionQueueAttribute(Rule):
         """,
     ]
     invalid = [
-        # seed #495: the `_text_direct_lock` attribute
+        # upstream admission-control PR: the `_text_direct_lock` attribute
         """
         import asyncio
 

@@ -10,7 +10,7 @@ class BusyErrorContract(Rule):
     default_enabled = False
     project = True
     rationale = (
-        "Clients can only back off and retry a busy engine if the rejection is machine-readable. Seed #495's "
+        "Clients can only back off and retry a busy engine if the rejection is machine-readable. The upstream admission-control issue's "
         "acceptance criteria: a request behind an occupied serialized route must fail fast with code "
         "`text_generation_busy`, HTTP 503, retryable. The rule finds the class (or dict literal) that defines "
         "the configured busy code and checks, statically and through base classes in other files, that it "

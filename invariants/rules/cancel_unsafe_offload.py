@@ -19,7 +19,7 @@ class CancelUnsafeOffload(Rule):
     rationale = (
         "Cancelling a coroutine that awaits `asyncio.to_thread`, `loop.run_in_executor` or a thread future "
         "does not stop the thread: if the await sits inside `async with lock`, the lock is released while the "
-        "worker still runs. Seed #8: a client disconnect cancelled a non-streaming request, the blocking MLX "
+        "worker still runs. Upstream (cancellation-serialization PR): a client disconnect cancelled a non-streaming request, the blocking MLX "
         "worker kept running, the next request entered Metal and MLX aborted with 'A command encoder is "
         "already encoding to this command buffer'. Hold the lock until the worker finished: keep the "
         "task/future in a variable, await it (or `asyncio.shield` it) in a `try`, and in `except "
@@ -32,7 +32,7 @@ class CancelUnsafeOffload(Rule):
     }
     prefilter = (b"to_thread", b"run_in_executor", b"wrap_future", b"run_sync")
     valid = [
-        # seed #8 fix: the drain pattern
+        # upstream cancellation fix: the drain pattern
         """
         import asyncio
 
@@ -181,7 +181,7 @@ class CancelUnsafeOffload(Rule):
         """,
     ]
     invalid = [
-        # seed #8: to_thread inside the lock, released on cancel
+        # upstream cancellation-serialization PR: to_thread inside the lock, released on cancel
         """
         import asyncio
 

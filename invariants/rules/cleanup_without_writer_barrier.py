@@ -11,7 +11,7 @@ class CleanupWithoutWriterBarrier(Rule):
     default_enabled = False
     rationale = (
         "A cleanup that removes a store's files while the background writer may be mid-item loses the race: "
-        "seed #6d35 (`test_cleanup_all_drains_queue` flaked ~20%): the writer had already pulled an item off "
+        "upstream SSD-cache PR series (`test_cleanup_all_drains_queue` flaked ~20%): the writer had already pulled an item off "
         "the queue, `cleanup_all()` drained an empty queue and rmtree'd the snapshot dir, then the writer "
         "mkdir'd and renamed the file back, leaving a snapshot of a request that should have been forgotten. "
         "In the configured store classes, every file removal in a cleanup method (or a helper it calls) must "
@@ -47,7 +47,7 @@ class CleanupWithoutWriterBarrier(Rule):
         """,
     ]
     invalid = [
-        # seed #6d35: the barrier removed from cleanup_all
+        # upstream SSD-cache PR series: the barrier removed from cleanup_all
         """
         import os, shutil, threading
 

@@ -12,7 +12,7 @@ class ForbiddenIdentifier(Rule):
     default_enabled = False
     always_applicable = True
     rationale = (
-        "Some names mark a route that must not come back without its contract. Seed #495 pinned 'no "
+        "Some names mark a route that must not come back without its contract. The upstream admission-control PR pinned 'no "
         "`TextModelDirect`-style identifier anywhere in the package': that serialized direct route bypassed the "
         "scheduler and, with a 120 s lock wait, caused a request pileup. Configure `patterns` (globs) and the "
         "rule reports any identifier (names, attributes, definitions, parameters, imports, keywords) matching "

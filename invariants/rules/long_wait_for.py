@@ -25,7 +25,7 @@ class LongWaitFor(Rule):
     severity = "error"
     rationale = (
         "A long `asyncio.wait_for(..., timeout=T)` / `asyncio.timeout(T)` / `anyio.fail_after(T)` around an "
-        "admission wait in request code turns a busy resource into a wait queue. Seed #495: text-only requests "
+        "admission wait in request code turns a busy resource into a wait queue. Upstream (admission-control PR): text-only requests "
         "entered a serialized TextModel-direct route guarded by a lock with a 120 s wait bound, and concurrent "
         "agent traffic piled up behind it for minutes instead of getting a fast retryable 503. Fail fast (or "
         "bound the wait below `max_timeout_s`) and let the client retry. Admission waits are a lock / semaphore "
@@ -120,7 +120,7 @@ class LongWaitFor(Rule):
         """,
     ]
     invalid = [
-        # seed #495: the injected admission regression, exactly as in the PR demo
+        # upstream admission-control PR: the injected admission regression, exactly as in the PR demo
         """
         import asyncio
 

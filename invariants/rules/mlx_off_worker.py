@@ -16,7 +16,7 @@ class MlxOffWorker(Rule):
     default_enabled = False
     rationale = (
         "MLX streams are thread-local and Metal allows one command encoder per buffer: MLX work must run on "
-        "the one pinned worker thread. Seed #8: MLX calls sent through `asyncio.to_thread` ran on whatever "
+        "the one pinned worker thread. Upstream (cancellation-serialization PR): MLX calls sent through `asyncio.to_thread` ran on whatever "
         "default-executor thread was free, so a cancelled request's thread and the next request's thread "
         "were inside Metal together ('A command encoder is already encoding to this command buffer'). The "
         "rule reports MLX / mlx-lm calls made directly in `async def` bodies (on the event loop), sync "
@@ -128,7 +128,7 @@ class MlxOffWorker(Rule):
         """,
     ]
     invalid = [
-        # seed #8: the serialized runner on the default executor (the callable is a parameter; the module is
+        # upstream cancellation-serialization PR: the serialized runner on the default executor (the callable is a parameter; the module is
         # configured as worker-only)
         Sample("""
         import asyncio

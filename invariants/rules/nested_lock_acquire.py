@@ -15,7 +15,7 @@ class NestedLockAcquire(Rule):
     severity = "error"
     project = True
     rationale = (
-        "Re-acquiring a non-reentrant lock the caller already holds deadlocks forever. Seed #8 (review "
+        "Re-acquiring a non-reentrant lock the caller already holds deadlocks forever. Upstream (cancellation PR review "
         "finding): after moving the lock into the cancellation-safe runner `_run_blocking_serialized()`, the "
         "MLLM+MTP stream path `_stream_generate_text()` still wrapped its body in `async with "
         "self._generation_lock:` and then awaited the runner, which acquires the same asyncio.Lock again: every "
@@ -89,7 +89,7 @@ class NestedLockAcquire(Rule):
         """,
     ]
     invalid = [
-        # seed #8: the stream path holds the lock and calls the serialized runner (deadlock)
+        # upstream cancellation-serialization PR: the stream path holds the lock and calls the serialized runner (deadlock)
         """
         import asyncio
 

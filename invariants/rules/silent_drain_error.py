@@ -13,7 +13,7 @@ class SilentDrainError(Rule):
         "Inside a cancellation handler the code usually drains a worker (`await task`) before re-raising. If "
         "that drain is wrapped in `except Exception: pass` (or `contextlib.suppress(Exception)`), a worker "
         "that crashed while the request was being cancelled leaves no trace: the caller only sees "
-        "CancelledError. Seed #8 review finding 3 ('Cancelled worker errors hidden'): exactly the failure mode "
+        "CancelledError. The upstream cancellation PR's review finding 3 ('Cancelled worker errors hidden'): exactly the failure mode "
         "the fix was about (MLX/Metal errors during cancellation) became invisible. Log it (e.g. "
         "`log.warning(..., exc_info=True)`) or re-raise."
     )
@@ -83,7 +83,7 @@ class SilentDrainError(Rule):
         """,
     ]
     invalid = [
-        # seed #8: the `except Exception: pass` drain
+        # upstream cancellation-serialization PR: the `except Exception: pass` drain
         """
         import asyncio
 

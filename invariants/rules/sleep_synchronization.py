@@ -12,7 +12,7 @@ class SleepSynchronization(Rule):
     scope = "tests"
     rationale = (
         "A sleep in a test is a guess about how long another thread or task needs: it makes the test slow "
-        "when generous and flaky when not, and it hides races instead of pinning them. Seed #6d35: "
+        "when generous and flaky when not, and it hides races instead of pinning them. Upstream (SSD KV-cache PR series): "
         "`test_cleanup_all_drains_queue` failed ~20% of the time until the sleep was replaced by a lock/event "
         "barrier that pins the writer mid-item and asserts the waits. Synchronize on events, barriers, queues "
         "or futures. `asyncio.sleep(0)` (a bare yield) is allowed, and so is a sleep that paces a polling loop "

@@ -16,7 +16,7 @@ class SwallowedCancellation(Rule):
     rationale = (
         "An `except CancelledError` / `except BaseException` / bare `except` in async code that neither "
         "re-raises nor defers a re-raise turns a cancellation into a normal return: the caller (a disconnect "
-        "guard, a timeout, `TaskGroup`, `stop()`) believes the task ended while it keeps running. Seed #8's "
+        "guard, a timeout, `TaskGroup`, `stop()`) believes the task ended while it keeps running. The upstream cancellation fix's "
         "cancellation drain only works because the runner re-raises after waiting for the worker. Allowed: "
         "`raise` in the handler, re-cancelling (`task.cancel()`), or the 'remember and re-raise later' idiom "
         "(the handler sets a flag / keeps the exception and a later `raise` in the function uses it)."

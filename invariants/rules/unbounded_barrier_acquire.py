@@ -11,7 +11,7 @@ class UnboundedBarrierAcquire(Rule):
     default_enabled = False
     rationale = (
         "Cleanup and abort paths run on hot paths (a scheduler's request abort, engine stop). A blocking "
-        "acquire of the writer barrier there waits as long as the slowest disk write: seed #6d35 bounded "
+        "acquire of the writer barrier there waits as long as the slowest disk write: the upstream SSD-cache fix bounded "
         "`cleanup_all` at 5 s and `cleanup_request` at 2 s with a logged fallback, because 'without that bound a "
         "slow disk inside the write could deadlock the scheduler's hot path'. In the configured classes, "
         "cleanup/abort methods must acquire the barrier with a timeout (`acquire(timeout=...)`, "

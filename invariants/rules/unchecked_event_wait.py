@@ -14,7 +14,7 @@ class UncheckedEventWait(Rule):
     rationale = (
         "`threading.Event.wait(timeout)` returns False on timeout instead of raising. A test that discards "
         "that bool carries on as if the other thread had reached the checkpoint, so it silently tests a "
-        "different interleaving (or nothing). Seed #8 review finding 2: `await asyncio.to_thread("
+        "different interleaving (or nothing). The upstream cancellation PR's review finding 2: `await asyncio.to_thread("
         "first_started.wait, 1.0)` ignored the result, so the cancellation-serialization test could pass "
         "without the first worker ever starting. Assert it: `assert ev.wait(5), 'worker did not start'`. Not "
         "reported: a stand-in the code under test runs on its own thread (a sync function that is not a test "
@@ -95,7 +95,7 @@ class UncheckedEventWait(Rule):
         """,
     ]
     invalid = [
-        # seed #8: the unchecked `first_started.wait(1.0)`
+        # upstream cancellation-serialization PR: the unchecked `first_started.wait(1.0)`
         """
         import asyncio, threading
 

@@ -11,10 +11,10 @@ class UndocumentedLock(Rule):
     severity = "error"
     default_enabled = False
     rationale = (
-        "A lock without a comment saying what it guards gets repurposed. Seed #495: `SimpleEngine."
+        "A lock without a comment saying what it guards gets repurposed. Upstream (admission-control PR): `SimpleEngine."
         "_generation_lock` existed only to serialize Metal command-buffer access, but nothing said so, and a "
         "TextModel-direct route reused the same pattern as a 120 s wait-mode admission gate. The fix made the "
-        "comment part of the contract (mentions Metal, says it is NOT an admission gate, references #495) "
+        "comment part of the contract (mentions Metal, says it is NOT an admission gate, references the upstream issue number) "
         "and pinned it with a test. Every asyncio/threading/anyio Lock, RLock, Semaphore or Condition assigned "
         "to a name or attribute needs an adjacent comment (trailing, or the comment block directly above) of "
         "at least `min_words` words; `locks` adds per-lock required regexes (all must match) and forbidden ones."
@@ -40,7 +40,7 @@ class UndocumentedLock(Rule):
         """,
     ]
     invalid = [
-        # seed #495: the misdocumented generation lock from the injected regression
+        # upstream admission-control PR: the misdocumented generation lock from the injected regression
         """
         import asyncio
 

@@ -13,7 +13,7 @@ class WriteQueuePutNowait(Rule):
     default_enabled = False
     rationale = (
         "`put_nowait` on a bounded write queue drops the block on the first burst while `save()` has already "
-        "counted it as saved: silent data loss. Seed #6d35: `save_block` used `_write_queue.put_nowait`, so "
+        "counted it as saved: silent data loss. Upstream (SSD KV-cache PR series): `save_block` used `_write_queue.put_nowait`, so "
         "a transient writer backlog dropped blocks; the fix used `put(item, timeout=0.25)` and only sustained "
         "saturation drops (counted). In the configured store classes, save paths (and helpers they call) must "
         "not call `put_nowait` (or `put(..., block=False)`) on the configured write queues."
@@ -40,7 +40,7 @@ class WriteQueuePutNowait(Rule):
         """,
     ]
     invalid = [
-        # seed #6d35: the put_nowait drop
+        # upstream SSD-cache PR series: the put_nowait drop
         """
         import queue
 

@@ -15,7 +15,7 @@ class WriterItemOutsideBarrier(Rule):
     default_enabled = False
     rationale = (
         "The writer thread must hold the barrier for the whole processing of each item and re-check under it "
-        "that the item was not cleared or cancelled meanwhile. Seed #6d35: the writer pulled an item, "
+        "that the item was not cleared or cancelled meanwhile. Upstream (SSD KV-cache PR series): the writer pulled an item, "
         "`cleanup_all()` ran, and the writer then recreated the request dir and renamed the file into it. A "
         "writer that takes the barrier only after `queue.get()` returned, without re-checking the item under "
         "it, still races with a cleanup that drains and then takes the barrier. In the configured writer "

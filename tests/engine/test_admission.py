@@ -1,4 +1,5 @@
-"""Fail-fast admission (seed #495): a busy engine answers at once; it never becomes a wait queue."""
+"""Fail-fast admission: a busy engine answers at once; it never becomes a wait queue (upstream, a lock used as
+a 120 s wait queue piled requests up under agent traffic)."""
 
 from __future__ import annotations
 

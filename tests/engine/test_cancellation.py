@@ -1,4 +1,4 @@
-"""Cancellation drain (seed #8): the lock/slot outlive the worker step of a cancelled request."""
+"""Cancellation drain (the upstream cancellation fix): the lock/slot outlive the worker step of a cancelled request."""
 
 from __future__ import annotations
 

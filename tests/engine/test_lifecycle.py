@@ -26,7 +26,7 @@ async def test_all_mlx_work_runs_on_the_one_pinned_worker(make_engine):
 
 
 async def test_every_public_path_completes_no_nested_lock_acquisition(make_engine):
-    """Seed #8 review: a path that holds _generation_lock and calls the serialized runner deadlocks."""
+    """Upstream cancellation PR review (finding 1): a path that holds _generation_lock and calls the serialized runner deadlocks."""
     eng = make_engine()
     async with asyncio.timeout(30):
         await eng.start()

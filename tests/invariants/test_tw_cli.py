@@ -8,7 +8,7 @@ import re
 from tw_helpers import REPO, json_findings, run_main, tripwire, write
 
 SEED_SHAPES = {
-    # seed #495: the injected 120 s wait_for admission regression + _text_direct_lock + misdocumented lock
+    # upstream admission PR: the injected 120 s wait_for admission regression + _text_direct_lock + misdocumented lock
     "engine/simple.py": '''
         import asyncio
 

@@ -210,7 +210,7 @@ CACHE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-PREFIX-KEY",),
         origin=SEED_002,
         description=(
-            "The #1471 bug: prefill boundary snapshots are routed through a uid that is only assigned when the "
+            "The upstream SSD-cache bug (seed 002): prefill boundary snapshots are routed through a uid that is only assigned when the "
             "request is inserted after prefill; during prefill the lookup yields -1, the snapshot is silently "
             "dropped, and every repeated prompt re-prefills from scratch."),
         edits=(Edit(PREFIX, _SnapshotKeyedByUid),),

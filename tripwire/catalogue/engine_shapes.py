@@ -314,7 +314,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-ADMISSION",),
         origin=SEED_000,
         description=(
-            "The downstream P0 behind issue #495: a busy engine queues the next request behind the current one "
+            "The downstream P0 behind the upstream admission issue (seed 000): a busy engine queues the next "
+            "request behind the current one "
             "with `asyncio.wait_for(..., timeout=120)` instead of rejecting it. Under agent traffic requests pile "
             "up for minutes instead of receiving a fast, retryable `text_generation_busy` 503."),
         edits=(Edit(ADMISSION, _FailFastBecomesWaitFor),),
@@ -328,7 +329,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-ADMISSION", "TW-SERIAL-MLX"),
         origin=SEED_000,
         description=(
-            "The injected demo of PR #514: SimpleEngine grows a `_text_direct_lock = asyncio.Lock()` used as an "
+            "The injected demo of the upstream admission PR (seed 000): SimpleEngine grows a "
+            "`_text_direct_lock = asyncio.Lock()` used as an "
             "admission queue for a TextModel-direct path — a second, wait-mode gate next to the fail-fast one."),
         edits=(Edit(SIMPLE, _AddTextDirectLock),),
         rules=("admission-queue-attribute",),
@@ -350,7 +352,7 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         origin=SEED_000,
         description=(
             "A `TextModelDirectRoute` is added that runs text-only requests straight through the serialized runner, "
-            "bypassing fail-fast admission — the route whose 120 s wait caused the #495 pileup."),
+            "bypassing fail-fast admission — the route whose 120 s wait caused the upstream request pileup."),
         edits=(Edit(SIMPLE, _AddTextModelDirectRoute),),
         rules=("forbidden-identifier",),
     ),
@@ -359,7 +361,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-CANCEL-DRAIN", "TW-MLX-WORKER"),
         origin=SEED_001,
         description=(
-            "The bug PR #8 fixed: the blocking MLX call is awaited through `asyncio.to_thread` inside "
+            "The bug the upstream cancellation PR fixed (seed 001): the blocking MLX call is awaited through "
+            "`asyncio.to_thread` inside "
             "`async with _generation_lock`, with no drain on cancellation. A client disconnect cancels the awaiting "
             "task, the lock is released while the thread is still inside MLX, and the next request enters MLX "
             "concurrently (Metal: 'A command encoder is already encoding')."),
@@ -375,7 +378,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-NO-NESTED-LOCK",),
         origin=SEED_001,
         description=(
-            "Review finding 1 of PR #8: the stream path takes `_generation_lock` and then calls the serialized "
+            "Review finding 1 of the upstream cancellation PR (seed 001): the stream path takes `_generation_lock` "
+            "and then calls the serialized "
             "runner, which acquires the same non-reentrant asyncio.Lock again — every streaming request deadlocks."),
         edits=(Edit(SIMPLE, _StreamHoldsLock),),
         rules=("nested-lock-acquire",),
@@ -388,7 +392,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-DRAIN-ERRORS-LOGGED", "TW-CANCEL-DRAIN"),
         origin=SEED_001,
         description=(
-            "Review finding 3 of PR #8: the cancellation handler waits for the worker with "
+            "Review finding 3 of the upstream cancellation PR (seed 001): the cancellation handler waits for the "
+            "worker with "
             "`try: await fut / except Exception: pass`, so an MLX failure during a cancelled request vanishes "
             "from the logs (and a second cancel during the drain escapes it)."),
         edits=(Edit(SIMPLE, _DrainSwallows),),
@@ -402,7 +407,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         origin=SEED_000,
         description=(
             "`EngineBusy` declares HTTP 500: a busy engine now looks like a server fault, so clients do not retry "
-            "and load balancers mark the instance unhealthy instead of backing off (#495 asks for a "
+            "and load balancers mark the instance unhealthy instead of backing off (the upstream admission issue "
+            "asks for a "
             "machine-readable, retryable 503)."),
         edits=(Edit(ERRORS, _BusyIs500),),
         rules=("busy-error-contract",),
@@ -542,7 +548,8 @@ ENGINE_REGRESSIONS: tuple[Regression, ...] = (
         invariants=("TW-TEST-HYGIENE",),
         origin=SEED_001,
         description=(
-            "Review finding 2 of PR #8: a test helper discards the bool returned by `Event.wait(timeout)`, so a "
+            "Review finding 2 of the upstream cancellation PR (seed 001): a test helper discards the bool returned "
+            "by `Event.wait(timeout)`, so a "
             "worker that never reached the pinned step lets the test carry on and test a different scenario."),
         edits=(Edit(T_CAN, _UncheckedEventWait),),
         rules=("unchecked-event-wait",),
