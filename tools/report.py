@@ -227,11 +227,19 @@ def collect_counts() -> dict[str, Any]:
     ids = [ln.strip() for ln in p.stdout.splitlines() if "::" in ln and not ln.startswith(" ")]
     by_suite: dict[str, int] = {}
     for i in ids:
-        parts = i.split("/")
-        suite = parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0]
+        suite = suite_of(i)
         by_suite[suite] = by_suite.get(suite, 0) + 1
     return {"total": len(ids), "by_suite": dict(sorted(by_suite.items())),
             "error": "" if p.returncode == 0 else f"collection exit {p.returncode}"}
+
+
+def suite_of(node_id: str) -> str:
+    """The suite a test belongs to: the folder under tests/ of its file ("tests" for a file directly in it).
+    Only the file part of the node id counts: parameters may contain slashes of their own."""
+    parts = node_id.split("::", 1)[0].split("/")
+    if parts[0] == "tests":
+        return parts[1] if len(parts) > 2 else "tests"
+    return parts[0]
 
 
 _PYTEST_COLLECTED = re.compile(r"\bcollected (\d+) items?")

@@ -204,3 +204,9 @@ def test_pr_mode_opens_with_the_delta_and_summary_is_short(tmp_path, fake_steps,
     page = (tmp_path / "index.html").read_text()
     assert page.index("id=delta") < page.index("id=charts")
     assert (tmp_path / "summary.md").read_text() == cap.out
+
+
+def test_tests_are_counted_by_the_folder_of_their_file_not_by_slashes_in_parameters():
+    assert report.suite_of("tests/engine/test_x.py::test_a[engine/simple.py]") == "engine"
+    assert report.suite_of("tests/test_seams.py::test_every_declared_name_exists[engine/cache/prefix.py]") == "tests"
+    assert report.suite_of("tests/test_install.py::test_wheel") == "tests"
