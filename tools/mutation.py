@@ -1,18 +1,28 @@
-"""`make mutation`: generic mutation testing of engine/ with mutmut (not in CI; bounded; figures for reviewers).
+"""`make mutation`: generic mutation testing of all of engine/ with mutmut (not in CI; bounded; figures for reviewers).
 
-Runs in a temp copy of the project (mutmut rewrites sources; the shared working tree is never touched), with
+The engine is split into groups (GROUPS below: modules + the test folders that specify them); each group runs in
+its own temp copy of the project (mutmut rewrites sources; the shared working tree is never touched), with
 mutmut's fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
-Prints the kill rate and the surviving mutants by file; writes reports/mutation.{json,md}.
+Each group's result lands in reports/mutation/<group>.json, stamped with the content hash of its modules and
+tests; reports/mutation.{json,md} combine every group's latest result and mark a group whose inputs changed
+since it ran as stale.
 
-    python -m tripwire.tools.mutation [--modules engine/admission.py ...] [--tests tests/engine] [--minutes 25] [--jobs 2]
+    python -m tripwire.tools.mutation                          # every group, in turn
+    python -m tripwire.tools.mutation --groups cache server    # some groups
+    python -m tripwire.tools.mutation --groups cache --rerun-survivors   # only last run's survivors (after new tests)
+    python -m tripwire.tools.mutation --combine                # only rewrite the combined report
+    python -m tripwire.tools.mutation --modules engine/ids.py --tests tests/engine/test_ids.py  # ad hoc
 
-Default modules are the engine's concurrency core that the tiny-model tests exercise quickly; pass
-`--modules all` for every engine module (hours on 2 cores).
+The kill rate counts killed + timeout (+ crashed) of every mutant checked, "no tests" included as not killed;
+tools/mutation_equivalents.md explains each survivor that no test can kill (equivalent mutants), and the
+combined report gives the rate with and without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import json
 import os
 import re
@@ -25,8 +35,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODULES = ("engine/admission.py", "engine/guard.py", "engine/errors.py", "engine/worker.py")
-KILLED = ("killed", "timeout")          # a timeout is a detected mutant (the tests did not pass)
+# a timeout or a crash (mutmut says "segfault" for any death by signal, e.g. SIGKILL after the CPU limit) is a
+# detected mutant: the tests did not pass
+KILLED = ("killed", "timeout", "segfault")
+
+# group -> (modules (globs under the repo root), tests that specify them). Every engine module belongs to one group
+# (tests/tools/test_tools_mutation.py checks it).
+GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "core": (("engine/__init__.py", "engine/admission.py", "engine/channel.py", "engine/errors.py",
+              "engine/guard.py", "engine/ids.py", "engine/protocol.py", "engine/seams.py", "engine/tokenizing.py",
+              "engine/types.py", "engine/worker.py"),
+             ("tests/engine",)),
+    "simple": (("engine/simple.py", "engine/backend.py"), ("tests/engine", "tests/cache/test_cache_engine.py")),
+    "cache": (("engine/cache/*.py",), ("tests/cache",)),
+    "server": (("engine/server/*.py",), ("tests/server",)),
+    "cli": (("engine/__main__.py", "engine/tiny_model.py"),
+            ("tests/engine/test_tiny_model.py", "tests/server/test_server_cli.py")),
+}
 STATUS_RE = re.compile(r"^\s*(\S+):\s*(.+?)\s*$")
 
 
@@ -38,7 +63,7 @@ def _config(modules: list[str], tests: list[str]) -> str:
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
             'pytest_add_cli_args = ["-p", "no:tripwire", "-p", "no:cacheprovider", "-q", "-x"]\n'
             'process_isolation = "forkserver"\n'
-            'forkserver_warmup = "none"\n')
+            'forkserver_warmup = "collect"\n')
 
 
 def _module_of(mutant: str) -> str:
@@ -48,7 +73,49 @@ def _module_of(mutant: str) -> str:
     return "/".join(parts[:idx]).removeprefix("tripwire/") + ".py"
 
 
-def run(modules: list[str], tests: list[str], minutes: float, jobs: int, out: Path) -> dict:
+def expand(patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """Module globs (repo-relative) -> sorted file list; a pattern matching nothing is kept (mutmut will say so)."""
+    out: list[str] = []
+    for pat in patterns:
+        hits = sorted(Path(h).relative_to(ROOT).as_posix() for h in glob.glob(str(ROOT / pat)))
+        out += hits or [pat]
+    return sorted(dict.fromkeys(out))
+
+
+def inputs_hash(modules: list[str], tests: list[str]) -> str:
+    """Content hash of a group's inputs (its modules and every file under its tests): a result is stale when it changes."""
+    h = hashlib.sha256()
+    files: list[Path] = [ROOT / m for m in modules]
+    for t in tests:
+        p = ROOT / t
+        files += sorted(p.rglob("*.py")) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.relative_to(ROOT).as_posix().encode())
+        h.update(f.read_bytes() if f.is_file() else b"<missing>")
+    return h.hexdigest()[:16]
+
+
+def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
+    """Run `mutmut ARGS` in COPY, bounded; True when the bound cut it short."""
+    proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=copy, env=env, start_new_session=True)
+    try:
+        proc.wait(timeout=minutes * 60)
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return True
+
+
+def run(modules: list[str], tests: list[str], minutes: float, jobs: int, only: list[str] | None = None) -> dict:
+    """Mutate MODULES, test with TESTS (mutmut picks, per mutant, the tests that reach its function).
+
+    ONLY: mutant names to run (the others are reported "not checked"). Returns the group result (see `summarize`).
+    """
     from tripwire.tools.regressions.prove import copy_project
 
     t0 = time.monotonic()
@@ -57,28 +124,17 @@ def run(modules: list[str], tests: list[str], minutes: float, jobs: int, out: Pa
         # The wheel layout (tripwire/engine/...): mutmut names a mutant after its file path, and the tests import
         # `tripwire.engine.*`; with the checkout layout (engine/ beside tripwire/) the names never match and
         # every mutant looks uncovered.
-        for name in ("engine", "invariants", "fuzz", "tools"):
+        for name in ("engine", "invariants", "fuzz", "tools", "sanitizer"):
             if (copy / name).is_dir():
                 shutil.move(str(copy / name), str(copy / "tripwire" / name))
         with open(copy / "pyproject.toml", "a") as f:
             f.write(_config(modules, tests))
         env = dict(os.environ, PYTHONPATH=str(copy), TRIPWIRE_DEBUG="1")
         env.pop("COVERAGE_PROCESS_START", None)
-        print(f"mutmut over {', '.join(modules)} with tests {', '.join(tests)} "
-              f"({jobs} children, bounded to {minutes:.0f} min) in {copy}", flush=True)
-        proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=copy,
-                                env=env, start_new_session=True)
-        timed_out = False
-        try:
-            proc.wait(timeout=minutes * 60)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        what = f"{len(only)} named mutants of " if only else ""
+        print(f"mutmut over {what}{', '.join(modules)} with tests {', '.join(tests)} "
+              f"({jobs} children, bounded to {minutes:.0f} min)", flush=True)
+        timed_out = _mutmut(copy, env, ["run", "--max-children", str(jobs), *(only or [])], minutes)
         res = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=copy, env=env,
                              capture_output=True, text=True, timeout=300)
         statuses: dict[str, str] = {}
@@ -86,90 +142,228 @@ def run(modules: list[str], tests: list[str], minutes: float, jobs: int, out: Pa
             m = STATUS_RE.match(line)
             if m and "__mutmut_" in m.group(1):
                 statuses[m.group(1)] = m.group(2)
+        if only:   # a rerun reports only the mutants it was asked about
+            statuses = {n: st for n, st in statuses.items() if n in set(only)}
         diffs: dict[str, str] = {}
-        survivors = [n for n, s in statuses.items() if s == "survived"]
-        for name in survivors[:60]:
+        for name in [n for n, st in statuses.items() if st not in KILLED]:
+            if statuses[name] == "not checked":
+                continue
             d = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=copy, env=env,
                                capture_output=True, text=True, timeout=60)
             diffs[name] = d.stdout.strip()
+    return summarize(modules, tests, statuses, diffs, timed_out, time.monotonic() - t0)
+
+
+def summarize(modules, tests, statuses: dict[str, str], diffs: dict[str, str], timed_out: bool,
+              wall_s: float) -> dict:
     by_file: dict[str, dict] = {}
     for name, st in sorted(statuses.items()):
-        f = by_file.setdefault(_module_of(name), {"total": 0, "killed": 0, "survived": [], "no_tests": 0,
-                                                   "not_checked": 0, "other": 0})
+        f = by_file.setdefault(_module_of(name), {"total": 0, "killed": 0, "survived": [], "no_tests": [],
+                                                   "not_checked": 0, "other": []})
         f["total"] += 1
         if st in KILLED:
             f["killed"] += 1
         elif st == "survived":
             f["survived"].append(name)
         elif st == "no tests":
-            f["no_tests"] += 1
+            f["no_tests"].append(name)
         elif st == "not checked":
             f["not_checked"] += 1
         else:
-            f["other"] += 1
-    killed = sum(f["killed"] for f in by_file.values())
-    survived = sum(len(f["survived"]) for f in by_file.values())
-    no_tests = sum(f["no_tests"] for f in by_file.values())
-    checked = killed + survived + no_tests + sum(f["other"] for f in by_file.values())
-    summary = {"modules": modules, "tests": tests, "mutants": len(statuses), "checked": checked,
-               "killed": killed, "survived": survived, "no_tests": no_tests,
-               "not_checked": sum(f["not_checked"] for f in by_file.values()),
-               "kill_rate_pct": round(100.0 * killed / checked, 1) if checked else None,
-               "bounded_out": timed_out, "wall_s": round(time.monotonic() - t0, 1), "by_file": by_file,
-               "survivor_diffs": diffs}
+            f["other"].append(f"{name}: {st}")
+    return {"modules": list(modules), "tests": list(tests), "statuses": statuses, "by_file": by_file,
+            "survivor_diffs": diffs, "bounded_out": timed_out, "wall_s": round(wall_s, 1),
+            "inputs": inputs_hash(list(modules), list(tests)), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def merge_rerun(previous: dict, rerun: dict) -> dict:
+    """The previous full result with the rerun mutants' new statuses (and diffs) laid over it."""
+    statuses = dict(previous["statuses"], **rerun["statuses"])
+    diffs = {**previous.get("survivor_diffs", {}), **rerun["survivor_diffs"]}
+    diffs = {n: d for n, d in diffs.items() if statuses.get(n) not in KILLED}
+    merged = summarize(previous["modules"], previous["tests"], statuses, diffs, previous["bounded_out"],
+                       previous["wall_s"] + rerun["wall_s"])
+    merged["reruns"] = previous.get("reruns", 0) + 1
+    return merged
+
+
+EQUIV_RE = re.compile(r"`(x[_ǁ][^`]*__mutmut_\d+)`[^\n]*\*\*Equivalent\*\*")
+FILE_HEADING_RE = re.compile(r"^###\s+`([^`]+\.py)`")
+
+
+def equivalents(path: Path | None = None) -> set[tuple[str, str]]:
+    """(file, mutant) pairs that tools/mutation_equivalents.md explains as equivalent.
+
+    A survivor is listed under a `### `engine/....py`` heading, on a line naming the mutant and saying **Equivalent**.
+    """
+    p = path or ROOT / "tools" / "mutation_equivalents.md"
+    found: set[tuple[str, str]] = set()
+    current = ""
+    for line in (p.read_text().splitlines() if p.is_file() else []):
+        m = FILE_HEADING_RE.match(line)
+        if m:
+            current = m.group(1)
+        found |= {(current, name) for name in EQUIV_RE.findall(line)}
+    return found
+
+
+def _equivalent(name: str, equiv: set[tuple[str, str]]) -> bool:
+    return (_module_of(name), name.rsplit(".", 1)[-1]) in equiv
+
+
+def combine(out: Path, equiv_file: Path | None = None) -> dict:
+    """Every group's latest result -> reports/mutation.{json,md}; a group whose inputs changed is marked stale."""
+    groups: dict[str, dict] = {}
+    for name, (mods, tests) in GROUPS.items():
+        f = out / "mutation" / f"{name}.json"
+        if f.is_file():
+            g = json.loads(f.read_text())
+            g["stale"] = g["inputs"] != inputs_hash(g["modules"], g["tests"])
+            groups[name] = g
+    equiv = equivalents(equiv_file)
+    tot = {"mutants": 0, "killed": 0, "survived": 0, "no_tests": 0, "other": 0, "not_checked": 0, "equivalent": 0}
+    for g in groups.values():
+        for name, st in g["statuses"].items():
+            tot["mutants"] += 1
+            if st in KILLED:
+                tot["killed"] += 1
+            elif _equivalent(name, equiv):
+                tot["equivalent"] += 1
+            elif st == "survived":
+                tot["survived"] += 1
+            elif st == "no tests":
+                tot["no_tests"] += 1
+            elif st == "not checked":
+                tot["not_checked"] += 1
+            else:
+                tot["other"] += 1
+    checked = tot["mutants"] - tot["not_checked"]
+    tot["checked"] = checked
+    tot["kill_rate_pct"] = round(100.0 * tot["killed"] / checked, 1) if checked else None
+    non_eq = checked - tot["equivalent"]
+    tot["kill_rate_non_equivalent_pct"] = round(100.0 * tot["killed"] / non_eq, 1) if non_eq else None
+    missing = [n for n in GROUPS if n not in groups]
+    summary = {"totals": tot, "groups": groups, "missing_groups": missing}
     out.mkdir(parents=True, exist_ok=True)
     (out / "mutation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "mutation.md").write_text(markdown(summary))
+    (out / "mutation.md").write_text(markdown(summary, equiv))
     return summary
 
 
-def markdown(s: dict) -> str:
+def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
+    t = s["totals"]
     lines = ["# Mutation testing (mutmut) over engine/", "",
-             f"Modules: {', '.join(s['modules'])}; tests: {', '.join(s['tests'])}.", "",
-             f"**Kill rate {s['kill_rate_pct']}%** — {s['killed']} killed of {s['checked']} checked "
-             f"({s['survived']} survived, {s['no_tests']} without covering tests, {s['not_checked']} not reached"
-             f"{' — run bounded by time' if s['bounded_out'] else ''}); wall {s['wall_s']:.0f}s.", "",
-             "| File | Mutants | Killed | Survived | No tests | Not checked |", "|---|---|---|---|---|---|"]
-    for f, d in sorted(s["by_file"].items()):
-        lines.append(f"| `{f}` | {d['total']} | {d['killed']} | {len(d['survived'])} | {d['no_tests']} | "
-                     f"{d['not_checked']} |")
-    lines += ["", "## Surviving mutants", ""]
-    for f, d in sorted(s["by_file"].items()):
-        if not d["survived"]:
-            continue
-        lines.append(f"### {f} ({len(d['survived'])})")
-        for name in d["survived"]:
-            diff = s["survivor_diffs"].get(name)
-            lines.append(f"- `{name}`")
-            if diff:
-                body = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-                lines += ["  ```diff", *[f"  {ln}" for ln in body[:8]], "  ```"]
-        lines.append("")
+             f"**Kill rate {t['kill_rate_non_equivalent_pct']}% of non-equivalent mutants** "
+             f"({t['kill_rate_pct']}% of all checked): {t['killed']} killed of {t['checked']} checked; "
+             f"{t['equivalent']} equivalent (tools/mutation_equivalents.md), {t['survived']} survived, "
+             f"{t['no_tests']} reached by no test, {t['other']} other, {t['not_checked']} not reached.", ""]
+    if s["missing_groups"]:
+        lines += [f"Groups never run: {', '.join(s['missing_groups'])} (`--groups NAME`).", ""]
+    lines += ["| Group | Run | Inputs | Mutants | Killed | Survived | No tests | Not checked | Wall |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, g in s["groups"].items():
+        st = list(g["statuses"].values())
+        lines.append(f"| {name} | {g['when']} | {'**stale**' if g['stale'] else 'current'} | {len(st)} | "
+                     f"{sum(x in KILLED for x in st)} | {st.count('survived')} | {st.count('no tests')} | "
+                     f"{st.count('not checked')} | {g['wall_s']:.0f}s{' (bounded)' if g['bounded_out'] else ''} |")
+    lines += ["", "| File | Mutants | Killed | Survived | No tests | Not checked |", "|---|---|---|---|---|---|"]
+    for g in s["groups"].values():
+        for f, d in sorted(g["by_file"].items()):
+            lines.append(f"| `{f}` | {d['total']} | {d['killed']} | {len(d['survived'])} | {len(d['no_tests'])} | "
+                         f"{d['not_checked']} |")
+    lines += ["", "## Mutants not killed", ""]
+    for g in s["groups"].values():
+        for f, d in sorted(g["by_file"].items()):
+            names = d["survived"] + d["no_tests"] + [o.split(":")[0] for o in d["other"]]
+            if not names:
+                continue
+            lines.append(f"### {f} ({len(names)})")
+            for name in names:
+                tag = " (equivalent)" if _equivalent(name, equiv) else f" ({g['statuses'][name]})"
+                lines.append(f"- `{name}`{tag}")
+                diff = g["survivor_diffs"].get(name)
+                if diff:
+                    body = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+                    lines += ["  ```diff", *[f"  {ln}" for ln in body[:8]], "  ```"]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tripwire.tools.mutation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES))
-    ap.add_argument("--tests", nargs="+", default=["tests/engine"])
-    ap.add_argument("--minutes", type=float, default=25.0)
+    ap.add_argument("--groups", nargs="+", metavar="GROUP", help=f"groups to run (default all): {', '.join(GROUPS)}")
+    ap.add_argument("--modules", nargs="+", help="ad hoc: modules to mutate (with --tests); not saved as a group")
+    ap.add_argument("--tests", nargs="+", help="ad hoc: tests for --modules")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="rerun only the mutants the group's last result did not kill (after new tests)")
+    ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")
+    ap.add_argument("--minutes", type=float, default=60.0, help="bound per group (default 60)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default=str(ROOT / "reports"))
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    unknown = [g for g in args.groups or [] if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(GROUPS)}")
+    if bool(args.modules) != bool(args.tests):
+        ap.error("--modules and --tests go together")
+    if args.combine:
+        s = combine(out)
+        _print_totals(s, out)
+        return 0
     if shutil.which("mutmut") is None and subprocess.run([sys.executable, "-c", "import mutmut"]).returncode != 0:
         print("mutmut is not installed: pip install -e '.[mutation]'", file=sys.stderr)
         return 2
-    modules = args.modules
-    if modules == ["all"]:
-        modules = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py"))
-    s = run(modules, args.tests, args.minutes, args.jobs, Path(args.out))
-    print(f"\nkill rate {s['kill_rate_pct']}%: {s['killed']} killed / {s['checked']} checked, {s['survived']} survived, "
-          f"{s['no_tests']} without tests, {s['not_checked']} not reached ({s['wall_s']:.0f}s)")
-    for f, d in sorted(s["by_file"].items()):
-        print(f"  {f:<28} {d['killed']:>4} killed  {len(d['survived']):>4} survived  of {d['total']}")
-    print(f"wrote {Path(args.out) / 'mutation.md'} and mutation.json")
+    if args.modules:
+        g = run(expand(args.modules), list(args.tests), args.minutes, args.jobs)
+        (out / "mutation").mkdir(parents=True, exist_ok=True)
+        (out / "mutation" / "adhoc.json").write_text(json.dumps(g, indent=2) + "\n")
+        _print_group("adhoc", g)
+        return 0
+    for i, name in enumerate(args.groups or list(GROUPS), 1):
+        mods, tests = GROUPS[name]
+        f = out / "mutation" / f"{name}.json"
+        print(f"[{i}/{len(args.groups or GROUPS)}] group {name}", flush=True)
+        if args.rerun_survivors:
+            if not f.is_file():
+                print(f"no saved result for group {name}: run it once without --rerun-survivors", file=sys.stderr)
+                return 2
+            prev = json.loads(f.read_text())
+            names = [n for n, st in prev["statuses"].items() if st not in KILLED]
+            g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names)) \
+                if names else prev
+        else:
+            g = run(expand(mods), list(tests), args.minutes, args.jobs)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(g, indent=2) + "\n")
+        _print_group(name, g)
+    s = combine(out)
+    _print_totals(s, out)
     return 0
+
+
+def _print_group(name: str, g: dict) -> None:
+    st = list(g["statuses"].values())
+    print(f"group {name}: {sum(x in KILLED for x in st)} killed, {st.count('survived')} survived, "
+          f"{st.count('no tests')} without tests, {st.count('not checked')} not reached of {len(st)} "
+          f"({g['wall_s']:.0f}s{', bounded' if g['bounded_out'] else ''})")
+    for f, d in sorted(g["by_file"].items()):
+        print(f"  {f:<32} {d['killed']:>4} killed  {len(d['survived']):>4} survived  {len(d['no_tests']):>4} no tests"
+              f"  of {d['total']}")
+
+
+def _print_totals(s: dict, out: Path) -> None:
+    t = s["totals"]
+    print(f"\nkill rate {t['kill_rate_non_equivalent_pct']}% of non-equivalent mutants ({t['kill_rate_pct']}% of all "
+          f"checked): {t['killed']} killed / {t['checked']} checked, {t['equivalent']} equivalent, "
+          f"{t['survived']} survived, {t['no_tests']} without tests, {t['not_checked']} not reached")
+    stale = [n for n, g in s["groups"].items() if g["stale"]]
+    if stale:
+        print(f"stale (inputs changed since the run): {', '.join(stale)}")
+    if s["missing_groups"]:
+        print(f"never run: {', '.join(s['missing_groups'])}")
+    print(f"wrote {out / 'mutation.md'} and mutation.json")
 
 
 if __name__ == "__main__":

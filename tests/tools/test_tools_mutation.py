@@ -1,0 +1,105 @@
+"""`make mutation`'s bookkeeping (tools/mutation.py): groups cover the engine, results go stale, reruns merge.
+
+mutmut itself is not run here (minutes per group; `make mutation` does that): these tests pin what the tool
+decides from mutmut's statuses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tripwire.tools import mutation
+
+ROOT = Path(mutation.__file__).resolve().parent.parent
+
+
+def test_every_engine_module_belongs_to_exactly_one_group():
+    owners: dict[str, list[str]] = {}
+    for name, (mods, _tests) in mutation.GROUPS.items():
+        for m in mutation.expand(mods):
+            owners.setdefault(m, []).append(name)
+    engine = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "engine").rglob("*.py"))
+    assert [m for m in engine if m not in owners] == []
+    assert {m: g for m, g in owners.items() if len(g) > 1} == {}
+    assert all((ROOT / m).is_file() for m in owners), "a group names a module that does not exist"
+    for _mods, tests in mutation.GROUPS.values():
+        assert all((ROOT / t).exists() for t in tests)
+
+
+def test_module_of_maps_mutant_names_back_to_files():
+    assert mutation._module_of("tripwire.engine.admission.xǁAdmissionControllerǁadmit__mutmut_3") == \
+        "engine/admission.py"
+    assert mutation._module_of("tripwire.engine.cache.prefix.x_plan__mutmut_12") == "engine/cache/prefix.py"
+
+
+def _group(statuses, **kw):
+    return mutation.summarize(["engine/ids.py"], ["tests/engine/test_ids.py"], statuses, kw.get("diffs", {}),
+                              False, 1.0)
+
+
+def test_timeouts_and_crashes_count_as_killed_and_no_tests_does_not():
+    g = _group({"tripwire.engine.ids.x_a__mutmut_1": "killed", "tripwire.engine.ids.x_a__mutmut_2": "timeout",
+                "tripwire.engine.ids.x_a__mutmut_3": "segfault", "tripwire.engine.ids.x_a__mutmut_4": "survived",
+                "tripwire.engine.ids.x_a__mutmut_5": "no tests", "tripwire.engine.ids.x_a__mutmut_6": "suspicious"})
+    f = g["by_file"]["engine/ids.py"]
+    assert f["killed"] == 3
+    assert f["survived"] == ["tripwire.engine.ids.x_a__mutmut_4"]
+    assert f["no_tests"] == ["tripwire.engine.ids.x_a__mutmut_5"]
+    assert f["other"] == ["tripwire.engine.ids.x_a__mutmut_6: suspicious"]
+
+
+def test_a_rerun_lays_new_statuses_over_the_previous_result():
+    prev = _group({"tripwire.engine.ids.x_a__mutmut_1": "killed", "tripwire.engine.ids.x_a__mutmut_2": "survived",
+                   "tripwire.engine.ids.x_a__mutmut_3": "survived"},
+                  diffs={"tripwire.engine.ids.x_a__mutmut_2": "-a\n+b", "tripwire.engine.ids.x_a__mutmut_3": "-c\n+d"})
+    rerun = _group({"tripwire.engine.ids.x_a__mutmut_2": "killed", "tripwire.engine.ids.x_a__mutmut_3": "survived"},
+                   diffs={"tripwire.engine.ids.x_a__mutmut_3": "-c\n+d"})
+    merged = mutation.merge_rerun(prev, rerun)
+    assert merged["statuses"]["tripwire.engine.ids.x_a__mutmut_2"] == "killed"
+    assert merged["by_file"]["engine/ids.py"]["survived"] == ["tripwire.engine.ids.x_a__mutmut_3"]
+    assert set(merged["survivor_diffs"]) == {"tripwire.engine.ids.x_a__mutmut_3"}
+    assert merged["reruns"] == 1
+
+
+def test_combine_counts_equivalents_apart_and_marks_changed_inputs_stale(tmp_path, monkeypatch):
+    equiv = tmp_path / "eq.md"
+    equiv.write_text("### `engine/ids.py`\n"
+                     "- `x_a__mutmut_4`: `1` -> `2`. **Equivalent**: nothing can observe it.\n"
+                     "- `x_a__mutmut_3`: **Killed** by a test.\n"
+                     "### `engine/types.py`\n"
+                     "- `x_a__mutmut_3`: **Equivalent** (same short name, another file: must not count)\n")
+    g = _group({"tripwire.engine.ids.x_a__mutmut_1": "killed", "tripwire.engine.ids.x_a__mutmut_2": "killed",
+                "tripwire.engine.ids.x_a__mutmut_3": "survived", "tripwire.engine.ids.x_a__mutmut_4": "survived"})
+    (tmp_path / "mutation").mkdir()
+    monkeypatch.setattr(mutation, "GROUPS", {"ids": (("engine/ids.py",), ("tests/engine/test_ids.py",))})
+    (tmp_path / "mutation" / "ids.json").write_text(json.dumps(g))
+    s = mutation.combine(tmp_path, equiv)
+    t = s["totals"]
+    assert (t["killed"], t["equivalent"], t["survived"], t["checked"]) == (2, 1, 1, 4)
+    assert t["kill_rate_pct"] == 50.0 and t["kill_rate_non_equivalent_pct"] == pytest.approx(66.7)
+    assert s["groups"]["ids"]["stale"] is False
+    g["inputs"] = "0" * 16          # the inputs hashed differently when it ran
+    (tmp_path / "mutation" / "ids.json").write_text(json.dumps(g))
+    assert mutation.combine(tmp_path, equiv)["groups"]["ids"]["stale"] is True
+    assert "**stale**" in (tmp_path / "mutation.md").read_text()
+
+
+def test_equivalents_file_names_only_mutants_marked_equivalent():
+    names = mutation.equivalents()
+    assert ("engine/worker.py", "xǁMLXWorkerǁstop__mutmut_1") in names
+    assert ("engine/worker.py", "xǁMLXWorkerǁrequest_stop__mutmut_8") not in names   # killed by a test
+    for file, _name in names:
+        assert (ROOT / file).is_file()
+
+
+def test_cli_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        mutation.main(["--groups", "nope"])
+    assert e.value.code == 2
+    assert "known:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        mutation.main(["--modules", "engine/ids.py"])
+    assert e.value.code == 2
