@@ -201,3 +201,25 @@ def test_would_reject_agrees_with_precheck_in_every_state(mode, holder_state, wa
     except EngineBusy:
         rejected = True
     assert ctl.would_reject() is rejected
+
+
+async def test_a_drain_waiter_cancelled_right_after_the_handoff_passes_the_slot_on():
+    """The drain waiter is handed the slot by `release`, then cancelled before it runs: the slot is released
+    (not leaked with the cancelled request) and the next arrival is admitted at once."""
+    clock = Clock()
+    ctl = AdmissionController(clock=clock)
+    holder = make(clock)
+    await ctl.admit(holder)
+    holder.abort.set()
+    nxt = make(clock, "next")
+    task = asyncio.create_task(ctl.admit(nxt))
+    await _until(lambda: ctl.waiters == 1, "the arrival waits for the drain")
+    ctl.release(holder)  # direct handoff to `next`...
+    assert ctl.holder is nxt
+    task.cancel()  # ...whose task is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ctl.holder is None and ctl.waiters == 0
+    third = make(clock, "third")
+    await asyncio.wait_for(ctl.admit(third), 5)
+    assert ctl.holder is third
