@@ -125,3 +125,17 @@ async def test_an_idle_consumer_of_a_zero_interval_channel_sleeps_without_pollin
     assert await asyncio.wait_for(getter, 5) == 7
     ch.close("stop")
     assert await ch.get() is END and loop.timers == []
+
+
+async def test_by_default_a_token_waits_at_most_ten_milliseconds_for_its_pickup():
+    """The engine's channels use the default interval: a token put inside it (no wakeup of its own) is picked up
+    by the consumer's timer, armed for 10 ms, so a stream's tokens are delayed by at most 10 ms."""
+    loop = RecordingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop)
+    getter = asyncio.create_task(ch.get())
+    await asyncio.sleep(0)
+    assert [round(t.when() - loop.time(), 3) <= 0.01 for t in loop.timers] == [True]
+    ch.put(1)
+    assert await asyncio.wait_for(getter, 5) == 1
+    ch.close("stop")
+    assert await ch.get() is END
