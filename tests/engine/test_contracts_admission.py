@@ -134,6 +134,7 @@ def _with_holder(completion_tokens: int, max_tokens: int, spt: float) -> Admissi
     (12, 10, 1.0, 0.05),      # overrun (more tokens than max) never goes negative
     (0, 7, 0.01, 0.07),       # exact hundredths stay exact (float noise must not round 0.07 up to 0.08)
     (0, 55, 0.01, 0.55),
+    (0, 1, 0.070000004, 0.07),  # a few nanoseconds over a hundredth (float noise) is not rounded up
 ])
 def test_retry_after_estimate(done, max_tokens, spt, expected):
     assert _with_holder(done, max_tokens, spt).retry_after_s() == expected
