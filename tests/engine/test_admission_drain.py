@@ -201,3 +201,56 @@ def test_would_reject_agrees_with_precheck_in_every_state(mode, holder_state, wa
     except EngineBusy:
         rejected = True
     assert ctl.would_reject() is rejected
+
+
+async def test_a_drain_waiter_cancelled_right_after_the_handoff_passes_the_slot_on():
+    """The drain waiter is handed the slot by `release`, then cancelled before it runs: the slot is released
+    (not leaked with the cancelled request) and the next arrival is admitted at once."""
+    clock = Clock()
+    ctl = AdmissionController(clock=clock)
+    holder = make(clock)
+    await ctl.admit(holder)
+    holder.abort.set()
+    nxt = make(clock, "next")
+    task = asyncio.create_task(ctl.admit(nxt))
+    await _until(lambda: ctl.waiters == 1, "the arrival waits for the drain")
+    ctl.release(holder)  # direct handoff to `next`...
+    assert ctl.holder is nxt
+    task.cancel()  # ...whose task is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ctl.holder is None and ctl.waiters == 0
+    third = make(clock, "third")
+    await asyncio.wait_for(ctl.admit(third), 5)
+    assert ctl.holder is third
+
+
+@pytest.mark.parametrize("drain_s, drained_s, expected", [
+    (0.3, 0.123, 0.18),         # 0.177 s to go, rounded up
+    (0.3, 0.127, 0.18),         # 0.173 s: rounded *up* to the next hundredth, never to the nearest
+    (0.3, 0.101, 0.20),         # 0.199 s: still 0.20, not 0.21
+    (0.070000004, 0.0, 0.07),   # a few nanoseconds over a hundredth (float noise) is not rounded up
+    (0.05, 0.04, 0.01),         # exactly the floor
+])
+def test_retry_after_while_draining_is_the_drain_time_left_rounded_up_to_hundredths(drain_s, drained_s, expected):
+    clock = Clock()
+    ctl = AdmissionController(clock=clock)
+    ctl.drain_s = drain_s
+    holder = make(clock)
+    ctl._take(holder)
+    holder.abort.set()
+    clock.t += drained_s
+    assert ctl.retry_after_s() == expected
+
+
+async def test_a_holder_aborting_without_a_set_time_gets_the_token_estimate():
+    """`set_at` is optional on a holder's abort flag (SlotHolder): without it there is no measured drain to go
+    by, so the busy answer (after the drain grace) falls back to the remaining tokens, and never fails."""
+    ctl = AdmissionController(clock=Clock())
+    holder = Req("h", threading.Event(), max_tokens=30)  # a plain Event: no set_at
+    await ctl.admit(holder)
+    holder.abort.set()
+    assert ctl.retry_after_s() == 0.3
+    with pytest.raises(EngineBusy) as ei:
+        await asyncio.wait_for(ctl.admit(make(Clock(), "next")), 5)
+    assert ei.value.retry_after_s == 0.3 and ctl.holder is holder and ctl.waiters == 0

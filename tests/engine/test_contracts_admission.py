@@ -134,6 +134,7 @@ def _with_holder(completion_tokens: int, max_tokens: int, spt: float) -> Admissi
     (12, 10, 1.0, 0.05),      # overrun (more tokens than max) never goes negative
     (0, 7, 0.01, 0.07),       # exact hundredths stay exact (float noise must not round 0.07 up to 0.08)
     (0, 55, 0.01, 0.55),
+    (0, 1, 0.070000004, 0.07),  # a few nanoseconds over a hundredth (float noise) is not rounded up
 ])
 def test_retry_after_estimate(done, max_tokens, spt, expected):
     assert _with_holder(done, max_tokens, spt).retry_after_s() == expected
@@ -315,3 +316,32 @@ def test_precheck_rejects_only_in_fail_fast_while_the_slot_is_held():
     waiting._take(Req("h"))
     waiting.precheck()  # wait mode decides in admit(), never here
     assert waiting.busy_rejections == 0
+
+
+class SteppingClock:
+    """Advances by `step` on every read: a wait-mode deadline computed from it is already past."""
+
+    def __init__(self, t: float = 100.0, step: float = 1.0):
+        self.t, self.step = t, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+async def test_wait_mode_deadline_passing_as_the_holder_releases_is_busy_with_no_holder_named():
+    """The waiter's deadline passes in the same loop iteration in which the holder releases: the release finds
+    the waiter already timed out and hands the slot to nobody. The waiter is rejected (EngineBusy, no holder,
+    the message names "another request", retry floor 0) and leaves no slot or queue entry behind."""
+    ctl = AdmissionController("wait", max_wait_s=0.5, clock=SteppingClock())
+    h = Req("h")
+    await _admitted(ctl, h)
+    w = asyncio.create_task(ctl.admit(Req("w")))
+    await asyncio.sleep(0)  # w queued; its (already expired) timeout fires in the next iteration
+    assert ctl.waiters == 1
+    asyncio.get_running_loop().call_soon(ctl.release, h)  # runs after the timeout, before w resumes
+    with pytest.raises(EngineBusy) as ei:
+        await asyncio.wait_for(w, 5)
+    assert str(ei.value) == "text generation is busy serving another request; retry shortly"
+    assert ei.value.holder is None and ei.value.retry_after_s == 0.0
+    assert ctl.holder is None and ctl.waiters == 0 and ctl.busy_rejections == 1 and ctl.admitted == 1

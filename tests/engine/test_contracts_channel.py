@@ -110,3 +110,32 @@ async def test_a_put_exactly_one_interval_after_the_last_wakeup_wakes_again(monk
     now[0] = 50.5
     ch.put(3)  # exactly one interval after the last wakeup: wakes
     assert loop.wakeups == 2 and await ch.get() == 3
+
+
+async def test_an_idle_consumer_of_a_zero_interval_channel_sleeps_without_polling():
+    """Interval 0: every put wakes the loop itself, so a waiting consumer arms no timer of its own and stays
+    suspended (no busy loop) until a token or the close arrives."""
+    loop = RecordingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop, min_wake_interval_s=0.0)
+    getter = asyncio.create_task(ch.get())
+    for _ in range(50):  # many loop iterations while nothing arrives
+        await asyncio.sleep(0)
+    assert loop.timers == [] and not getter.done()
+    ch.put(7)
+    assert await asyncio.wait_for(getter, 5) == 7
+    ch.close("stop")
+    assert await ch.get() is END and loop.timers == []
+
+
+async def test_by_default_a_token_waits_at_most_ten_milliseconds_for_its_pickup():
+    """The engine's channels use the default interval: a token put inside it (no wakeup of its own) is picked up
+    by the consumer's timer, armed for 10 ms, so a stream's tokens are delayed by at most 10 ms."""
+    loop = RecordingLoop(asyncio.get_running_loop())
+    ch = TokenChannel(loop)
+    getter = asyncio.create_task(ch.get())
+    await asyncio.sleep(0)
+    assert [round(t.when() - loop.time(), 3) <= 0.01 for t in loop.timers] == [True]
+    ch.put(1)
+    assert await asyncio.wait_for(getter, 5) == 1
+    ch.close("stop")
+    assert await ch.get() is END

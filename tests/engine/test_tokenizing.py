@@ -72,3 +72,61 @@ async def test_engine_tokenizes_long_prompts_on_the_pool_short_ones_inline(make_
         await eng.stop()
     with pytest.raises(Exception):
         await eng._tokenizer.run(lambda: [1])
+
+
+async def test_pool_errors_say_what_happened():
+    """The busy answer (it reaches clients as the 503 message) names how many long prompts are in flight; a
+    closed pool says it is closed."""
+    pool = TokenizerPool(threads=1, max_pending=1)
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow():
+        entered.set()
+        assert gate.wait(10)
+        return [1]
+
+    a = asyncio.create_task(pool.run(slow))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        with pytest.raises(EngineBusy) as ei:
+            await pool.run(lambda: [2])
+        assert str(ei.value) == "1 long prompts are being tokenized; retry shortly"
+        assert ei.value.to_dict()["message"] == str(ei.value)
+    finally:
+        gate.set()
+    assert await a == [1]
+    pool.close()
+    with pytest.raises(RuntimeError) as ei:
+        await pool.run(lambda: [3])
+    assert str(ei.value) == "tokenizer pool is closed"
+
+
+async def test_pool_runs_at_most_threads_encodes_at_once():
+    """`threads` bounds the encodes running in parallel (the others wait their turn on the pool), also when
+    more are pending; the pool's threads are named for diagnosis."""
+    pool = TokenizerPool(threads=2, max_pending=4)
+    gate = threading.Event()
+    running: list[str] = []
+    two_in = threading.Event()
+    lock = threading.Lock()
+
+    def encode():
+        with lock:
+            running.append(threading.current_thread().name)
+            if len(running) == 2:
+                two_in.set()
+        assert gate.wait(10)
+        return [len(running)]
+
+    tasks = [asyncio.create_task(pool.run(encode)) for _ in range(4)]
+    try:
+        assert await asyncio.to_thread(two_in.wait, 10)
+        assert pool.pending == 4
+        # The two started encodes hold both threads: nothing else can have started.
+        assert len(running) == 2 and len(pool._executor._threads) == 2
+        assert all(n.startswith("tripwire-tokenizer") for n in running)
+    finally:
+        gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert len(running) == 4 and pool.pending == 0
+    pool.close()
