@@ -125,3 +125,14 @@ def test_cli_prints_the_model_directory(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as ei:
         tiny_model.main(["--size", "huge"])
     assert ei.value.code == 2
+
+
+def test_cli_help_is_its_documentation(capsys):
+    """`--help` names the command, says what it does and documents --path (pinned: a change is deliberate)."""
+    with pytest.raises(SystemExit) as ei:
+        tiny_model.main(["--help"])
+    assert ei.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith("usage: python -m tripwire.engine.tiny_model [-h] [--size {small,tiny}] [--path PATH] ")
+    assert "Build the embedded tiny Llama model that tests, benchmarks and `make report` use." in out
+    assert "--path PATH build into this directory (default: the user cache, or $TRIPWIRE_MODEL_DIR)" in out

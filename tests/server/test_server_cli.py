@@ -308,3 +308,66 @@ def test_a_missing_module_without_a_name_is_a_real_error(monkeypatch):
     monkeypatch.setattr(cli, "serve", missing)
     with pytest.raises(ModuleNotFoundError):
         main(["serve"])
+
+
+# The CLI's documentation as `--help` shows it (issue 13: "CLIs: clear --help"; names and flags are interfaces).
+# Pinned per option rather than as rendered text, so a Python version's help layout does not matter: a change to a
+# flag, its default, choices, metavar or help text is deliberate and updates this table.
+SERVE_OPTIONS = [
+    (["-h", "--help"], None, "show this help message and exit", None),
+    (["--model"], None, "model directory (default: the embedded tiny model, built on first use)", None),
+    (["--host"], None, "bind address (default 127.0.0.1)", None),
+    (["--port"], None, None, None),
+    (["--admission"], None, "fail_fast (default): busy -> immediate 503; wait: wait up to --max-wait-s first",
+     ("fail_fast", "wait")),
+    (["--max-wait-s"], None, "admission=wait only; at most 2 s", None),
+    (["--max-memory"], None, "prefill memory limit: BYTES (e.g. 8GiB), 'auto' (75%% of RAM) or 'off'", None),
+    (["--max-body-bytes"], None, "request body limit (default 1 MiB)", None),
+    (["--api-key"], None, "require 'Authorization: Bearer KEY' on /v1/* (env TRIPWIRE_API_KEY)", None),
+    (["--allow-unauthenticated"], None, "allow a non-loopback --host without --api-key", None),
+    (["--cache-dir"], "DIR", "SSD prefix-cache directory (default: the user cache dir, e.g. ~/.cache/tripwire/engine)",
+     None),
+    (["--no-cache"], None, "serve without the SSD prefix cache", None),
+    (["--header-timeout"], "S", "request headers must arrive within S seconds, else 408 + close (default 10)", None),
+    (["--body-timeout"], "S", "the request body must arrive within S seconds, else 408 + close (default 30)", None),
+    (["--max-connections"], "N", "open connections; beyond N a connection gets an immediate 503 and is closed "
+     "(default 512)", None),
+    (["--keep-alive"], "S", "close an idle keep-alive connection after S seconds (default 5)", None),
+    (["--shutdown-timeout"], "S", "on SIGTERM, cancel requests still running after S seconds; the engine then drains "
+     "within its own bound (default 5)", None),
+    (["--log-level"], None, None, ("debug", "info", "warning", "error")),
+    (["--gil-switch-ms"], None, "GIL switch interval of the server process in ms (default 5.0; Python's is 5): how "
+     "long the MLX worker may wait for the event loop to let it run", None),
+]
+
+
+def test_the_documented_cli_is_pinned():
+    p = build_parser()
+    assert (p.prog, p.description) == ("python -m tripwire.engine", "tripwire engine commands")
+    sub = p._subparsers._group_actions[0]
+    assert [(a.dest, a.help) for a in sub._choices_actions] == [("serve", "serve the OpenAI-compatible HTTP API")]
+    s = sub.choices["serve"]
+    assert (s.prog, s.description) == ("python -m tripwire.engine serve",
+                                       "Serve /v1/completions, /v1/chat/completions, /v1/models, /v1/status, /health.")
+    assert [g.title for g in s._action_groups][-1] == "client deadlines and limits"
+    assert [(a.option_strings, a.metavar, a.help, a.choices) for a in s._actions] == SERVE_OPTIONS
+    cache = [g for g in s._mutually_exclusive_groups]
+    assert [[a.dest for a in g._group_actions] for g in cache] == [["cache_dir", "no_cache"]]
+
+
+def test_a_command_is_required(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main([])
+    assert ei.value.code == 2
+    assert "required: command" in capsys.readouterr().err
+
+
+def test_engine_kwargs_of_a_namespace_without_no_cache_keeps_the_cache_on():
+    """A hand-built Namespace (no --no-cache attribute) means the cache is on, as before the flag existed."""
+    import argparse
+
+    class WithCache:
+        def __init__(self, model_path, admission="fail_fast", cache_dir=None): ...
+
+    ns = argparse.Namespace(admission="fail_fast", max_wait_s=1.0, cache_dir=None)
+    assert engine_kwargs(ns, WithCache) == {"admission": "fail_fast", "cache_dir": str(default_cache_dir())}
