@@ -639,3 +639,110 @@ def test_physical_memory_is_pages_times_page_size_or_none(monkeypatch):
 
     monkeypatch.setattr(preflight.os, "sysconf", unsupported)
     assert preflight.physical_memory_bytes() is None
+
+
+# -- request bodies and field validation -------------------------------------------------------------------------
+from tripwire.engine.server import schemas  # noqa: E402
+
+
+def _request(body: bytes | list[bytes], headers=()):
+    from starlette.requests import Request
+
+    chunks = [body] if isinstance(body, bytes) else list(body)
+    msgs = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive():
+        return msgs.pop(0) if msgs else {"type": "http.disconnect"}
+
+    return Request(http_scope(headers=list(headers)), receive)
+
+
+def read(body, limit=100, headers=()):
+    return run(schemas.read_json_object(_request(body, headers), limit))
+
+
+def read_error(body, limit=100, headers=()) -> ApiError:
+    with pytest.raises(ApiError) as ei:
+        read(body, limit, headers)
+    return ei.value
+
+
+def test_a_body_of_exactly_the_limit_is_read_one_byte_over_is_413():
+    body = b'{"a": "' + b"x" * 20 + b'"}'
+    assert read(body, limit=len(body)) == {"a": "x" * 20}
+    e = read_error(body, limit=len(body) - 1)
+    assert (e.status, e.code, e.message) == (413, "request_too_large",
+                                              f"request body exceeds the limit of {len(body) - 1} bytes")
+    e = read_error([body[:10], body[10:]], limit=len(body) - 1)  # streamed in pieces: counted across chunks
+    assert e.status == 413
+
+
+def test_a_declared_length_over_the_limit_is_413_before_reading():
+    e = read_error(b"{}", limit=10, headers=[(b"content-length", b" 11 ")])
+    assert (e.status, e.code, e.message) == (413, "request_too_large",
+                                              "request body is 11 bytes; the limit is 10 bytes")
+    assert read(b"{}", limit=10, headers=[(b"content-length", b"10")]) == {}
+    assert read(b"{}", limit=10, headers=[(b"content-length", b"x1")]) == {}  # not a number: the stream decides
+
+
+@pytest.mark.parametrize("body,code,message", [
+    (b"", "invalid_json", "request body is empty; expected a JSON object"),
+    (b" \n\t", "invalid_json", "request body is empty; expected a JSON object"),
+    (b'{"a": "\xff"}', "invalid_encoding", "request body is not valid UTF-8 (invalid byte at offset 7)"),
+    (b'{"a":\n [', "invalid_json", "malformed JSON body: Expecting value (line 2, column 3)"),
+    (b'{"t": NaN}', "invalid_json", "malformed JSON body: NaN is not valid JSON"),
+    (b'{"t": -Infinity}', "invalid_json", "malformed JSON body: -Infinity is not valid JSON"),
+    (b"[1, 2]", "invalid_json", "request body must be a JSON object, got list"),
+    (b'"s"', "invalid_json", "request body must be a JSON object, got str"),
+])
+def test_every_unreadable_body_is_a_400_saying_why(body, code, message):
+    e = read_error(body)
+    assert (e.status, e.code, e.message) == (400, code, message)
+
+
+def test_a_too_deeply_nested_body_is_invalid_json_with_a_bounded_message():
+    body = b"[" * 100_000 + b"]" * 100_000
+    e = read_error(body, limit=1 << 20)
+    assert (e.status, e.code) == (400, "invalid_json") and e.message.startswith("malformed JSON body: ")
+    assert len(e.message) <= 300
+
+
+def _invalid(model, payload) -> ApiError:
+    with pytest.raises(ApiError) as ei:
+        schemas.validate_request(model, payload)
+    assert (ei.value.status, ei.value.code) == (400, "invalid_request")
+    return ei.value
+
+
+OK_MSGS = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("model,payload,param,message", [
+    (schemas.ChatCompletionRequest, {}, "messages", "invalid 'messages': field required"),
+    (schemas.ChatCompletionRequest, {"messages": OK_MSGS, "stop": ["x"]}, "stop",
+     "invalid 'stop': stop sequences are not supported by this server"),
+    (schemas.CompletionRequest, {"prompt": 5}, "prompt", "invalid 'prompt': Input should be a valid string"),
+    (schemas.CompletionRequest, {"prompt": "a", "max_tokens": 0, "temperature": 9}, "max_tokens",
+     "invalid 'max_tokens': Input should be greater than or equal to 1 (and 1 more invalid field)"),
+    (schemas.CompletionRequest, {"prompt": "a", "max_tokens": 0, "temperature": 9, "n": 3}, "max_tokens",
+     "invalid 'max_tokens': Input should be greater than or equal to 1 (and 2 more invalid fields)"),
+    (schemas.CompletionRequest, {"prompt": ["a", "b"]}, "prompt",
+     "invalid 'prompt': List should have at most 1 item after validation, not 2"),
+    (schemas.CompletionRequest, {"prompt": [7]}, "prompt.0", "invalid 'prompt.0': Input should be a valid string"),
+    (schemas.ChatCompletionRequest, {"messages": [{"role": "user", "content": "\ud800"}]}, "messages.0.content",
+     "invalid 'messages.0.content': Value error, text is not valid Unicode (lone surrogate at index 0)"),
+])
+def test_the_first_invalid_field_is_named_as_the_client_sent_it(model, payload, param, message):
+    e = _invalid(model, payload)
+    assert (e.param, e.message) == (param, message)
+
+
+def test_valid_requests_parse_with_their_defaults_and_helpers():
+    chat = schemas.validate_request(schemas.ChatCompletionRequest, {
+        "messages": [{"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        "unknown_field": 1})
+    assert chat.messages[0].text() == "ab" and chat.stream is False and chat.max_tokens is None
+    assert chat.messages[0].role == "developer"
+    comp = schemas.validate_request(schemas.CompletionRequest, {"prompt": ["only"]})
+    assert comp.prompt_text() == "only"
+    assert schemas.validate_request(schemas.CompletionRequest, {"prompt": "p"}).prompt_text() == "p"
