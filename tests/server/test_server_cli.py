@@ -166,12 +166,11 @@ def test_engine_kwargs_passes_max_wait_only_in_wait_mode_and_expands_the_cache_d
 
 class _ServeRecorder:
     """`serve` with everything after argument checks recorded instead of run: the engine class, create_app,
-    server_config and uvicorn's Server are stand-ins (no model load, no socket); ClientLimits is the real one."""
+    server_config and the server (AnnouncingServer, a uvicorn Server) are stand-ins (no model load, no socket);
+    ClientLimits is the real one."""
 
     def __init__(self, monkeypatch):
         import sys
-
-        import uvicorn
 
         import tripwire.engine as engine_pkg
         import tripwire.engine.server as server_pkg
@@ -206,7 +205,7 @@ class _ServeRecorder:
         monkeypatch.setattr(engine_pkg, "SimpleEngine", FakeEngine)
         monkeypatch.setattr(server_pkg, "create_app", fake_create_app)
         monkeypatch.setattr(serving, "server_config", fake_server_config)
-        monkeypatch.setattr(uvicorn, "Server", FakeServer)
+        monkeypatch.setattr(serving, "AnnouncingServer", FakeServer)
         monkeypatch.setattr(sys, "setswitchinterval", lambda s: rec.calls.setdefault("switch", s))
         monkeypatch.setattr("logging.basicConfig", lambda **kw: rec.calls.setdefault("logging", kw))
         monkeypatch.delenv("TRIPWIRE_API_KEY", raising=False)
