@@ -27,6 +27,8 @@ class Report:
     hashes: set[str] = dataclasses.field(default_factory=set)  # distinct schedules, by trace hash
     max_decisions: int = 0  # most decision points (>= 2 runnable options) seen in one schedule
     pruned: int = 0  # bounded: schedules skipped as equivalent to one already run (partial-order reduction)
+    decisions: int = 0  # scheduling decisions (>= 2 runnable options) over every schedule run
+    steps: int = 0  # switch points over every schedule run
 
     @property
     def distinct(self) -> int:
@@ -40,6 +42,15 @@ class Report:
     @property
     def rate(self) -> float:
         return self.schedules / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def decisions_per_schedule(self) -> float:
+        return self.decisions / self.schedules if self.schedules else 0.0
+
+    @property
+    def us_per_decision(self) -> float:
+        """Wall time of the whole run divided by its decisions (per-schedule setup included), in microseconds."""
+        return self.elapsed / self.decisions * 1e6 if self.decisions else 0.0
 
     @property
     def first_found(self) -> int | None:
@@ -67,6 +78,8 @@ def run(tgt: Target | str, *, strategy: str = "random", budget: int = 100, seed:
         rep.schedules += 1
         rep.hashes.add(res.trace_hash)
         rep.max_decisions = max(rep.max_decisions, res.decisions)
+        rep.decisions += res.decisions
+        rep.steps += res.steps
         if res.failure is not None:
             path = None
             if artifacts:
