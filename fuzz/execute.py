@@ -111,7 +111,7 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
                         "the scheduler (use the instrumented primitives)", stack)
                 sched.aborting = True
                 if sched.loop_task is not None and cur is not sched.loop_task:
-                    sched.loop_task.sem.release()
+                    _s._pass(sched.loop_task.sem)
                 if not done.wait(3.0):
                     ctx.state["_leaked"] = ["loop"]
                 break

