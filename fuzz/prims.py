@@ -20,7 +20,7 @@ import types
 from typing import Any
 
 from . import sched as _s
-from .sched import FuzzAbort, light_stack
+from .sched import FuzzAbort, format_stack, light_stack, raw_stack
 
 
 def _sched() -> "_s.Scheduler":
@@ -64,7 +64,7 @@ class Lock:
             if blocking:
                 s.fail("self-deadlock",
                        f"{me.name} re-acquires non-reentrant {self._label} it already holds",
-                       "first acquired at:\n    " + "\n    ".join(self._stack or ["?"]) +
+                       "first acquired at:\n    " + "\n    ".join(format_stack(self._stack) or ["?"]) +
                        "\nre-acquired at:\n    " + "\n    ".join(light_stack(depth=2)))
             return False
         if self._owner is not None:
@@ -76,7 +76,7 @@ class Lock:
                 return False
         self._owner = me
         self._count = 1
-        self._stack = light_stack(depth=2)
+        self._stack = raw_stack(depth=2)  # formatted only if a self-deadlock is reported
         return True
 
     def release(self) -> None:
@@ -402,7 +402,7 @@ class TrackedLock(_real_asyncio.Lock):
         if s is not None and t is not None and self._owner_task is t:
             s.fail("self-deadlock",
                    f"task {s.task_label(t)} re-acquires {self._label} it already holds (would wait forever)",
-                   "first acquired at:\n    " + "\n    ".join(self._owner_stack or ["?"]) +
+                   "first acquired at:\n    " + "\n    ".join(format_stack(self._owner_stack) or ["?"]) +
                    "\nre-acquired at:\n    " + "\n    ".join(light_stack(depth=2)))
         if s is not None and t is not None:
             s.async_waits[t] = (self._label, lambda: self._owner_task)
@@ -412,7 +412,7 @@ class TrackedLock(_real_asyncio.Lock):
             if s is not None and t is not None:
                 s.async_waits.pop(t, None)
         self._owner_task = t
-        self._owner_stack = light_stack(depth=2)
+        self._owner_stack = raw_stack(depth=2)  # formatted only if a self-deadlock is reported
         if s is not None:
             for hook in getattr(s, "lock_hooks", ()):
                 hook("acquire", self, t)
