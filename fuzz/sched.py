@@ -23,6 +23,7 @@ import contextvars
 import hashlib
 import heapq
 import os
+import selectors
 import sys
 import _thread
 import threading as _rt
@@ -115,10 +116,12 @@ def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
     """The caller's stack as (code, line) pairs outside fuzz/ (cheap: nothing formatted); see ``format_stack``."""
     out = []
     f = sys._getframe(depth)
-    while f is not None and len(out) < limit:
+    walked = 0
+    while f is not None and len(out) < limit and walked < 2 * limit:  # bounded: runs on every lock acquire
         if not _code_info(f.f_code)[1]:
             out.append((f.f_code, f.f_lineno))
         f = f.f_back
+        walked += 1
     return out
 
 
@@ -672,7 +675,8 @@ class FuzzLoop(asyncio.SelectorEventLoop):
     ``callbacks="explore"``), virtual clock, managed executor threads."""
 
     def __init__(self, sched: Scheduler):
-        super().__init__()
+        # Never polled (``_run_once`` is ours): a select()-based selector needs no epoll descriptor.
+        super().__init__(selectors.SelectSelector())
         self._sched = sched
         self._executor_n = 0
         self.set_exception_handler(self._on_exception)
@@ -685,6 +689,14 @@ class FuzzLoop(asyncio.SelectorEventLoop):
         return self._sched.vnow
 
     def _write_to_self(self) -> None:
+        pass
+
+    def _make_self_pipe(self) -> None:
+        # Nothing wakes this loop through its self-pipe (``_write_to_self`` is a no-op, nothing is polled):
+        # skip the socketpair a real loop creates, a per-schedule cost.
+        self._ssock = self._csock = None
+
+    def _close_self_pipe(self) -> None:
         pass
 
     def run_in_executor(self, executor, func, *args):
