@@ -29,6 +29,7 @@ class Report:
     pruned: int = 0  # bounded: schedules skipped as equivalent to one already run (partial-order reduction)
     decisions: int = 0  # scheduling decisions (>= 2 runnable options) over every schedule run
     steps: int = 0  # switch points over every schedule run
+    cpu: float = 0.0  # process CPU seconds (every thread) over the run; less sensitive than elapsed to other load
 
     @property
     def distinct(self) -> int:
@@ -53,6 +54,10 @@ class Report:
         return self.elapsed / self.decisions * 1e6 if self.decisions else 0.0
 
     @property
+    def cpu_us_per_decision(self) -> float:
+        return self.cpu / self.decisions * 1e6 if self.decisions else 0.0
+
+    @property
     def first_found(self) -> int | None:
         return self.failures[0][0] if self.failures else None
 
@@ -71,7 +76,7 @@ def run(tgt: Target | str, *, strategy: str = "random", budget: int = 100, seed:
         tgt = load_targets()[tgt]
     ex = make_explorer(strategy, seed, budget)
     rep = Report(tgt.name, ex.spec, seed)
-    t0 = _rtime.perf_counter()
+    t0, c0 = _rtime.perf_counter(), _rtime.process_time()
     for run_seed, chooser in ex.runs():
         res = execute(tgt, chooser, run_seed, variant=variant, record_trace=record_trace)
         ex.feed(res.sched)
@@ -104,4 +109,5 @@ def run(tgt: Target | str, *, strategy: str = "random", budget: int = 100, seed:
     rep.complete = bool(getattr(ex, "complete", False))
     rep.pruned = int(getattr(ex, "pruned", 0))
     rep.elapsed = _rtime.perf_counter() - t0
+    rep.cpu = _rtime.process_time() - c0
     return rep

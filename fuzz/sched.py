@@ -104,8 +104,10 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
                 return f"{_short(fn)}:{f.f_lineno} ({f.f_code.co_name})"
             f = f.f_back
         return "?"
+    cache = _CODE_INFO
     while f is not None:
-        info = _code_info(f.f_code)
+        code = f.f_code
+        info = cache.get(code) or _code_info(code)
         if not info[0]:
             return f"{info[2]}:{f.f_lineno} ({info[3]})"
         f = f.f_back
@@ -117,9 +119,11 @@ def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
     out = []
     f = sys._getframe(depth)
     walked = 0
+    cache = _CODE_INFO
     while f is not None and len(out) < limit and walked < 2 * limit:  # bounded: runs on every lock acquire
-        if not _code_info(f.f_code)[1]:
-            out.append((f.f_code, f.f_lineno))
+        code = f.f_code
+        if not (cache.get(code) or _code_info(code))[1]:
+            out.append((code, f.f_lineno))
         f = f.f_back
         walked += 1
     return out
@@ -458,7 +462,12 @@ class Scheduler:
     # ----------------------------------------------------------------- decisions
     def _choose(self, me: Task) -> Task | None:
         while True:
-            options = [t for t in self.tasks if self._runnable(t)]
+            options = []
+            for t in self.tasks:  # _runnable() inlined for the common cases: this runs at every switch point
+                if t.state == "done" or (t.kind == "event" and t.fired):
+                    continue
+                if (t.wait is None and t.kind == "thread") or self._runnable(t):
+                    options.append(t)
             if not options:
                 dl = self.next_deadline()
                 if dl is not None:

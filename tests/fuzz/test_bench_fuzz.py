@@ -15,6 +15,7 @@ def test_report_counts_decisions_and_steps_over_every_schedule():
     assert rep.steps >= rep.decisions
     assert rep.decisions_per_schedule == rep.decisions / 6
     assert rep.us_per_decision == rep.elapsed / rep.decisions * 1e6
+    assert rep.cpu > 0 and rep.cpu_us_per_decision == rep.cpu / rep.decisions * 1e6
 
 
 def test_quick_bench_prints_schedules_per_second_and_per_decision_cost(capsys):
@@ -22,10 +23,10 @@ def test_quick_bench_prints_schedules_per_second_and_per_decision_cost(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     header = next(ln for ln in out.splitlines() if ln.startswith("target") and "us/dec" in ln)
-    assert header.split()[1:] == ["schedules", "sched/s", "goal", "dec/sched", "us/dec", "steps/sched"]
+    assert header.split()[1:] == ["schedules", "sched/s", "goal", "dec/sched", "us/dec", "cpu_us/dec", "steps/sched"]
     row = next(ln for ln in out.splitlines() if ln.startswith("toy-nested-lock ") and "/" not in ln)
-    schedules, rate, goal, dps, us, steps = (float(x) for x in row.split()[1:])
-    assert schedules == 15 and rate > 0 and goal == 500 and dps > 0 and us > 0 and steps >= dps
+    schedules, rate, goal, dps, us, cpu_us, steps = (float(x) for x in row.split()[1:])
+    assert schedules == 15 and rate > 0 and goal == 500 and dps > 0 and us > 0 and cpu_us > 0 and steps >= dps
     assert re.search(r"throughput goal .*: (MET|NOT MET: toy-nested-lock \d+/s < 500)$", out, re.M)
     assert re.search(r"^toy-nested-lock\s+nested\s+3/3 ", out, re.M)
 
