@@ -68,12 +68,21 @@ class Context:
         self.sched.quiesce_waiters.append(fut)
         await fut
 
+    def load(self, fn: Callable[..., Any], *args) -> Any:
+        """``fn(*args)`` for a one-time, possibly slow load (a catalogue shape applied and imported, once per
+        process): the watchdog does not count it as a blocking call (on a loaded machine it can take seconds)."""
+        self.sched.unwatched += 1
+        try:
+            return fn(*args)
+        finally:
+            self.sched.unwatched -= 1
+
     def engine(self):
         """The engine package under test: the real one, or the shaped copy named by the variant (loaded once per
         process); its modules' state is isolated to this schedule (``isolate``)."""
         from tripwire.catalogue.loader import ENGINE_SUBMODULES, load_engine
         if self.variant:
-            pkg = load_engine(self.variant)
+            pkg = self.load(load_engine, self.variant)
         else:
             from tripwire import engine as pkg
         for mod in [pkg, *(getattr(pkg, sub, None) for sub in ENGINE_SUBMODULES)]:

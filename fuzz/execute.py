@@ -102,7 +102,7 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
         last = -1
         stalled_since = _rtime.monotonic()
         while not done.wait(min(0.05, wd / 4)):
-            if sched.progress != last:
+            if sched.progress != last or sched.unwatched:
                 last = sched.progress
                 stalled_since = _rtime.monotonic()
                 continue

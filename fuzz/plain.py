@@ -42,6 +42,9 @@ class PlainContext(Context):
     def isolate(self, module) -> None:
         pass
 
+    def load(self, fn, *args):
+        return fn(*args)
+
     def filesystem(self):
         """Plain repetition instruments nothing, so the code under test uses the real disk: a temp dir."""
         from .memfs import DiskFS

@@ -284,6 +284,7 @@ class Scheduler:
         self.failure: Failure | None = None
         self.aborting = False
         self.progress = 0
+        self.unwatched = 0  # > 0 while a one-time load runs (Context.load): the watchdog does not count it
         self.quiesce_waiters: list[asyncio.Future] = []
         self.async_waits: dict[Any, tuple[str, Callable[[], Any]]] = {}
         self._labels: dict[int, str] = {}

@@ -45,7 +45,7 @@ def _modules(ctx: Context):
 
     mods = {SNAP: snapshot_store, BLOCK: block_store}
     if ctx.variant in SHAPE_MODULE:
-        mods[SHAPE_MODULE[ctx.variant]] = load_module(ctx.variant, SHAPE_MODULE[ctx.variant])
+        mods[SHAPE_MODULE[ctx.variant]] = ctx.load(load_module, ctx.variant, SHAPE_MODULE[ctx.variant])
     fs = ctx.filesystem()
     ids = _request_ids()
     for mod in (mods[SNAP], mods[BLOCK], safetensors_io):

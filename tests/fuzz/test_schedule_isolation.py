@@ -76,3 +76,19 @@ def test_same_run_seed_same_trace_in_one_process(name):
     assert first.failure is None and again.failure is None
     assert again.choices == first.choices
     assert again.trace_hash == first.trace_hash
+
+
+def test_a_slow_one_time_load_is_not_a_blocking_call():
+    """Loading a shape inside the first schedule can take seconds on a loaded machine: ctx.load() keeps the
+    watchdog from reporting it as a blocking call; the same wait outside ctx.load() is one."""
+    import time
+
+    async def loads(ctx):
+        ctx.load(time.sleep, 0.4)
+
+    async def blocks(ctx):
+        time.sleep(0.4)
+
+    assert not run(Target("slow-load", "", loads, watchdog_s=0.1), budget=1, artifacts=False).failures
+    rep = run(Target("blocking", "", blocks, watchdog_s=0.1), budget=1, artifacts=False)
+    assert rep.failures and rep.failures[0][1].failure.kind == "blocking-call"
