@@ -2,6 +2,7 @@
 external events; see CONTRIBUTING.md ("Fuzz targets") and ``python -m tripwire.fuzz --help``.
 
 Module map (each one job; imports only go down this list):
+  memfs                           an in-memory filesystem a target swaps in (``ctx.filesystem()``)
   sched, strategies, prims        the baton scheduler, decision strategies, instrumented primitives
   target                          the Target type and the built-in registry (``@target``)
   context                         what a target body sees (``Context``)

@@ -6,7 +6,7 @@ import asyncio
 import random
 from typing import Any, Callable
 
-from .prims import instrument
+from .prims import instrument, isolate
 from .sched import Scheduler
 
 
@@ -23,10 +23,16 @@ class Context:
         self._quiescence: list[Callable[[], Any]] = []
         self._cleanup: list[Callable[[], Any]] = []
         self.state: dict[str, Any] = {}
+        self._isolated: set[str] = set()
 
     # instrumentation
     def instrument(self, module, **kw) -> None:
         self._restore.append(instrument(module, **kw))
+
+    def isolate(self, module) -> None:
+        """Undo, when this schedule ends, what it did to ``module``'s state (``prims.isolate``): the next schedule
+        sees the module as this one found it. Call it before instrumenting the module."""
+        self._restore.append(isolate(module))
 
     def external(self, name: str, fn: Callable[[], Any], enabled: Callable[[], bool] | None = None):
         return self.sched.external(name, fn, enabled)
@@ -35,6 +41,13 @@ class Context:
         t = self.sched.spawn(fn, args, name=name)
         self.sched.point("thread.start", name)
         return t
+
+    def filesystem(self):
+        """A fresh, empty in-memory filesystem for this schedule (``memfs.MemFS``; its empty directory is
+        ``.root``): swap it into code under test with ``ctx.instrument(module, fs=fs)``, inspect it with
+        ``fs.files()`` / ``fs.os``. No disk I/O; nothing of it outlives the schedule."""
+        from .memfs import MemFS
+        return MemFS()
 
     def at_quiescence(self, fn: Callable[[], Any]) -> None:
         self._quiescence.append(fn)
@@ -55,13 +68,28 @@ class Context:
         self.sched.quiesce_waiters.append(fut)
         await fut
 
+    def load(self, fn: Callable[..., Any], *args) -> Any:
+        """``fn(*args)`` for a one-time, possibly slow load (a catalogue shape applied and imported, once per
+        process): the watchdog does not count it as a blocking call (on a loaded machine it can take seconds)."""
+        self.sched.unwatched += 1
+        try:
+            return fn(*args)
+        finally:
+            self.sched.unwatched -= 1
+
     def engine(self):
-        """The engine package under test: the real one, or the mutant copy named by the variant."""
+        """The engine package under test: the real one, or the shaped copy named by the variant (loaded once per
+        process); its modules' state is isolated to this schedule (``isolate``)."""
+        from tripwire.catalogue.loader import ENGINE_SUBMODULES, load_engine
         if self.variant:
-            from tripwire.catalogue.loader import load_engine
-            return load_engine(self.variant)
-        from tripwire import engine
-        return engine
+            pkg = self.load(load_engine, self.variant)
+        else:
+            from tripwire import engine as pkg
+        for mod in [pkg, *(getattr(pkg, sub, None) for sub in ENGINE_SUBMODULES)]:
+            if mod is not None and mod.__name__ not in self._isolated:
+                self._isolated.add(mod.__name__)
+                self.isolate(mod)
+        return pkg
 
     @property
     def now(self) -> float:

@@ -15,6 +15,10 @@ from .sched import Failure, FuzzAbort, FuzzLoop, Scheduler
 from .target import Target
 
 
+# Targets whose threads may be reused workers (see sched._Worker): their code keeps no thread-local state.
+REUSE_THREADS = ("fake", "toy")
+
+
 @dataclasses.dataclass
 class RunResult:
     failure: Failure | None
@@ -34,8 +38,9 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
     """Run one schedule of ``tgt`` in a fresh loop thread, with a watchdog for bypassing blocking calls."""
     if _s.ACTIVE is not None:
         raise RuntimeError("a fuzz execution is already active in this process")
+    reuse = tgt.uses in REUSE_THREADS
     sched = Scheduler(chooser, timers=tgt.timers, max_steps=tgt.max_steps, record_trace=record_trace,
-                      callbacks=tgt.callbacks)
+                      callbacks=tgt.callbacks, reuse_threads=reuse)
     ctx = Context(sched, run_seed, variant)
     done = _rt.Event()
     wd = tgt.watchdog_s if watchdog_s is None else watchdog_s
@@ -84,16 +89,20 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
                 except BaseException:  # noqa: BLE001
                     pass
             asyncio.set_event_loop(None)
+            if reuse:
+                _rt.current_thread().name = _s._Worker.IDLE_NAME
             done.set()
 
     _s.ACTIVE = sched
-    th = _rt.Thread(target=runner, name="fuzz-loop", daemon=True)
     try:
-        th.start()
+        if reuse:
+            _s._Worker.take().start(runner, "fuzz-loop")
+        else:
+            _rt.Thread(target=runner, name="fuzz-loop", daemon=True).start()
         last = -1
         stalled_since = _rtime.monotonic()
         while not done.wait(min(0.05, wd / 4)):
-            if sched.progress != last:
+            if sched.progress != last or sched.unwatched:
                 last = sched.progress
                 stalled_since = _rtime.monotonic()
                 continue
@@ -111,7 +120,7 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
                         "the scheduler (use the instrumented primitives)", stack)
                 sched.aborting = True
                 if sched.loop_task is not None and cur is not sched.loop_task:
-                    sched.loop_task.sem.release()
+                    _s._pass(sched.loop_task.sem)
                 if not done.wait(3.0):
                     ctx.state["_leaked"] = ["loop"]
                 break

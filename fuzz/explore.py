@@ -27,6 +27,9 @@ class Report:
     hashes: set[str] = dataclasses.field(default_factory=set)  # distinct schedules, by trace hash
     max_decisions: int = 0  # most decision points (>= 2 runnable options) seen in one schedule
     pruned: int = 0  # bounded: schedules skipped as equivalent to one already run (partial-order reduction)
+    decisions: int = 0  # scheduling decisions (>= 2 runnable options) over every schedule run
+    steps: int = 0  # switch points over every schedule run
+    cpu: float = 0.0  # process CPU seconds (every thread) over the run; less sensitive than elapsed to other load
 
     @property
     def distinct(self) -> int:
@@ -40,6 +43,19 @@ class Report:
     @property
     def rate(self) -> float:
         return self.schedules / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def decisions_per_schedule(self) -> float:
+        return self.decisions / self.schedules if self.schedules else 0.0
+
+    @property
+    def us_per_decision(self) -> float:
+        """Wall time of the whole run divided by its decisions (per-schedule setup included), in microseconds."""
+        return self.elapsed / self.decisions * 1e6 if self.decisions else 0.0
+
+    @property
+    def cpu_us_per_decision(self) -> float:
+        return self.cpu / self.decisions * 1e6 if self.decisions else 0.0
 
     @property
     def first_found(self) -> int | None:
@@ -60,13 +76,15 @@ def run(tgt: Target | str, *, strategy: str = "random", budget: int = 100, seed:
         tgt = load_targets()[tgt]
     ex = make_explorer(strategy, seed, budget)
     rep = Report(tgt.name, ex.spec, seed)
-    t0 = _rtime.perf_counter()
+    t0, c0 = _rtime.perf_counter(), _rtime.process_time()
     for run_seed, chooser in ex.runs():
         res = execute(tgt, chooser, run_seed, variant=variant, record_trace=record_trace)
         ex.feed(res.sched)
         rep.schedules += 1
         rep.hashes.add(res.trace_hash)
         rep.max_decisions = max(rep.max_decisions, res.decisions)
+        rep.decisions += res.decisions
+        rep.steps += res.steps
         if res.failure is not None:
             path = None
             if artifacts:
@@ -91,4 +109,5 @@ def run(tgt: Target | str, *, strategy: str = "random", budget: int = 100, seed:
     rep.complete = bool(getattr(ex, "complete", False))
     rep.pruned = int(getattr(ex, "pruned", 0))
     rep.elapsed = _rtime.perf_counter() - t0
+    rep.cpu = _rtime.process_time() - c0
     return rep

@@ -33,10 +33,24 @@ class PlainContext(Context):
         self._rng = random.Random(f"{run_seed}:plain")
         self._restore, self._quiescence, self._cleanup, self.state = [], [], [], {}
         self._threads: list[_rt.Thread] = []
+        self._isolated: set[str] = set()
         self._t0 = _rtime.monotonic()
 
     def instrument(self, module, **kw) -> None:
         pass
+
+    def isolate(self, module) -> None:
+        pass
+
+    def load(self, fn, *args):
+        return fn(*args)
+
+    def filesystem(self):
+        """Plain repetition instruments nothing, so the code under test uses the real disk: a temp dir."""
+        from .memfs import DiskFS
+        fs = DiskFS()
+        self._cleanup.append(fs.cleanup)
+        return fs
 
     def external(self, name, fn, enabled=None):
         loop = asyncio.get_running_loop()

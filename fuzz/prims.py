@@ -20,7 +20,7 @@ import types
 from typing import Any
 
 from . import sched as _s
-from .sched import FuzzAbort, light_stack
+from .sched import FuzzAbort, format_stack, light_stack, raw_stack
 
 
 def _sched() -> "_s.Scheduler":
@@ -64,7 +64,7 @@ class Lock:
             if blocking:
                 s.fail("self-deadlock",
                        f"{me.name} re-acquires non-reentrant {self._label} it already holds",
-                       "first acquired at:\n    " + "\n    ".join(self._stack or ["?"]) +
+                       "first acquired at:\n    " + "\n    ".join(format_stack(self._stack) or ["?"]) +
                        "\nre-acquired at:\n    " + "\n    ".join(light_stack(depth=2)))
             return False
         if self._owner is not None:
@@ -76,7 +76,7 @@ class Lock:
                 return False
         self._owner = me
         self._count = 1
-        self._stack = light_stack(depth=2)
+        self._stack = raw_stack(depth=2)  # formatted only if a self-deadlock is reported
         return True
 
     def release(self) -> None:
@@ -402,7 +402,7 @@ class TrackedLock(_real_asyncio.Lock):
         if s is not None and t is not None and self._owner_task is t:
             s.fail("self-deadlock",
                    f"task {s.task_label(t)} re-acquires {self._label} it already holds (would wait forever)",
-                   "first acquired at:\n    " + "\n    ".join(self._owner_stack or ["?"]) +
+                   "first acquired at:\n    " + "\n    ".join(format_stack(self._owner_stack) or ["?"]) +
                    "\nre-acquired at:\n    " + "\n    ".join(light_stack(depth=2)))
         if s is not None and t is not None:
             s.async_waits[t] = (self._label, lambda: self._owner_task)
@@ -412,7 +412,7 @@ class TrackedLock(_real_asyncio.Lock):
             if s is not None and t is not None:
                 s.async_waits.pop(t, None)
         self._owner_task = t
-        self._owner_stack = light_stack(depth=2)
+        self._owner_stack = raw_stack(depth=2)  # formatted only if a self-deadlock is reported
         if s is not None:
             for hook in getattr(s, "lock_hooks", ()):
                 hook("acquire", self, t)
@@ -488,15 +488,75 @@ _VALUE_SWAPS = {
     _real_time.time: time.time, _real_asyncio.Lock: TrackedLock,
 }
 _FS_VALUE_SWAPS = {pathlib.Path: Path}
+_SHUTIL_OPS = ("rmtree", "move", "copyfile", "copy2")
 
 
-def instrument(module: types.ModuleType, *, fs: bool = False, time_: bool = True,
+def _fs_swaps(fs) -> tuple[dict, dict, Any]:
+    """(module swaps, value swaps, ``open``) for ``instrument(fs=...)``: the real filesystem (``fs=True``) or a
+    ``memfs.MemFS``, whose operations become the same switch points as the real ones (built once per instance)."""
+    if fs is True:
+        return _FS_SWAPS, _FS_VALUE_SWAPS, fs_open
+    cached = getattr(fs, "_fuzz_swaps", None)
+    if cached is not None:
+        return cached
+    os_p = types.ModuleType("fuzz.memfs.os")
+    os_p.__dict__.update(fs.os.__dict__)
+    os_p.__dict__.update({n: _fs_wrap(n, getattr(fs.os, n)) for n in _FS_OPS})
+    shutil_p = types.ModuleType("fuzz.memfs.shutil")
+    shutil_p.__dict__.update(fs.shutil.__dict__)
+    shutil_p.__dict__.update({n: _fs_wrap(n, getattr(fs.shutil, n)) for n in _SHUTIL_OPS})
+    fs._fuzz_swaps = swaps = ({_real_os: os_p, _real_shutil: shutil_p}, {}, _fs_wrap("open", fs.open_file))
+    return swaps
+
+
+_CONTAINERS = (set, dict, list, collections.deque)
+
+
+def isolate(module: types.ModuleType) -> "callable":
+    """Snapshot ``module``'s state now; the returned function puts it back: names added since are removed, names
+    rebound are bound again to their values, and set/dict/list/deque values get their contents back in place (other
+    holders of those objects see the reset too). Mutations inside other objects are not undone.
+
+    Why: shaped modules are loaded once per process and the real ones are shared, so without this a schedule's
+    mutation of module state would be seen by every later schedule (a schedule would depend on its predecessors).
+    """
+    g = module.__dict__
+    snap = {k: v for k, v in g.items() if not k.startswith("__")}
+    contents = {k: (v.copy() if not isinstance(v, collections.deque) else list(v))
+                for k, v in snap.items() if isinstance(v, _CONTAINERS)}
+
+    def restore() -> None:
+        for k in [k for k in g if k not in snap and not k.startswith("__")]:
+            del g[k]
+        for k, v in snap.items():
+            if g.get(k, snap) is not v:
+                g[k] = v
+        for k, c in contents.items():
+            v = snap[k]
+            if isinstance(v, list):
+                v[:] = c
+            else:
+                v.clear()
+                (v.extend if isinstance(v, collections.deque) else v.update)(c)
+    return restore
+
+
+def instrument(module: types.ModuleType, *, fs: "bool | Any" = False, time_: bool = True,
                extra: dict[str, Any] | None = None) -> "callable":
     """Swap threading/queue/time/asyncio (and os/shutil/open/Path with fs=True) names inside ``module``.
 
-    Returns a function restoring the original names.
+    ``fs`` may also be a ``memfs.MemFS``: os/shutil/open then act on that in-memory filesystem (same switch
+    points). Returns a function restoring the original names.
+
+    Raises:
+        ValueError: ``fs`` is a MemFS and the module uses ``pathlib.Path`` (not modelled in memory: it would
+            reach the real disk).
     """
     g = module.__dict__
+    fs_mods, fs_vals, fs_open_ = _fs_swaps(fs) if fs else ({}, {}, None)
+    if fs and fs is not True and any(v is pathlib.Path for v in g.values()):
+        raise ValueError(f"{module.__name__} uses pathlib.Path, which an in-memory filesystem does not model; "
+                         "instrument it with fs=True (the real filesystem)")
     saved: dict[str, Any] = {}
     missing = object()
     for name, val in list(g.items()):
@@ -505,11 +565,11 @@ def instrument(module: types.ModuleType, *, fs: bool = False, time_: bool = True
         new = None
         try:
             if isinstance(val, types.ModuleType):
-                new = _MODULE_SWAPS.get(val) or (_FS_SWAPS.get(val) if fs else None)
+                new = _MODULE_SWAPS.get(val) or fs_mods.get(val)
                 if val is _real_time and not time_:
                     new = None
             else:
-                new = _VALUE_SWAPS.get(val) or (_FS_VALUE_SWAPS.get(val) if fs else None)
+                new = _VALUE_SWAPS.get(val) or fs_vals.get(val)
         except TypeError:  # unhashable
             new = None
         if new is not None:
@@ -517,7 +577,7 @@ def instrument(module: types.ModuleType, *, fs: bool = False, time_: bool = True
             g[name] = new
     if fs and "open" not in g:
         saved["open"] = missing
-        g["open"] = fs_open
+        g["open"] = fs_open_
     for name, val in (extra or {}).items():
         saved[name] = g.get(name, missing)
         g[name] = val

@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextvars
 import hashlib
 import heapq
 import os
+import selectors
 import sys
+import _thread
 import threading as _rt
 import traceback
 from dataclasses import dataclass
@@ -75,39 +78,144 @@ def _short(path: str) -> str:
     return os.path.basename(path)
 
 
+# Per code object: (skipped by user_location, skipped by light_stack, short file name, function name).
+# Computed once per code object: the path tests ran on every switch point and frame.
+_CODE_INFO: dict = {}
+
+
+def _code_info(code) -> tuple[bool, bool, str, str]:
+    info = _CODE_INFO.get(code)
+    if info is None:
+        fn = code.co_filename
+        fuzz_own = fn.startswith(_FUZZ_DIR) and "/targets/" not in fn
+        info = _CODE_INFO[code] = (
+            (fuzz_own and not fn.endswith("fake_backend.py")) or fn.startswith(_STDLIB_DIRS),
+            fuzz_own, _short(fn), code.co_name)
+    return info
+
+
 def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
     """file:line (function) of the first frame outside fuzz/ and the stdlib threading/asyncio code."""
     f = sys._getframe(depth)
+    if not skip_fuzz:
+        while f is not None:
+            fn = f.f_code.co_filename
+            if not fn.startswith(_STDLIB_DIRS):
+                return f"{_short(fn)}:{f.f_lineno} ({f.f_code.co_name})"
+            f = f.f_back
+        return "?"
+    cache = _CODE_INFO
     while f is not None:
-        fn = f.f_code.co_filename
-        if not (fn.startswith(_FUZZ_DIR) and skip_fuzz and "/targets/" not in fn
-                and not fn.endswith("fake_backend.py")) and not fn.startswith(_STDLIB_DIRS):
-            return f"{_short(fn)}:{f.f_lineno} ({f.f_code.co_name})"
+        code = f.f_code
+        info = cache.get(code) or _code_info(code)
+        if not info[0]:
+            return f"{info[2]}:{f.f_lineno} ({info[3]})"
         f = f.f_back
     return "?"
 
 
-def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
+def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
+    """The caller's stack as (code, line) pairs outside fuzz/ (cheap: nothing formatted); see ``format_stack``."""
     out = []
     f = sys._getframe(depth)
-    while f is not None and len(out) < limit:
-        fn = f.f_code.co_filename
-        if not fn.startswith(_FUZZ_DIR) or "/targets/" in fn:
-            out.append(f"{_short(fn)}:{f.f_lineno} in {f.f_code.co_name}")
+    walked = 0
+    cache = _CODE_INFO
+    while f is not None and len(out) < limit and walked < 2 * limit:  # bounded: runs on every lock acquire
+        code = f.f_code
+        if not (cache.get(code) or _code_info(code))[1]:
+            out.append((code, f.f_lineno))
         f = f.f_back
+        walked += 1
     return out
+
+
+def format_stack(raw: list[tuple] | None) -> list[str]:
+    """``raw_stack`` output as ``file:line in function`` lines (what ``light_stack`` returns)."""
+    return [f"{_code_info(code)[2]}:{line} in {code.co_name}" for code, line in raw or ()]
+
+
+def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
+    return format_stack(raw_stack(depth + 1, limit))
+
+
+def _baton():
+    """A task's baton: a raw lock held while the task must wait; releasing it lets the task run.
+
+    A raw lock, not a ``threading.Semaphore``: a hand-off costs one futex wake instead of a Condition round trip
+    (measured ~5x cheaper per switch here). It is binary: a second release before the task waited again is a
+    no-op (see ``_pass``), which only the abort paths can do.
+    """
+    lock = _thread.allocate_lock()
+    lock.acquire()
+    return lock
+
+
+def _pass(baton) -> None:
+    """Hand ``baton`` to its task (idempotent: abort paths may hand it twice)."""
+    try:
+        baton.release()
+    except RuntimeError:  # already released and not yet waited on
+        pass
+
+
+class _Worker:
+    """A reusable daemon OS thread that runs jobs one after another, each in a fresh ``contextvars.Context``.
+
+    Why: starting a thread costs ~0.25 ms of CPU plus two hand-offs here, several times per schedule (the loop
+    thread, writers, executor calls). Only for targets whose code keeps no thread-local state across a thread's
+    life (``Target.uses`` "fake"/"toy": checked, neither the engine nor the toy code uses ``threading.local``); user
+    and real-MLX targets (MLX streams are thread-local) get a fresh thread per task.
+    """
+
+    __slots__ = ("go", "job", "thread", "ident")
+    IDLE_NAME = "fuzz-pool:idle"  # a parked worker is no task's thread (jobs rename it before signalling the end)
+    IDLE: list["_Worker"] = []  # idle workers of the process (one execution is active at a time)
+    MAX_IDLE = 16
+
+    def __init__(self):
+        self.go = _baton()
+        self.job: Callable[[], None] | None = None
+        self.thread = _rt.Thread(target=self._main, name=self.IDLE_NAME, daemon=True)
+        self.thread.start()
+        self.ident = self.thread.ident
+
+    def _main(self) -> None:
+        while True:
+            self.go.acquire()
+            job, self.job = self.job, None
+            try:
+                contextvars.Context().run(job)
+            except BaseException:  # noqa: BLE001 - jobs report their own failures; the worker must survive
+                pass
+            idle = _Worker.IDLE
+            if len(idle) >= _Worker.MAX_IDLE:
+                return
+            idle.append(self)
+
+    @classmethod
+    def take(cls) -> "_Worker":
+        """An idle worker, or a new one; give it work with ``start``."""
+        try:
+            return cls.IDLE.pop()
+        except IndexError:
+            return cls()
+
+    def start(self, job: Callable[[], None], name: str) -> None:
+        self.thread.name = f"fuzz:{name}"
+        self.job = job
+        self.go.release()
 
 
 class Task:
     __slots__ = ("id", "name", "kind", "sem", "state", "wait", "thread", "ident", "fn", "enabled",
-                 "fired", "pending_event", "sched", "busy")
+                 "fired", "pending_event", "sched", "busy", "exited")
 
     def __init__(self, sched: "Scheduler", tid: int, name: str, kind: str):
         self.sched = sched
         self.id = tid
         self.name = name
         self.kind = kind
-        self.sem = _rt.Semaphore(0)
+        self.sem = _baton()
         self.state = "runnable"  # runnable | blocked | done
         self.wait: tuple | None = None  # (desc, ready_fn, deadline, owner_fn)
         self.thread: _rt.Thread | None = None
@@ -117,6 +225,7 @@ class Task:
         self.fired = False
         self.pending_event: "Task | None" = None
         self.busy = False  # loop task: inside a callback / event (runnable regardless of the ready queue)
+        self.exited = None  # on a reused worker thread: released once the task's job returned
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.id}:{self.name} {self.state}>"
@@ -150,8 +259,9 @@ class _CallbackOption:
 
 class Scheduler:
     def __init__(self, strategy, *, timers: str = "idle", max_steps: int = 20000, record_trace: bool = True,
-                 callbacks: str = "fifo"):
+                 callbacks: str = "fifo", reuse_threads: bool = False):
         self.strategy = strategy
+        self.reuse_threads = reuse_threads  # managed threads on reused workers (``_Worker``) instead of new ones
         self.timers = timers
         self.callbacks = callbacks  # "fifo" | "explore": the strategy picks which ready task step runs next
         self._callback_ids: dict[str, int] = {}
@@ -174,6 +284,7 @@ class Scheduler:
         self.failure: Failure | None = None
         self.aborting = False
         self.progress = 0
+        self.unwatched = 0  # > 0 while a one-time load runs (Context.load): the watchdog does not count it
         self.quiesce_waiters: list[asyncio.Future] = []
         self.async_waits: dict[Any, tuple[str, Callable[[], Any]]] = {}
         self._labels: dict[int, str] = {}
@@ -203,12 +314,11 @@ class Scheduler:
     def record(self, task_name: str, kind: str, detail: str = "", where: str | None = None) -> None:
         if where is None:
             where = user_location(depth=3)
-        ev = Event(self.steps, task_name, kind, detail, where)
-        self._hash.update(ev.key().encode())
-        self._hash.update(b"\n")
+        self._hash.update(f"{task_name}|{kind}|{detail}|{where}\n".encode())  # Event.key() + newline
         if self.hb is not None:
             self.hb.add(task_name, kind, detail, where)
         if self.record_trace:
+            ev = Event(self.steps, task_name, kind, detail, where)
             if self.actor and task_name == self.loop_task.name:
                 ev.actor = self.actor
             self.trace.append(ev)
@@ -245,12 +355,8 @@ class Scheduler:
             raise FuzzAbort()
         t = self._new_task(name, "thread")
         kwargs = kwargs or {}
-        started = _rt.Event()
 
-        def bootstrap():
-            t.ident = _rt.get_ident()
-            self.by_ident[t.ident] = t
-            started.set()
+        def body():
             t.sem.acquire()
             try:
                 if self.aborting:
@@ -267,6 +373,28 @@ class Scheduler:
             finally:
                 t.state = "done"
                 self._on_exit(t)
+
+        if self.reuse_threads:
+            t.exited = _baton()
+
+            def job():
+                try:
+                    body()
+                finally:
+                    _rt.current_thread().name = _Worker.IDLE_NAME
+                    _pass(t.exited)
+            w = _Worker.take()
+            t.ident, t.thread = w.ident, w.thread
+            self.by_ident[w.ident] = t  # before the job starts: the worker may run it at once
+            w.start(job, name)
+            return t
+        started = _rt.Event()
+
+        def bootstrap():
+            t.ident = _rt.get_ident()
+            self.by_ident[t.ident] = t
+            started.set()
+            body()
 
         th = _rt.Thread(target=bootstrap, name=f"fuzz:{name}", daemon=True)
         t.thread = th
@@ -335,7 +463,12 @@ class Scheduler:
     # ----------------------------------------------------------------- decisions
     def _choose(self, me: Task) -> Task | None:
         while True:
-            options = [t for t in self.tasks if self._runnable(t)]
+            options = []
+            for t in self.tasks:  # _runnable() inlined for the common cases: this runs at every switch point
+                if t.state == "done" or (t.kind == "event" and t.fired):
+                    continue
+                if (t.wait is None and t.kind == "thread") or self._runnable(t):
+                    options.append(t)
             if not options:
                 dl = self.next_deadline()
                 if dl is not None:
@@ -399,7 +532,7 @@ class Scheduler:
         if nxt is me:
             return
         self.current = nxt
-        nxt.sem.release()
+        _pass(nxt.sem)
         me.sem.acquire()
         if self.aborting:
             raise FuzzAbort()
@@ -426,7 +559,7 @@ class Scheduler:
         if self.aborting:
             if self.loop_task is not None and self.current is t:
                 self.current = self.loop_task
-                self.loop_task.sem.release()
+                _pass(self.loop_task.sem)
             return
         self.record(t.name, "exit", "", where="-")
         try:
@@ -439,14 +572,14 @@ class Scheduler:
                                        self.wait_for_graph())
             self.aborting = True
             self.current = self.loop_task
-            self.loop_task.sem.release()
+            _pass(self.loop_task.sem)
             return
         if nxt.kind == "event":
             self.loop_task.pending_event = nxt
             nxt.fired = True
             nxt = self.loop_task
         self.current = nxt
-        nxt.sem.release()
+        _pass(nxt.sem)
 
     def choose_callback(self, ready) -> int:
         """Index in ``ready`` (the loop's deque, cancelled handles already dropped) of the callback to run.
@@ -533,8 +666,14 @@ class Scheduler:
         for t in self.tasks:
             if t.kind != "thread" or t.thread is None:
                 continue
+            if t.exited is not None:  # on a reused worker: alive until its job returned
+                if t.exited.locked():
+                    _pass(t.sem)
+                    if not t.exited.acquire(timeout=timeout):
+                        leaked.append(t.name)
+                continue
             if t.thread.is_alive():
-                t.sem.release()
+                _pass(t.sem)
                 t.thread.join(timeout)
                 if t.thread.is_alive():
                     leaked.append(t.name)
@@ -546,7 +685,8 @@ class FuzzLoop(asyncio.SelectorEventLoop):
     ``callbacks="explore"``), virtual clock, managed executor threads."""
 
     def __init__(self, sched: Scheduler):
-        super().__init__()
+        # Never polled (``_run_once`` is ours): a select()-based selector needs no epoll descriptor.
+        super().__init__(selectors.SelectSelector())
         self._sched = sched
         self._executor_n = 0
         self.set_exception_handler(self._on_exception)
@@ -559,6 +699,14 @@ class FuzzLoop(asyncio.SelectorEventLoop):
         return self._sched.vnow
 
     def _write_to_self(self) -> None:
+        pass
+
+    def _make_self_pipe(self) -> None:
+        # Nothing wakes this loop through its self-pipe (``_write_to_self`` is a no-op, nothing is polled):
+        # skip the socketpair a real loop creates, a per-schedule cost.
+        self._ssock = self._csock = None
+
+    def _close_self_pipe(self) -> None:
         pass
 
     def run_in_executor(self, executor, func, *args):
@@ -599,7 +747,7 @@ class FuzzLoop(asyncio.SelectorEventLoop):
                     fr = aw.cr_frame
                     continue
                 break
-            where = f"{_short(fr.f_code.co_filename)}:{fr.f_lineno} ({fr.f_code.co_name})" if fr else "start"
+            where = f"{_code_info(fr.f_code)[2]}:{fr.f_lineno} ({fr.f_code.co_name})" if fr else "start"
             return f"step {s.task_label(owner)}", where
         name = getattr(cb, "__qualname__", type(cb).__name__)
         return f"cb {name}", "-"

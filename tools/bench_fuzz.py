@@ -4,10 +4,18 @@ suite side by side with peers: `python -m tripwire.tools.bench_fuzz --races [--p
 Peers (the `bench` extra) need Python >= 3.12 (interleave-test, simloom) / 3.13 (ploom); install them next to
 the repo:  python3.13 -m venv .venv-peers && .venv-peers/bin/pip install frontrun interleave-test simloom ploom
 
+Throughput, first, for each target (random strategy on the correct code, up to --throughput-budget schedules or
+--throughput-s seconds): schedules/s, decisions per schedule (scheduling decisions: points with >= 2 runnable
+options, counted by the scheduler), us per decision (the run's wall time / its decisions, per-schedule setup
+included), CPU us per decision (process CPU time / decisions: what other load on the machine changes least)
+and switch points per schedule; then the goal line: >= 500 schedules/s on the toy targets, >= 200/s on
+every engine and cache target (timings are noisy on a shared machine: compare runs, not single figures).
 For each target and each of its bad-shape variants: seeds found / 20 (random, <= 200 schedules each),
 median and max schedules to find, max wall time to find, schedules/s, bounded:2 (runs to find, minimal
 preemptions), and the plain-repetition hit rate (same body, real threads, no scheduler).
 For each correct target: random schedules passed, schedules/s, and every schedule with <= 2 deviations.
+`--quick` (<= ~60 s): throughput (<= 2 s per target) and found / 3 per variant only (no bounded:2, no plain runs,
+no correct-code bounded search). Exit 1 when a variant is missed or correct code fails; speed never sets the exit.
 """
 
 from __future__ import annotations
@@ -23,7 +31,49 @@ from tripwire.fuzz.explore import run
 from tripwire.fuzz.plain import run_plain
 
 
-def bench_variant(tgt, variant, seeds, budget, plain_runs):
+TOY_MODULE = "tripwire.fuzz.targets.toy"
+TOY_GOAL, ENGINE_GOAL = 500.0, 200.0  # schedules/s: toy targets / engine and cache targets (issue 16)
+
+
+def goal_for(tgt) -> float:
+    """The schedules/s goal of a built-in target: toy targets (fuzz/targets/toy.py) or every other one."""
+    return TOY_GOAL if getattr(tgt.body, "__module__", "") == TOY_MODULE else ENGINE_GOAL
+
+
+def throughput(tgt, budget: int, time_limit: float | None, seed: int = 12345) -> dict:
+    """Random schedules of the correct code: schedules/s and the per-decision cost (decisions counted by the
+    scheduler, wall time of the whole run divided by them)."""
+    rep = run(tgt, strategy="random", budget=budget, seed=seed, artifacts=False, stop_on_failure=False,
+              time_limit=time_limit)
+    n = max(1, rep.schedules)
+    return dict(schedules=rep.schedules, failures=len(rep.failures), rate=rep.rate,
+                decisions_per_schedule=rep.decisions_per_schedule, us_per_decision=rep.us_per_decision,
+                cpu_us_per_decision=rep.cpu_us_per_decision,
+                steps_per_schedule=rep.steps / n, goal=goal_for(tgt),
+                first=rep.failures[0][1] if rep.failures else None)
+
+
+def print_throughput(names, targets, budget: int, time_limit: float | None) -> tuple[bool, list[str]]:
+    """The throughput table; returns (correct code passed, names below their goal)."""
+    print(f"{'target':<34} {'schedules':>9} {'sched/s':>8} {'goal':>5} {'dec/sched':>9} {'us/dec':>7} "
+          f"{'cpu_us/dec':>10} {'steps/sched':>11}")
+    ok, below = True, []
+    for name in names:
+        r = throughput(targets[name], budget, time_limit)
+        ok &= r["failures"] == 0
+        if r["rate"] < r["goal"]:
+            below.append(f"{name} {r['rate']:.0f}/s < {r['goal']:.0f}")
+        print(f"{name:<34} {r['schedules']:>9} {r['rate']:>8.0f} {r['goal']:>5.0f} {r['decisions_per_schedule']:>9.1f} "
+              f"{r['us_per_decision']:>7.0f} {r['cpu_us_per_decision']:>10.0f} {r['steps_per_schedule']:>11.1f}",
+              flush=True)
+        if r["first"] is not None:
+            print(f"   FAILURE on correct code: {r['first'].failure.summary()}")
+    print(f"throughput goal (>= {TOY_GOAL:.0f}/s toy, >= {ENGINE_GOAL:.0f}/s engine and cache targets; shared machine, "
+          f"noisy): {'MET' if not below else 'NOT MET: ' + '; '.join(below)}\n", flush=True)
+    return ok, below
+
+
+def bench_variant(tgt, variant, seeds, budget, plain_runs, bounded: bool = True):
     found, scheds, walls, rates = 0, [], [], []
     for seed in range(seeds):
         rep = run(tgt, strategy="random", budget=budget, seed=seed, variant=variant, artifacts=False)
@@ -32,9 +82,11 @@ def bench_variant(tgt, variant, seeds, budget, plain_runs):
             found += 1
             scheds.append(rep.first_found)
             walls.append(rep.elapsed)
-    b = run(tgt, strategy="bounded:2", budget=50, seed=0, variant=variant, artifacts=False)
-    bres = (f"run {b.first_found}, preemptions={b.failures[0][1].preemptions}, "
-            f"deviations={b.failures[0][1].deviations}") if b.failures else "NOT FOUND in 50"
+    bres = "-"
+    if bounded:
+        b = run(tgt, strategy="bounded:2", budget=50, seed=0, variant=variant, artifacts=False)
+        bres = (f"run {b.first_found}, preemptions={b.failures[0][1].preemptions}, "
+                f"deviations={b.failures[0][1].deviations}") if b.failures else "NOT FOUND in 50"
     kinds: dict = {}
     hits, _ = run_plain(tgt, plain_runs, variant=variant, timeout=0.5, kinds=kinds) if plain_runs else (0, 0)
     return dict(found=found, seeds=seeds, median=statistics.median(scheds) if scheds else None,
@@ -199,13 +251,16 @@ def races(args) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tripwire.tools.bench_fuzz", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="5 seeds, 200 correct schedules, 100 plain runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="<= ~60 s: throughput (<= 2 s per target) and found/3 per variant, no bounded:2, no plain runs")
     ap.add_argument("--targets", default=None)
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--budget", type=int, default=200)
     ap.add_argument("--plain-runs", type=int, default=1000)
     ap.add_argument("--correct-budget", type=int, default=2000)
     ap.add_argument("--bounded-budget", type=int, default=20000)
+    ap.add_argument("--throughput-budget", type=int, default=1000, help="schedules per target for the throughput table")
+    ap.add_argument("--throughput-s", type=float, default=10.0, help="seconds per target for the throughput table")
     ap.add_argument("--races", action="store_true",
                     help="the race-program suite: ours vs plain stress vs frontrun / interleave-test / simloom")
     ap.add_argument("--peer-python", default=None,
@@ -215,34 +270,41 @@ def main(argv=None) -> int:
         logging.disable(logging.CRITICAL)
         return races(args)
     if args.quick:
-        args.seeds, args.plain_runs, args.correct_budget, args.bounded_budget = 5, 100, 200, 2000
+        args.seeds, args.plain_runs, args.throughput_s = 3, 0, 2.0
     logging.disable(logging.CRITICAL)
     targets = registry.load_targets()
     names = args.targets.split(",") if args.targets else list(targets)
-    ok = True
+    unknown = [n for n in names if n not in targets]
+    if unknown:
+        print(f"unknown target(s) {unknown}; built-in targets: {', '.join(targets)}", file=sys.stderr)
+        return 2
+    t_start = time.perf_counter()
+    ok, _below = print_throughput(names, targets, args.throughput_budget, args.throughput_s)
     print(f"{'target':<24} {'variant':<22} {'found':>6} {'med':>5} {'max':>5} {'wall_max_s':>10} {'sched/s':>8}  "
           f"{'bounded:2':<38} plain")
     for name in names:
         tgt = targets[name]
         for v in tgt.variants:
             t0 = time.perf_counter()
-            r = bench_variant(tgt, v, args.seeds, args.budget, args.plain_runs)
+            r = bench_variant(tgt, v, args.seeds, args.budget, args.plain_runs, bounded=not args.quick)
             ok &= r["found"] == r["seeds"]
             wall = f"{r['wall_max']:.2f}" if r["wall_max"] is not None else "-"
             print(f"{name:<24} {v:<22} {r['found']:>3}/{r['seeds']:<2} {str(r['median']):>5} {str(r['max']):>5} "
                   f"{wall:>10} {r['rate']:>8.0f}  {r['bounded']:<38} {r['plain']}   ({time.perf_counter() - t0:.0f}s)",
                   flush=True)
-    print()
-    print(f"{'target (correct code)':<24} {'random passed':>14} {'sched/s':>8} {'bounded:2 passed':>18}")
-    for name in names:
-        tgt = targets[name]
-        c = bench_correct(tgt, args.correct_budget, args.bounded_budget)
-        ok &= c["random_fail"] == 0 and c["bounded_fail"] == 0
-        ex = "all" if c["bounded_exhausted"] else "capped"
-        print(f"{name:<24} {c['random'] - c['random_fail']:>8}/{c['random']:<5} {c['rate']:>8.0f} "
-              f"{c['bounded'] - c['bounded_fail']:>10}/{c['bounded']} ({ex})", flush=True)
-        if c["first"] is not None:
-            print(f"   FAILURE on correct code: {c['first'].failure.summary()}")
+    if not args.quick:
+        print()
+        print(f"{'target (correct code)':<24} {'random passed':>14} {'sched/s':>8} {'bounded:2 passed':>18}")
+        for name in names:
+            tgt = targets[name]
+            c = bench_correct(tgt, args.correct_budget, args.bounded_budget)
+            ok &= c["random_fail"] == 0 and c["bounded_fail"] == 0
+            ex = "all" if c["bounded_exhausted"] else "capped"
+            print(f"{name:<24} {c['random'] - c['random_fail']:>8}/{c['random']:<5} {c['rate']:>8.0f} "
+                  f"{c['bounded'] - c['bounded_fail']:>10}/{c['bounded']} ({ex})", flush=True)
+            if c["first"] is not None:
+                print(f"   FAILURE on correct code: {c['first'].failure.summary()}")
+    print(f"\ntotal {time.perf_counter() - t_start:.0f}s")
     return 0 if ok else 1
 
 

@@ -1,14 +1,17 @@
 """Cache targets: the real engine.cache stores with their writer threads and filesystem calls
 under the scheduler (names swapped in engine.cache.snapshot_store / block_store / safetensors_io only).
 
+Their filesystem is an in-memory one per schedule (``ctx.filesystem()``, ``fuzz/memfs.py``): the stores' own
+os/shutil calls, each still a switch point, without the disk's mkdtemp/fsync/rmtree cost (plain repetition runs
+them on a real temp dir).
+
 Registration: `fuzz/targets/__init__.py` must import this module (`from . import cache_targets`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import shutil
-import tempfile
 
 import threading as _rt
 import types
@@ -36,14 +39,29 @@ NO_RECHECK = {"no-recheck": "writer takes _writer_busy after queue.get() without
 
 
 def _modules(ctx: Context):
+    """(snapshot_store, block_store, filesystem): the modules (the variant's shaped copy where it has one),
+    instrumented over a fresh filesystem whose empty ``root`` the stores live in."""
     from tripwire.engine.cache import block_store, safetensors_io, snapshot_store
 
     mods = {SNAP: snapshot_store, BLOCK: block_store}
     if ctx.variant in SHAPE_MODULE:
-        mods[SHAPE_MODULE[ctx.variant]] = load_module(ctx.variant, SHAPE_MODULE[ctx.variant])
+        mods[SHAPE_MODULE[ctx.variant]] = ctx.load(load_module, ctx.variant, SHAPE_MODULE[ctx.variant])
+    fs = ctx.filesystem()
+    ids = _request_ids()
     for mod in (mods[SNAP], mods[BLOCK], safetensors_io):
-        ctx.instrument(mod, fs=True)
-    return mods[SNAP], mods[BLOCK]
+        ctx.isolate(mod)  # module state (block_store._LIVE_TEMPS, ...) never outlives the schedule
+        ctx.instrument(mod, fs=fs, extra={"new_request_id": ids} if hasattr(mod, "new_request_id") else None)
+    return mods[SNAP], mods[BLOCK], fs
+
+
+def _request_ids():
+    """`new_request_id` with a per-schedule counter: engine.ids' counter is process-global, and its values name
+    the stores' temp files (so they are in the trace), which made a schedule's trace depend on earlier ones."""
+    counter = itertools.count(1)
+
+    def new_request_id(prefix: str = "req") -> str:
+        return f"{prefix}-fuzz{next(counter):x}"
+    return new_request_id
 
 
 def _tensors(i: int) -> dict:
@@ -58,16 +76,6 @@ def _snapshot_store(ctx: Context, mod, root: str):
                 return False
         cls = NoRecheck
     return cls(root, session="1-fuzz", queue_size=4, remove_stale_sessions=False)
-
-
-def _files(root: str) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
-
-
-def _tmpdir(ctx: Context) -> str:
-    root = tempfile.mkdtemp(prefix="fuzz-cache-")
-    ctx.on_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
-    return root
 
 
 async def _shutdown(ctx: Context, stop) -> None:
@@ -125,8 +133,8 @@ def _check_counter(ctx: Context, store, rid: str, acquired: bool) -> None:
         "returns while the writer is mid-write of an item saved before it, nothing is recreated after it returned, no such file survives, counters balance",
         uses="toy", variants={**NO_RECHECK, **describe("cache-cleanup-all-skips-barrier")})
 async def writer_vs_cleanup_all(ctx: Context) -> None:
-    ss, _bs = _modules(ctx)
-    root = _tmpdir(ctx)
+    ss, _bs, fs = _modules(ctx)
+    root = fs.root
     # Half the schedules: a slow disk (the writer stalls 1 s of virtual time inside its first write, well under
     # the 5 s cleanup bound) and cleanup_all() starts during the stall.
     stall = _Pin(ctx, ss, lambda m: True, stall_s=1.0) if ctx.data.random() < 0.5 else None
@@ -193,7 +201,7 @@ async def writer_vs_cleanup_all(ctx: Context) -> None:
     await ctx.quiescent()
     ctx.check(p.state == "done" and c.state == "done", "producer/cleanup did not finish")
     final_gen = store._generation
-    left = [os.path.relpath(f, "1-fuzz") for f in _files(root)]
+    left = [os.path.relpath(f, "1-fuzz") for f in fs.files(root)]
     ctx.state["leftovers"] = left
     orphans = [f for f in left if saved.get(f, -1) < final_gen]
     ctx.check(not orphans, f"file(s) saved before cleanup_all() survived it: {orphans}")
@@ -211,8 +219,8 @@ async def writer_vs_cleanup_all(ctx: Context) -> None:
         uses="toy", variants={**NO_RECHECK, **describe("cache-counter-set-not-added", "cache-counter-created-for-zero",
                                                        "cache-counter-popped-on-timeout")})
 async def writer_vs_cleanup_request(ctx: Context) -> None:
-    ss, _bs = _modules(ctx)
-    root = _tmpdir(ctx)
+    ss, _bs, fs = _modules(ctx)
+    root = fs.root
     pin = _Pin(ctx, ss, lambda m: m.get("request_id") == "P") if ctx.data.random() < 0.5 else None
     store = _snapshot_store(ctx, ss, root)
     ctx.state["pinned"] = pin is not None
@@ -250,7 +258,7 @@ async def writer_vs_cleanup_request(ctx: Context) -> None:
     c = ctx.spawn(cleaner, name="cleanup")
     await ctx.quiescent()
     ctx.check(p.state == "done" and c.state == "done", "producer/cleanup did not finish")
-    files = {tuple(f.split(os.sep)[1:]) for f in _files(root)}  # (rid, "N.safetensors")
+    files = {tuple(f.split(os.sep)[1:]) for f in fs.files(root)}  # (rid, "N.safetensors")
     ctx.state["files"] = sorted(files)
     for rid, tokens in (("X", 192), ("Z", 64), ("Y", 64)) + ((("P", 64),) if pin else ()):
         ctx.check((rid, f"{tokens}.safetensors") in files,
@@ -270,8 +278,8 @@ async def writer_vs_cleanup_request(ctx: Context) -> None:
         "bounded barrier acquire times out); no X file may survive, the counter is kept on timeout and drains",
         uses="toy", variants={**NO_RECHECK, **describe("cache-counter-popped-on-timeout")})
 async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
-    ss, _bs = _modules(ctx)
-    root = _tmpdir(ctx)
+    ss, _bs, fs = _modules(ctx)
+    root = fs.root
     pin = _Pin(ctx, ss, lambda m: m.get("request_id") == "X") if ctx.data.random() < 0.5 else None
     store = _snapshot_store(ctx, ss, root)
     ctx.state["pinned"] = pin is not None
@@ -293,7 +301,7 @@ async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
     b = ctx.spawn(body, name="request")
     await ctx.quiescent()
     ctx.check(b.state == "done", "request thread did not finish")
-    left = _files(root)
+    left = fs.files(root)
     ctx.check(not left, f"X snapshot(s) survived cleanup_request: {left}")
     ctx.check(store.stats()["in_flight"] == 0 and store._cancelled_requests == {}, "counters unbalanced")
     await _shutdown(ctx, lambda: store.shutdown(timeout=1.0))
@@ -306,8 +314,8 @@ async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
         uses="toy", variants={"queued-unlinks": "eviction routes unlinks through the write queue (seed shape)",
                               **describe("cache-put-nowait-drop")})
 async def eviction_under_saturation(ctx: Context) -> None:
-    _ss, bs = _modules(ctx)
-    root = _tmpdir(ctx)
+    _ss, bs, fs = _modules(ctx)
+    root = fs.root
     from tripwire.engine.cache import safetensors_io as stio
 
     size = stio.serialized_size(_tensors(0), dict(format=bs.FORMAT, version=bs.FORMAT_VERSION, model="fz",
@@ -385,7 +393,7 @@ async def eviction_under_saturation(ctx: Context) -> None:
     ctx.check(not foreign, f"eviction enqueued work on the write queue: {foreign[:2]}")
     st = store.stats()
     ctx.check(st["in_flight"] == 0, f"in-flight depth {st['in_flight']} at quiescence: {st}")
-    on_disk = {f.rsplit("/", 1)[-1].split(".")[0] for f in _files(store.blocks_dir) if f.endswith(".safetensors")}
+    on_disk = {f.rsplit("/", 1)[-1].split(".")[0] for f in fs.files(store.blocks_dir) if f.endswith(".safetensors")}
     indexed = set(store._index)
     ctx.check(on_disk == indexed, f"index != disk: only-disk {sorted(on_disk - indexed)[:3]}, "
                                   f"only-index {sorted(indexed - on_disk)[:3]}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 
 from ..context import Context
 from ..target import target
@@ -17,10 +15,9 @@ from . import toy_code
         uses="toy", variants={"no-barrier": "cleanup_all does not take the writer-busy lock",
                               "late-barrier": "writer locks after queue.get() without re-checking the item"})
 async def writer_cleanup(ctx: Context) -> None:
-    root = tempfile.mkdtemp(prefix="fuzz-toy-")
-    ctx.on_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
-    ctx.instrument(toy_code, fs=True)
-    store_dir = os.path.join(root, "session")
+    fs = ctx.filesystem()  # in memory: no temp dir, files or rmtree on the disk per schedule
+    ctx.instrument(toy_code, fs=fs)
+    store_dir = os.path.join(fs.root, "session")
     store = toy_code.SnapshotStore(store_dir, bug=ctx.variant)
 
     def producer():
@@ -37,7 +34,7 @@ async def writer_cleanup(ctx: Context) -> None:
     ctx.check(prod.state == "done" and cl.state == "done", "producer/cleanup did not finish")
     # every file present was saved after the cleanup: impossible here (all saves happen before or race it),
     # so a file can only exist if its save completed after the cleanup's drain.
-    leftovers = sorted(os.listdir(store_dir)) if os.path.isdir(store_dir) else []
+    leftovers = sorted(fs.os.listdir(store_dir)) if fs.os.path.isdir(store_dir) else []
     ctx.state["leftovers"] = leftovers
     orphans = [f for f in leftovers if store.saved_gen.get(f, -1) < store._generation]
     ctx.check(not orphans, f"orphan file(s) written after cleanup_all returned: {orphans}")

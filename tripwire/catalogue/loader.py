@@ -27,7 +27,7 @@ from . import get
 _PKG_DIR = Path(__file__).resolve().parents[1]
 # A checkout keeps engine/ beside the tripwire/ folder; an installed wheel holds tripwire/engine/.
 ROOT = _PKG_DIR if (_PKG_DIR / "engine").is_dir() else _PKG_DIR.parent
-_ENGINE_SUBMODULES = ("simple", "worker", "admission", "guard", "errors", "types")
+ENGINE_SUBMODULES = ("simple", "worker", "admission", "guard", "errors", "types")  # imported by load_engine
 
 _modules: dict[tuple[str, str], object] = {}
 _engines: dict[str, object] = {}
@@ -90,7 +90,7 @@ def load_engine(shape: str):
         if new != src:
             f.write_text(new, encoding="utf-8")
     mod = importlib.import_module(pkg.name)
-    for sub in _ENGINE_SUBMODULES:
+    for sub in ENGINE_SUBMODULES:
         importlib.import_module(f"{pkg.name}.{sub}")
     _engines[shape] = mod
     return mod

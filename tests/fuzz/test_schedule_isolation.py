@@ -1,0 +1,94 @@
+"""Nothing a schedule does to module state is seen by the next one: shaped modules are loaded once per process
+(tripwire.catalogue.loader caches them by shape), so the per-schedule isolation must undo what a schedule did."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tripwire.fuzz.execute import execute
+from tripwire.fuzz.explore import run
+from tripwire.fuzz.strategies import make_explorer
+from tripwire.fuzz.target import Target
+from tripwire.fuzz.targets import cache_targets
+
+pytestmark = pytest.mark.fuzz
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs():
+    logging.disable(logging.CRITICAL)
+    yield
+    logging.disable(logging.NOTSET)
+
+
+def _state(mod) -> tuple:
+    return (getattr(mod, "_fuzz_leak", None), sorted(mod._LIVE_TEMPS), mod.FORMAT, type(mod.os).__name__)
+
+
+@pytest.mark.parametrize("variant", [None, "cache-put-nowait-drop"])  # real block_store / its cached shaped copy
+def test_a_schedules_module_mutations_are_not_seen_by_the_next_one(variant):
+    seen: list[tuple] = []
+
+    async def body(ctx):
+        _ss, bs, _fs = cache_targets._modules(ctx)
+        seen.append(_state(bs))
+        bs._fuzz_leak = ctx.seed  # a new global
+        bs._LIVE_TEMPS.add(f"leak-{ctx.seed}")  # a module-level container mutated in place
+        bs.FORMAT = "mutated"  # a global rebound
+        ctx.state["mod"] = bs
+
+    tgt = Target("leaky", "mutates module state", body, uses="toy", variants={variant: ""} if variant else {})
+    rep = run(tgt, strategy="random", budget=3, seed=0, variant=variant, artifacts=False)
+    assert rep.schedules == 3 and not rep.failures
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0][:3] == (None, [], "tripwire-kv-block")
+    from tripwire.engine.cache import block_store
+    assert _state(block_store)[:3] == (None, [], "tripwire-kv-block")  # and nothing left after the run
+
+
+def test_shaped_engine_package_state_is_reset_between_schedules():
+    seen: list = []
+
+    async def body(ctx):
+        pkg = ctx.engine()
+        seen.append((getattr(pkg.simple, "_fuzz_leak", None), pkg.admission.MAX_WAIT_LIMIT_S))
+        pkg.simple._fuzz_leak = ctx.seed
+        pkg.admission.MAX_WAIT_LIMIT_S = -1.0
+
+    tgt = Target("leaky-engine", "mutates the shaped engine", body, variants={"lock-released-before-drain": ""})
+    rep = run(tgt, strategy="random", budget=2, seed=0, variant="lock-released-before-drain", artifacts=False)
+    assert not rep.failures
+    assert seen[0] == seen[1] == (None, 2.0)
+
+
+@pytest.mark.parametrize("name", ["writer-vs-cleanup-request", "eviction-under-saturation"])
+def test_same_run_seed_same_trace_in_one_process(name):
+    """A schedule's trace (hash over every event, file names included) does not depend on earlier schedules."""
+    from tripwire.fuzz import registry
+    tgt = registry.load_targets()[name]
+    ex = make_explorer("random", 7, 1)
+    (run_seed, chooser), = list(ex.runs())
+    first = execute(tgt, chooser, run_seed)
+    run(tgt, strategy="random", budget=3, seed=1, artifacts=False)  # other schedules in between
+    again = execute(tgt, make_explorer("random", 7, 1).runs().__next__()[1], run_seed)
+    assert first.failure is None and again.failure is None
+    assert again.choices == first.choices
+    assert again.trace_hash == first.trace_hash
+
+
+def test_a_slow_one_time_load_is_not_a_blocking_call():
+    """Loading a shape inside the first schedule can take seconds on a loaded machine: ctx.load() keeps the
+    watchdog from reporting it as a blocking call; the same wait outside ctx.load() is one."""
+    import time
+
+    async def loads(ctx):
+        ctx.load(time.sleep, 0.4)
+
+    async def blocks(ctx):
+        time.sleep(0.4)
+
+    assert not run(Target("slow-load", "", loads, watchdog_s=0.1), budget=1, artifacts=False).failures
+    rep = run(Target("blocking", "", blocks, watchdog_s=0.1), budget=1, artifacts=False)
+    assert rep.failures and rep.failures[0][1].failure.kind == "blocking-call"
