@@ -1,8 +1,10 @@
 """`make mutation`: generic mutation testing of all of engine/ with mutmut (not in CI; bounded; figures for reviewers).
 
 The engine is split into groups (GROUPS below: modules + the test folders that specify them); each group runs in
-its own temp copy of the project (mutmut rewrites sources; the shared working tree is never touched), with
-mutmut's fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
+its own copy of the project, kept in .tripwire_cache/mutation/GROUP (mutmut rewrites sources there; the working
+tree is never touched). The copy persists: mutmut keeps every mutant's result in it and re-tests only what
+changed, so a run cut short by its bound (or a new session) continues where it stopped (`--fresh` starts over).
+mutmut runs with its fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
 Each group's result lands in reports/mutation/<group>.json, stamped with the content hash of its modules and
 tests; reports/mutation.{json,md} combine every group's latest result and mark a group whose inputs changed
 since it ran as stale.
@@ -112,24 +114,73 @@ def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
         return True
 
 
-def run(modules: list[str], tests: list[str], minutes: float, jobs: int, only: list[str] | None = None) -> dict:
-    """Mutate MODULES, test with TESTS (mutmut picks, per mutant, the tests that reach its function).
+WORK = ROOT / ".tripwire_cache" / "mutation"
 
-    ONLY: mutant names to run (the others are reported "not checked"). Returns the group result (see `summarize`).
+
+def stage(dst: Path, modules: list[str], tests: list[str]) -> Path:
+    """Lay the project out in DST for mutmut (wheel layout + the group's config), touching only what changed.
+
+    DST persists between runs (WORK/GROUP): mutmut keeps each mutant's result in DST/mutants and re-tests only
+    what changed, so a bounded run continues where the last one stopped. An unchanged file keeps its mtime
+    (mutmut then keeps its mutants' results); a changed one gets a fresh mtime (mutmut regenerates its mutants
+    and re-tests the functions whose code changed). Files mutmut only copies once (tests, config) are refreshed
+    in DST/mutants too. Returns DST.
     """
     from tripwire.tools.regressions.prove import copy_project
 
-    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tripwire-mutation-") as tmp:
-        copy = copy_project(ROOT, Path(tmp) / "project")
+        fresh = copy_project(ROOT, Path(tmp) / "project")
         # The wheel layout (tripwire/engine/...): mutmut names a mutant after its file path, and the tests import
         # `tripwire.engine.*`; with the checkout layout (engine/ beside tripwire/) the names never match and
         # every mutant looks uncovered.
         for name in ("engine", "invariants", "fuzz", "tools", "sanitizer"):
-            if (copy / name).is_dir():
-                shutil.move(str(copy / name), str(copy / "tripwire" / name))
-        with open(copy / "pyproject.toml", "a") as f:
+            if (fresh / name).is_dir():
+                shutil.move(str(fresh / name), str(fresh / "tripwire" / name))
+        with open(fresh / "pyproject.toml", "a") as f:
             f.write(_config(modules, tests))
+        sync(fresh, dst)
+    return dst
+
+
+def sync(src: Path, dst: Path) -> list[str]:
+    """Make DST's files (outside DST/mutants) equal SRC's; returns the relative paths written or removed."""
+    dst.mkdir(parents=True, exist_ok=True)
+    mirror = dst / "mutants"
+    seen: set[Path] = set()
+    changed: list[str] = []
+    for f in sorted(src.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(src)
+        seen.add(rel)
+        t = dst / rel
+        if t.is_file() and t.read_bytes() == f.read_bytes():
+            continue
+        t.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, t)           # a fresh mtime: newer than mutmut's copy, so mutmut redoes this file
+        changed.append(rel.as_posix())
+        if rel.parts[0] != "tripwire" and (mirror / rel).parent.is_dir():
+            shutil.copyfile(f, mirror / rel)   # mutmut copies files outside its source path only once
+    for t in sorted(dst.rglob("*")):
+        rel = t.relative_to(dst)
+        if t.is_file() and rel.parts[0] != "mutants" and rel not in seen:
+            t.unlink()
+            (mirror / rel).unlink(missing_ok=True)
+            changed.append(rel.as_posix())
+    return changed
+
+
+def run(modules: list[str], tests: list[str], minutes: float, jobs: int, only: list[str] | None = None,
+        workdir: Path | None = None) -> dict:
+    """Mutate MODULES, test with TESTS (mutmut picks, per mutant, the tests that reach its function).
+
+    ONLY: mutant names to (re)run; the result then holds only them. WORKDIR: the persistent staging directory
+    (see `stage`); None stages into a temp directory that is removed afterwards. Returns the group result (see
+    `summarize`).
+    """
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tripwire-mutation-") as tmp:
+        copy = stage(workdir or Path(tmp) / "project", modules, tests)
         env = dict(os.environ, PYTHONPATH=str(copy), TRIPWIRE_DEBUG="1")
         env.pop("COVERAGE_PROCESS_START", None)
         what = f"{len(only)} named mutants of " if only else ""
@@ -145,6 +196,8 @@ def run(modules: list[str], tests: list[str], minutes: float, jobs: int, only: l
                 statuses[m.group(1)] = m.group(2)
         if only:   # a rerun reports only the mutants it was asked about
             statuses = {n: st for n, st in statuses.items() if n in set(only)}
+        elif workdir is not None:   # results kept from earlier runs of functions that no longer exist
+            statuses = {n: st for n, st in statuses.items() if _module_of(n) in set(modules)}
         diffs: dict[str, str] = {}
         for name in [n for n, st in statuses.items() if st not in KILLED]:
             if statuses[name] == "not checked":
@@ -298,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", nargs="+", help="ad hoc: tests for --modules")
     ap.add_argument("--rerun-survivors", action="store_true",
                     help="rerun only the mutants the group's last result did not kill (after new tests)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
     ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")
     ap.add_argument("--minutes", type=float, default=60.0, help="bound per group (default 60)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
@@ -332,10 +387,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             prev = json.loads(f.read_text())
             names = [n for n, st in prev["statuses"].items() if st not in KILLED]
-            g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names)) \
-                if names else prev
+            g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,
+                                      workdir=WORK / name)) if names else prev
         else:
-            g = run(expand(mods), list(tests), args.minutes, args.jobs)
+            if args.fresh:
+                shutil.rmtree(WORK / name, ignore_errors=True)
+            g = run(expand(mods), list(tests), args.minutes, args.jobs, workdir=WORK / name)
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(g, indent=2) + "\n")
         _print_group(name, g)

@@ -123,3 +123,34 @@ def test_mutation_runs_order_tests_fastest_first_from_mutmuts_stats(tmp_path, mo
     assert [i.nodeid for i in items] == ["t::new", "t::fast", "t::mid", "t::slow"]
     (tmp_path / "mutmut-stats.json").write_text("{not json")
     assert mutation_order.durations() == {}
+
+
+def test_staging_keeps_unchanged_files_and_refreshes_changed_ones_for_mutmut(tmp_path):
+    """A kept copy continues a bounded run: unchanged files keep their mtime (mutmut keeps their results),
+    changed ones get new content and a newer mtime (mutmut redoes them), files mutmut copies once are refreshed in
+    its mirror, and files gone from the project go from both."""
+    import os
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "tripwire" / "engine").mkdir(parents=True)
+    (src / "tests").mkdir()
+    (src / "tripwire" / "engine" / "a.py").write_text("A = 1\n")
+    (src / "tests" / "test_a.py").write_text("def test(): pass\n")
+    (src / "tests" / "test_gone.py").write_text("")
+    assert sorted(mutation.sync(src, dst)) == ["tests/test_a.py", "tests/test_gone.py", "tripwire/engine/a.py"]
+    (dst / "mutants" / "tests").mkdir(parents=True)                       # what mutmut made of it
+    (dst / "mutants" / "tests" / "test_a.py").write_text("def test(): pass\n")
+    (dst / "mutants" / "tests" / "test_gone.py").write_text("")
+    old = 1_000_000_000
+    for f in dst.rglob("*.py"):
+        os.utime(f, (old, old))
+    assert mutation.sync(src, dst) == []                                   # nothing changed: nothing touched
+    assert os.path.getmtime(dst / "tripwire" / "engine" / "a.py") == old
+    (src / "tripwire" / "engine" / "a.py").write_text("A = 2\n")
+    (src / "tests" / "test_a.py").write_text("def test(): assert 1\n")
+    (src / "tests" / "test_gone.py").unlink()
+    assert sorted(mutation.sync(src, dst)) == ["tests/test_a.py", "tests/test_gone.py", "tripwire/engine/a.py"]
+    assert (dst / "tripwire" / "engine" / "a.py").read_text() == "A = 2\n"
+    assert os.path.getmtime(dst / "tripwire" / "engine" / "a.py") > old
+    assert (dst / "mutants" / "tests" / "test_a.py").read_text() == "def test(): assert 1\n"
+    assert not (dst / "tests" / "test_gone.py").exists() and not (dst / "mutants" / "tests" / "test_gone.py").exists()
