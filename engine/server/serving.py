@@ -82,6 +82,7 @@ class ConnectionGuard:
 
     def __init__(self, limits: ClientLimits) -> None:
         self.limits = limits
+        self.early: Any = None  # the app's EarlyBusyAnswer (set by `server_config` when the app has one)
         self.header_timeouts = _BurstLog("client header deadline")
         self.refusals = _BurstLog("connection limit")
 
@@ -118,6 +119,14 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        """Offer `data` to the early busy answer (a busy generation request answered before h11, see
+        `engine.server.earlybusy`); otherwise feed h11 (`h11_data_received`)."""
+        early = self.guard.early
+        if early is not None and early.take(self, data):
+            return
+        self.h11_data_received(data)
+
+    def h11_data_received(self, data: bytes) -> None:
         """Feed h11; keep the header deadline armed only while a request's head is still incomplete."""
         super().data_received(data)
         if self.transport.is_closing():
@@ -163,10 +172,12 @@ def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits
                   log_level: str = "info", **kw: Any) -> uvicorn.Config:
     """A uvicorn Config running `app` with the guarded protocol and the limits' keep-alive and shutdown bounds.
 
-    The app's `state.connection_guard` receives the guard (its counters show in /v1/status).
+    The app's `state.connection_guard` receives the guard (its counters show in /v1/status); an app with an
+    `early_busy_answer` (see `FastPathApp`) has busy generation requests answered before h11 parses them.
     """
     limits = limits or ClientLimits()
     guard = ConnectionGuard(limits)
+    guard.early = getattr(app, "early_busy_answer", None)
     try:
         app.state.connection_guard = guard
     except AttributeError:
