@@ -13,7 +13,8 @@ exercise the server's cancellation drain. Prints a status histogram, p50/p99 lat
 disconnects issued, and /v1/status before and after (nothing may be left locked).
 
 Goodput: unless `--baseline-seconds 0`, the same invocation first runs ONE client alone for that long (the idle
-baseline), then the storm; both count the completion tokens of finished 200s. It prints
+baseline), then the storm (with `--rounds N`: N alternating pairs of slices adding up to the same times); both
+count the completion tokens of finished 200s. It prints
 `goodput ratio = storm tokens/s / single-client tokens/s` (issue 16 wants >= 0.8 with 32 clients retrying at
 once) and the 503s' server-side p99 (from Server-Timing; wanted <= 10 ms).
 """
@@ -282,16 +283,16 @@ async def get_status(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return r.json()
 
 
-async def phase(a: argparse.Namespace, clients: int, seconds: float) -> tuple[Stats, float]:
-    """Run `clients` client loops until `seconds` passed; each keeps one keep-alive connection open."""
-    stats = Stats()
+async def phase(a: argparse.Namespace, clients: int, seconds: float, stats: Stats) -> float:
+    """Run `clients` client loops for `seconds`, counting into `stats`; each keeps one keep-alive connection
+    open. Returns the wall time it took."""
     requests = build_requests(a)
     conns: list[RawConnection] = []
     t0 = time.perf_counter()
     deadline = t0 + seconds
     await asyncio.gather(*(client_loop(i, a, deadline, stats, requests, conns) for i in range(clients)))
-    stats.connects = sum(c.connects for c in conns)
-    return stats, time.perf_counter() - t0
+    stats.connects += sum(c.connects for c in conns)
+    return time.perf_counter() - t0
 
 
 async def settle(client: httpx.AsyncClient, url: str) -> tuple[dict[str, Any], bool]:
@@ -308,16 +309,26 @@ async def settle(client: httpx.AsyncClient, url: str) -> tuple[dict[str, Any], b
 async def run(a: argparse.Namespace) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=a.timeout) as client:  # /v1/status only; the load is raw (see phase)
         await get_status(client, a.url)  # unreachable server: fail now, not after a baseline of refused connects
+        # Baseline and storm alternate in `--rounds` pairs: a shared machine's load drifts, and pairing each
+        # storm slice with a baseline slice just before it keeps the ratio about the server, not the drift.
+        bstats, bwall, stats, wall = Stats(), 0.0, Stats(), 0.0
+        before: dict[str, Any] | None = None
+        for _ in range(a.rounds):
+            if a.baseline_seconds > 0:  # the idle baseline: one client alone, same request shape
+                bwall += await phase(a, 1, a.baseline_seconds / a.rounds, bstats)
+                await settle(client, a.url)
+            if before is None:
+                before = await get_status(client, a.url)
+            wall += await phase(a, a.clients, a.seconds / a.rounds, stats)
+            after, idle = await settle(client, a.url)
+            if not idle:
+                break
         base = None
-        if a.baseline_seconds > 0:  # the idle baseline: one client alone, same request shape
-            bstats, bwall = await phase(a, 1, a.baseline_seconds)
-            await settle(client, a.url)
+        if a.baseline_seconds > 0:
             base = {"seconds": round(bwall, 2), "completed": bstats.status.get("200", 0),
                     "completion_tokens": bstats.completion_tokens,
                     "tokens_per_s": round(bstats.completion_tokens / bwall, 1)}
-        before = await get_status(client, a.url)
-        stats, wall = await phase(a, a.clients, a.seconds)
-        after, idle = await settle(client, a.url)
+        assert before is not None
     ms = lambda v: None if v is None else round(v * 1000, 2)  # noqa: E731
     total = sum(stats.status.values())
     storm_tps = round(stats.completion_tokens / wall, 1)
@@ -325,7 +336,8 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "config": {"url": a.url, "clients": a.clients, "seconds": a.seconds, "stream": a.stream,
                    "disconnect_rate": a.disconnect_rate, "max_tokens": a.max_tokens,
-                   "baseline_seconds": a.baseline_seconds},
+                   "baseline_seconds": a.baseline_seconds, "rounds": a.rounds,
+                   "honor_retry_after": a.honor_retry_after},
         "requests": total, "requests_per_s": round(total / wall, 1), "connections_opened": stats.connects,
         "status": dict(sorted(stats.status.items())),
         "latency_ms": {code: {"n": len(v), "p50": ms(pct(v, 50)), "p99": ms(pct(v, 99)), "max": ms(max(v))}
@@ -356,7 +368,8 @@ def summarize(st: dict[str, Any]) -> dict[str, Any]:
 
 def print_report(rep: dict[str, Any]) -> None:
     c = rep["config"]
-    print(f"tripwire load: {c['clients']} clients x {c['seconds']} s, stream={c['stream']}, "
+    print(f"tripwire load: {c['clients']} clients x {c['seconds']} s in {c['rounds']} round(s), "
+          f"{'honoring retry_after' if c['honor_retry_after'] else 'retrying at once'}, stream={c['stream']}, "
           f"disconnect_rate={c['disconnect_rate']}, max_tokens={c['max_tokens']} -> {c['url']}")
     print(f"requests: {rep['requests']} ({rep['requests_per_s']}/s) over {rep['connections_opened']} connections")
     print("status histogram:")
@@ -393,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--baseline-seconds", type=float, default=10.0,
                    help="first run one client alone this long (the goodput baseline); 0 skips it")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate baseline and storm in this many pairs of slices (the totals are unchanged); "
+                        "on a shared machine 3-5 rounds keep load drift out of the ratio")
     p.add_argument("--stream", action="store_true")
     p.add_argument("--disconnect-rate", type=float, default=0.0)
     p.add_argument("--disconnect-after-max-s", type=float, default=0.1,
@@ -406,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0 <= a.disconnect_rate <= 1:
         p.error("--disconnect-rate must be in [0, 1]")
-    if a.baseline_seconds < 0 or a.seconds <= 0 or a.clients < 1:
-        p.error("--seconds and --clients must be positive, --baseline-seconds >= 0")
+    if a.baseline_seconds < 0 or a.seconds <= 0 or a.clients < 1 or a.rounds < 1:
+        p.error("--seconds, --clients and --rounds must be positive, --baseline-seconds >= 0")
     try:
         host_port(a.url)
     except ValueError as exc:

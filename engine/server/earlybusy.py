@@ -18,8 +18,9 @@ Server-Timing measured from this chunk's arrival) on the kept-alive connection, 
 and logged as the request log would (`ServerStats`, the access-log line). If the engine became free
 meanwhile (``NotBusy``) or anything unexpected happens, the chunk goes to h11 exactly as it arrived.
 
-Guarantees: the answer is the one the app alone would give; reading is paused while a taken request is
-pending (no pipelined bytes can overtake it); nothing here calls into MLX or takes an engine lock.
+Guarantees: the answer is the one the app alone would give; bytes arriving on the connection while a taken
+request is pending wait for its answer, then go the usual way (nothing overtakes it); nothing here calls into
+MLX or takes an engine lock.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ class EarlyBusyAnswer:
     def take(self, proto: Any, data: bytes) -> bool:
         """Take `data` (True: it will be answered or handed back to `proto.h11_data_received`) or leave it
         (False: the caller feeds it to h11 as usual). Never raises."""
+        pending = getattr(proto, "early_pending", None)
+        if pending is not None:  # bytes after a taken request (pipelined): they wait for its answer
+            pending.later.append(data)
+            return True
         if not self.is_busy():
             return False
         conn = proto.conn
@@ -145,6 +150,7 @@ class _PendingAnswer:
                  "root_path": "", "headers": req.headers, "server": proto.server, "client": proto.client,
                  "state": {"reqlog": self.ctx}}
         self.coro = owner.prechecks(Request(scope, self._receive), req.chat)
+        self.later: list[bytes] = []  # bytes that arrived on the connection while this request was pending
 
     async def _receive(self) -> dict[str, Any]:
         return {"type": "http.request", "body": self.req.body, "more_body": False}
@@ -153,7 +159,7 @@ class _PendingAnswer:
         proto = self.proto
         proto._unset_keepalive_if_required()
         proto._cancel_header_timer()
-        proto.flow.pause_reading()  # nothing may overtake this request on its connection
+        proto.early_pending = self  # nothing may overtake this request on its connection (see `take`)
         self._step()
 
     def _step(self) -> None:
@@ -176,12 +182,20 @@ class _PendingAnswer:
 
     def _hand_back(self) -> None:
         proto = self.proto
-        proto.flow.resume_reading()
+        proto.early_pending = None
         if not proto.transport.is_closing():
             proto.h11_data_received(self.data)
+        self._replay_later()
+
+    def _replay_later(self) -> None:
+        for data in self.later:
+            if self.proto.transport.is_closing():
+                return
+            self.proto.data_received(data)
 
     def _answer(self, err: ApiError) -> None:
         proto, ctx, owner = self.proto, self.ctx, self.owner
+        proto.early_pending = None
         ctx.error_code = err.code
         ctx.busy = ctx.busy or err.code == "text_generation_busy"
         if proto.transport.is_closing():
@@ -191,14 +205,14 @@ class _PendingAnswer:
             ctx.status = resp.status_code
             timing = b"app;dur=%.3f" % ((time.perf_counter() - self.started) * 1000)
             headers = [*proto.server_state.default_headers, *resp.raw_headers, (b"server-timing", timing)]
-            proto.transport.write(response_bytes(resp.status_code, headers, resp.body))
-            owner.answered += 1
+            owner.answered += 1  # counted before the write: a client may read the answer at once
             if owner.counted_in is not None:
                 owner.counted_in.answered += 1
             proto.server_state.total_requests += 1
+            proto.transport.write(response_bytes(resp.status_code, headers, resp.body))
             proto.timeout_keep_alive_task = proto.loop.call_later(proto.timeout_keep_alive,
                                                                   proto.timeout_keep_alive_handler)
-            proto.flow.resume_reading()
         if owner.stats is not None:
             owner.stats.record(ctx)
         access_log.info(json.dumps(ctx.line(), separators=(",", ":")))
+        self._replay_later()

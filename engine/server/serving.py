@@ -109,6 +109,7 @@ class GuardedH11Protocol(H11Protocol):
         over = len(self.connections) >= self.guard.limits.max_connections
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self.early_pending: Any = None  # a request the early busy answer took and has not answered yet
         if over:
             self.guard.refusals.event(f"{len(self.connections) - 1} connections open, limit "
                                       f"{self.guard.limits.max_connections}; refusing new ones with 503")

@@ -106,7 +106,7 @@ def test_the_early_answer_is_byte_for_byte_the_apps_answer_but_for_the_varying_p
     finally:
         conn.close()
     assert a[0] == b[0] == 503
-    varying = ("date", "server-timing", "retry-after")
+    varying = ("date", "server-timing", "retry-after", "content-length")  # retry_after in the body varies
     assert list(a[1]) == list(b[1])  # same headers in the same order
     assert {k: v for k, v in a[1].items() if k not in varying} == {k: v for k, v in b[1].items() if k not in varying}
     ea, eb = json.loads(a[2])["error"], json.loads(b[2])["error"]
@@ -188,3 +188,118 @@ def test_parse_leaves_everything_else_to_h11(data):
 def test_response_bytes_is_one_buffer_with_status_line_headers_and_body():
     out = response_bytes(503, [(b"content-length", b"2"), (b"retry-after", b"1")], b"{}")
     assert out == b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nretry-after: 1\r\n\r\n{}"
+
+
+def test_pipelined_requests_are_answered_in_order(srv):
+    """A second request sent before the first is answered (it may arrive while the first is pending) waits
+    for the first's answer and gets its own, in order."""
+    conn = Conn(srv)
+    try:
+        with holding_stream(srv):
+            conn.sock.sendall(chat_bytes(4, b"x-request-id: req-pipe-1"))
+            conn.sock.sendall(chat_bytes(4, b"x-request-id: req-pipe-2"))
+            first = conn.request(b"")
+            second = conn.request(b"")
+    finally:
+        conn.close()
+    assert (first[0], first[1]["x-request-id"]) == (503, "req-pipe-1")
+    assert (second[0], second[1]["x-request-id"]) == (503, "req-pipe-2")
+
+
+# -- the protocol side alone, with a scripted protocol: bytes arriving while a request is pending ------------
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeProto:
+    """What EarlyBusyAnswer touches on uvicorn's h11 protocol (GuardedH11Protocol in the server)."""
+
+    def __init__(self, early, loop) -> None:
+        import h11
+        from types import SimpleNamespace
+
+        self.early, self.loop = early, loop
+        self.conn, self.cycle, self.transport = h11.Connection(h11.SERVER), None, FakeTransport()
+        self.server, self.client = ("127.0.0.1", 1), ("127.0.0.1", 2)
+        self.server_state = SimpleNamespace(default_headers=[(b"server", b"uvicorn")], total_requests=0)
+        self.timeout_keep_alive, self.timeout_keep_alive_task, self.early_pending = 5.0, None, None
+        self.to_h11: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        if not self.early.take(self, data):
+            self.to_h11.append(data)
+
+    def h11_data_received(self, data: bytes) -> None:
+        self.to_h11.append(data)
+
+    def timeout_keep_alive_handler(self) -> None:  # pragma: no cover - the test ends first
+        pass
+
+    def _unset_keepalive_if_required(self) -> None:
+        pass
+
+    def _cancel_header_timer(self) -> None:
+        pass
+
+
+def test_bytes_arriving_while_a_request_is_pending_wait_for_its_answer():
+    from tripwire.engine.server.earlybusy import EarlyBusyAnswer
+    from tripwire.engine.server.errors import ApiError
+
+    order = []
+
+    async def prechecks(request, chat):
+        rid = request.headers["x-request-id"]
+        order.append(("checked", rid))
+        await asyncio.sleep(0)  # the settle iterations: the second request arrives meanwhile
+        raise ApiError(503, "text_generation_busy", f"busy ({rid})", retry_after=0.5)
+
+    async def main():
+        early = EarlyBusyAnswer(is_busy=lambda: True, prechecks=prechecks)
+        proto = FakeProto(early, asyncio.get_running_loop())
+        proto.data_received(chat_bytes(4, b"x-request-id: r1"))
+        assert proto.early_pending is not None
+        proto.data_received(chat_bytes(4, b"x-request-id: r2"))  # pending: buffered, not checked yet
+        assert order == [("checked", "r1")]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return early, proto
+
+    import asyncio
+
+    early, proto = asyncio.run(main())
+    assert order == [("checked", "r1"), ("checked", "r2")] and early.answered == 2 and proto.to_h11 == []
+    bodies = [json.loads(w.partition(b"\r\n\r\n")[2])["error"]["message"] for w in proto.transport.written]
+    assert bodies == ["busy (r1)", "busy (r2)"] and proto.server_state.total_requests == 2
+    assert all(w.startswith(b"HTTP/1.1 503 Service Unavailable\r\nserver: uvicorn\r\n") for w in proto.transport.written)
+
+
+def test_a_request_the_checks_let_through_goes_to_h11_exactly_as_it_arrived():
+    import asyncio
+
+    from tripwire.engine.server.earlybusy import EarlyBusyAnswer
+    from tripwire.engine.server.fastpath import NotBusy
+
+    async def prechecks(request, chat):
+        await asyncio.sleep(0)
+        raise NotBusy()
+
+    async def main():
+        early = EarlyBusyAnswer(is_busy=lambda: True, prechecks=prechecks)
+        proto = FakeProto(early, asyncio.get_running_loop())
+        data = chat_bytes(4)
+        proto.data_received(data)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return early, proto, data
+
+    early, proto, data = asyncio.run(main())
+    assert proto.to_h11 == [data] and proto.transport.written == [] and early.answered == 0
+    assert proto.early_pending is None
