@@ -350,10 +350,11 @@ async def _generate(request: Request, st: ServerState, *, chat: bool, precheck_o
     try:
         reject_if_busy = getattr(engine, "reject_if_busy", None)
         is_busy = getattr(engine, "is_busy", None)
-        if is_busy is not None and is_busy():
+        if is_busy is not None and is_busy() and not request.scope.get("state", {}).get("peers_quiet"):
             # The holder's client may have just gone: its EOF can sit in this very loop iteration, behind us.
             # Let the loop run a few callbacks (no timer) so that disconnect lands (the engine then knows the
-            # holder is draining and admission waits the few ms for it) before deciding busy.
+            # holder is draining and admission waits the few ms for it) before deciding busy. Skipped when the
+            # early busy answer proved no connection with a response in flight has a disconnect pending.
             for _ in range(_SETTLE_LOOP_ITERATIONS):
                 await asyncio.sleep(0)
         if reject_if_busy is not None:

@@ -11,8 +11,9 @@ when all of this holds, and otherwise hands it to h11 untouched (then the ASGI b
 * the engine is busy (`is_busy()`, the read-only probe).
 
 A taken request runs the route's own pre-admission checks (``prechecks``: auth, body, fields, model, limits,
-then the busy check with its settle iterations that let a disconnecting holder's EOF land first), stepped
-by loop callbacks instead of a task. An ``ApiError`` from them is written as ONE pre-assembled response (the
+then the busy check), stepped by loop callbacks instead of a task. The busy check's settle iterations (which
+let a disconnecting holder's EOF land first) are skipped when `peers_quiet` proves there is none to land: every
+other connection with a response in flight is open and has no unread EOF in the kernel (one MSG_PEEK each). An ``ApiError`` from them is written as ONE pre-assembled response (the
 same status, headers and body the app gives: uvicorn's default headers, the error's headers, X-Request-Id,
 Server-Timing measured from this chunk's arrival) on the kept-alive connection, and the request is counted
 and logged as the request log would (`ServerStats`, the access-log line). If the engine became free
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -96,6 +98,48 @@ def parse_plain_post(data: bytes) -> PlainPost | None:
     return PlainPost(path, chat, headers, body)
 
 
+def peer_may_be_gone(sock: socket.socket) -> bool:
+    """False only when `sock` (non-blocking) provably has nothing waiting: no unread EOF, bytes or error. One
+    MSG_PEEK syscall that consumes nothing. Never raises."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset or otherwise broken: its disconnect is on its way
+    return True  # EOF (b"") or unread bytes
+
+
+RECENT_DISCONNECT_S = 0.5  # after a mid-response disconnect, busy answers settle as the route does
+
+
+def peers_quiet(proto: Any) -> bool:
+    """True when no other connection of the server with a response in flight (the slot holder's among them)
+    can be disconnecting right now: no such connection was lost in the last RECENT_DISCONNECT_S (its abort
+    may still be on its way through the loop), and each one open is not yet seen disconnected by uvicorn and
+    has no unread EOF in the kernel. Then a busy answer needs no settle iterations (the route's `peers_quiet`
+    shortcut): there is no pending disconnect for them to let land. Never raises (anything unexpected: False)."""
+    try:
+        lost_at = proto.guard.inflight_lost_at
+        if lost_at is not None and time.monotonic() - lost_at < RECENT_DISCONNECT_S:
+            return False
+        for other in proto.connections:
+            if other is proto:
+                continue
+            cycle = getattr(other, "cycle", None)
+            if cycle is None or cycle.response_complete:
+                continue
+            transport = other.transport
+            if cycle.disconnected or transport.is_closing():
+                return False
+            raw = getattr(transport.get_extra_info("socket"), "_sock", None)
+            if raw is None or peer_may_be_gone(raw):
+                return False
+        return True
+    except Exception:
+        return False
+
+
 def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     """An HTTP/1.1 response head + body in one buffer (header names as given)."""
     head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
@@ -148,7 +192,7 @@ class _PendingAnswer:
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
                  "scheme": "http", "path": req.path, "raw_path": req.path.encode(), "query_string": b"",
                  "root_path": "", "headers": req.headers, "server": proto.server, "client": proto.client,
-                 "state": {"reqlog": self.ctx}}
+                 "state": {"reqlog": self.ctx, "peers_quiet": peers_quiet(proto)}}
         self.coro = owner.prechecks(Request(scope, self._receive), req.chat)
         self.later: list[bytes] = []  # bytes that arrived on the connection while this request was pending
 

@@ -83,6 +83,9 @@ class ConnectionGuard:
     def __init__(self, limits: ClientLimits) -> None:
         self.limits = limits
         self.early: Any = None  # the app's EarlyBusyAnswer (set by `server_config` when the app has one)
+        # When a connection was last lost mid-response (a dropped stream: its abort is still on its way
+        # through the loop, so the early busy answer must let it land, see `earlybusy.peers_quiet`).
+        self.inflight_lost_at: float | None = None
         self.header_timeouts = _BurstLog("client header deadline")
         self.refusals = _BurstLog("connection limit")
 
@@ -138,8 +141,11 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Disarm the header deadline, then let uvicorn clean up."""
+        """Disarm the header deadline, note a loss in the middle of a response (see `ConnectionGuard`), then let
+        uvicorn clean up."""
         self._cancel_header_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.guard.inflight_lost_at = time.monotonic()
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:

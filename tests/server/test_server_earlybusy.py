@@ -303,3 +303,42 @@ def test_a_request_the_checks_let_through_goes_to_h11_exactly_as_it_arrived():
     early, proto, data = asyncio.run(main())
     assert proto.to_h11 == [data] and proto.transport.written == [] and early.answered == 0
     assert proto.early_pending is None
+
+
+def test_drop_a_stream_then_send_the_next_request_at_once_on_a_kept_alive_connection(srv):
+    """The early path keeps the drain guarantee of the app's path: a request sent the moment the holder's
+    connection closes is served, or told to retry after the measured drain time (< 0.5 s), never after the
+    dropped stream's remaining tokens."""
+    outcomes = []
+    for _ in range(5):
+        conn = Conn(srv)
+        try:
+            with holding_stream(srv):
+                pass  # leaving the block closes the stream's connection: the server aborts and drains
+            status, headers, body = conn.request(chat_bytes(2))
+        finally:
+            conn.close()
+        outcomes.append(status)
+        if status == 503:
+            err = json.loads(body)["error"]
+            assert err["code"] == "text_generation_busy" and err["retry_after"] <= 0.5, err
+        else:
+            assert status == 200, body
+        srv.wait_idle()
+    print("statuses after a dropped stream:", outcomes)
+
+
+def test_the_eof_probe_sees_a_peer_that_closed_before_the_loop_read_it():
+    from tripwire.engine.server.earlybusy import peer_may_be_gone
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        assert peer_may_be_gone(a) is False  # open and silent
+        b.sendall(b"x")
+        assert peer_may_be_gone(a) is True  # unread bytes: not provably silent
+        assert a.recv(1) == b"x"
+        b.close()
+        assert peer_may_be_gone(a) is True  # EOF waiting to be read
+    finally:
+        a.close()
