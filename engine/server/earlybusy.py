@@ -13,7 +13,8 @@ when all of this holds, and otherwise hands it to h11 untouched (then the ASGI b
 A taken request runs the route's own pre-admission checks (``prechecks``: auth, body, fields, model, limits,
 then the busy check), stepped by loop callbacks instead of a task. The busy check's settle iterations (which
 let a disconnecting holder's EOF land first) are skipped when `peers_quiet` proves there is none to land: every
-other connection with a response in flight is open and has no unread EOF in the kernel (one MSG_PEEK each). An ``ApiError`` from them is written as ONE pre-assembled response (the
+other connection with a response in flight is open and its peer has not closed (TCP state, no syscall that
+releases the GIL), and none was lost mid-response in the last RECENT_DISCONNECT_S. An ``ApiError`` from them is written as ONE pre-assembled response (the
 same status, headers and body the app gives: uvicorn's default headers, the error's headers, X-Request-Id,
 Server-Timing measured from this chunk's arrival) on the kept-alive connection, and the request is counted
 and logged as the request log would (`ServerStats`, the access-log line). If the engine became free
@@ -98,10 +99,18 @@ def parse_plain_post(data: bytes) -> PlainPost | None:
     return PlainPost(path, chat, headers, body)
 
 
+_TCP_ESTABLISHED = 1  # tcpi_state (linux/tcp_states.h); a peer's FIN turns it into CLOSE_WAIT
+
+
 def peer_may_be_gone(sock: socket.socket) -> bool:
-    """False only when `sock` (non-blocking) provably has nothing waiting: no unread EOF, bytes or error. One
-    MSG_PEEK syscall that consumes nothing. Never raises."""
+    """False only when `sock` provably has no disconnect waiting: for TCP on Linux its state is still
+    ESTABLISHED (a FIN or reset from the peer changes it), read by `getsockopt(TCP_INFO)`, which does not
+    release the GIL (a busy answer must not hand the GIL to the MLX worker and wait to get it back);
+    elsewhere one non-blocking MSG_PEEK that consumes nothing (then unread bytes count as "may be gone" too).
+    Never raises."""
     try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(socket, "TCP_INFO"):
+            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_ESTABLISHED
         sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return False
