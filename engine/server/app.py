@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from tripwire.engine.server.auth import authorize, validate_api_key
+from tripwire.engine.server.earlybusy import EarlyBusyAnswer
 from tripwire.engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
 from tripwire.engine.server.fastpath import FastPathApp, NotBusy, engine_is_busy
 from tripwire.engine.server.framing import BodyDeadlineMiddleware, RequestFramingMiddleware
@@ -189,8 +190,11 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     app.add_middleware(RequestFramingMiddleware)
     app.add_middleware(RequestLogMiddleware, stats=st.stats)  # added last = outermost: logs every answer
     # Busy answers skip the framework (a 503 storm must not starve generation); same checks, same answers.
-    app.enable_busy_fast_path(is_busy=engine_is_busy(engine), stats=st.stats,
-                              prechecks=lambda request, chat: _generate(request, st, chat=chat, precheck_only=True))
+    prechecks = lambda request, chat: _generate(request, st, chat=chat, precheck_only=True)  # noqa: E731
+    app.enable_busy_fast_path(is_busy=engine_is_busy(engine), stats=st.stats, prechecks=prechecks)
+    # Earlier still, under `serving.server_config`'s protocol: a complete busy request answered before h11.
+    app.early_busy_answer = EarlyBusyAnswer(is_busy=engine_is_busy(engine), prechecks=prechecks, stats=st.stats,
+                                            counted_in=app.busy_fast_path)
 
     # -- error handlers: one body shape everywhere ------------------------------------------------
     @app.exception_handler(ApiError)
@@ -346,10 +350,11 @@ async def _generate(request: Request, st: ServerState, *, chat: bool, precheck_o
     try:
         reject_if_busy = getattr(engine, "reject_if_busy", None)
         is_busy = getattr(engine, "is_busy", None)
-        if is_busy is not None and is_busy():
+        if is_busy is not None and is_busy() and not request.scope.get("state", {}).get("peers_quiet"):
             # The holder's client may have just gone: its EOF can sit in this very loop iteration, behind us.
             # Let the loop run a few callbacks (no timer) so that disconnect lands (the engine then knows the
-            # holder is draining and admission waits the few ms for it) before deciding busy.
+            # holder is draining and admission waits the few ms for it) before deciding busy. Skipped when the
+            # early busy answer proved no connection with a response in flight has a disconnect pending.
             for _ in range(_SETTLE_LOOP_ITERATIONS):
                 await asyncio.sleep(0)
         if reject_if_busy is not None:

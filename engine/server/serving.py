@@ -84,6 +84,10 @@ class ConnectionGuard:
 
     def __init__(self, limits: ClientLimits) -> None:
         self.limits = limits
+        self.early: Any = None  # the app's EarlyBusyAnswer (set by `server_config` when the app has one)
+        # When a connection was last lost mid-response (a dropped stream: its abort is still on its way
+        # through the loop, so the early busy answer must let it land, see `earlybusy.peers_quiet`).
+        self.inflight_lost_at: float | None = None
         self.header_timeouts = _BurstLog("client header deadline")
         self.refusals = _BurstLog("connection limit")
 
@@ -110,6 +114,7 @@ class GuardedH11Protocol(H11Protocol):
         over = len(self.connections) >= self.guard.limits.max_connections
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self.early_pending: Any = None  # a request the early busy answer took and has not answered yet
         if over:
             self.guard.refusals.event(f"{len(self.connections) - 1} connections open, limit "
                                       f"{self.guard.limits.max_connections}; refusing new ones with 503")
@@ -120,6 +125,14 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
+        """Offer `data` to the early busy answer (a busy generation request answered before h11, see
+        `engine.server.earlybusy`); otherwise feed h11 (`h11_data_received`)."""
+        early = self.guard.early
+        if early is not None and early.take(self, data):
+            return
+        self.h11_data_received(data)
+
+    def h11_data_received(self, data: bytes) -> None:
         """Feed h11; keep the header deadline armed only while a request's head is still incomplete."""
         super().data_received(data)
         if self.transport.is_closing():
@@ -130,8 +143,11 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Disarm the header deadline, then let uvicorn clean up."""
+        """Disarm the header deadline, note a loss in the middle of a response (see `ConnectionGuard`), then let
+        uvicorn clean up."""
         self._cancel_header_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.guard.inflight_lost_at = time.monotonic()
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:
@@ -165,10 +181,12 @@ def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits
                   log_level: str = "info", **kw: Any) -> uvicorn.Config:
     """A uvicorn Config running `app` with the guarded protocol and the limits' keep-alive and shutdown bounds.
 
-    The app's `state.connection_guard` receives the guard (its counters show in /v1/status).
+    The app's `state.connection_guard` receives the guard (its counters show in /v1/status); an app with an
+    `early_busy_answer` (see `FastPathApp`) has busy generation requests answered before h11 parses them.
     """
     limits = limits or ClientLimits()
     guard = ConnectionGuard(limits)
+    guard.early = getattr(app, "early_busy_answer", None)
     try:
         app.state.connection_guard = guard
     except AttributeError:
