@@ -275,7 +275,8 @@ def run_tests(reg: Regression, copy: Path) -> list[DetectorResult]:
         for t in present:
             tcs = cases_for(cases, t)
             if not tcs:
-                why = "pytest did not report it" if junit.exists() else f"pytest exit {rc}: {_tail(err or out)}"
+                why = (f"pytest did not report it (exit {rc}): {_tail(out + err)}" if junit.exists()
+                       else f"pytest exit {rc}: {_tail(err or out)}")
                 results[t] = DetectorResult("test", t, "error", 0.0, why)
                 continue
             status, secs_t, detail = case_outcome(tcs)
