@@ -76,9 +76,12 @@ def test_wheel_installs_beneath_tripwire_and_a_foreign_project_keeps_its_package
         assert f"tripwire/{module}" in names, module
 
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
+    # No pip inside the fresh venv (ensurepip costs seconds of CPU): this venv's pip installs into it through
+    # `--python`, exactly as the venv's own pip would (same resolver, same wheel, same console scripts).
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    inst = _run([str(py), "-m", "pip", "install", "-q", str(wheel), "pytest", "pytest-timeout"], tmp_path, 480)
+    inst = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", str(wheel), "pytest",
+                 "pytest-timeout"], tmp_path, 480)
     assert inst.returncode == 0, inst.stderr[-2000:]
 
     proj = tmp_path / "foreign"

@@ -64,9 +64,16 @@ def _env():
             if k not in ("FUZZ_BUDGET", "FUZZ_SEED", "FUZZ_DB", "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
 
 
+# Plugins the campaign projects never use (the fuzz plugin and xdist are the subject). schemathesis pulls in
+# hypothesis at start-up: ~2 s of CPU in every pytest process here (each xdist run starts three of them).
+UNUSED_PLUGINS = ("-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:pytest_cov", "-p", "no:tripwire",
+                  "-p", "no:tripwire-mlx-sanitizer", "-p", "no:anyio")
+
+
 def _pytest(cwd, *args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(cwd),
-                           *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env())
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *UNUSED_PLUGINS,
+                           "--rootdir", str(cwd), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=_env())
 
 
 def test_worker_seed_partition(monkeypatch):

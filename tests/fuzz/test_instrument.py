@@ -161,7 +161,9 @@ def test_pytest_equivalents(counter_file):
     '''))
     env = {k: v for k, v in os.environ.items()
            if k not in ("FUZZ_BUDGET", "FUZZ_SEED", "FUZZ_DB", "PYTEST_XDIST_WORKER")}
-    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(cwd)]
+    # schemathesis/hypothesis are never used here and cost ~2 s of CPU at every pytest start-up
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:schemathesis",
+            "-p", "no:hypothesispytest", "-p", "no:pytest_cov", "--rootdir", str(cwd)]
     p = subprocess.run(base + ["test_counter.py"], cwd=cwd, capture_output=True, text=True, timeout=180, env=env)
     assert p.returncode == 1 and "lost update: 1" in p.stdout, p.stdout[-3000:]
     p = subprocess.run(base + ["--fuzz-instrument", "fzcounter_mod", "test_option.py"], cwd=cwd,

@@ -143,10 +143,15 @@ async def test_locked_update():
 '''
 
 
+# schemathesis/hypothesis are never used by these projects and cost ~2 s of CPU at every pytest start-up
+PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:schemathesis",
+          "-p", "no:hypothesispytest", "-p", "no:pytest_cov")
+
+
 def test_pytest_decorator_reports_seed_replay_and_shrunk_trace(project):
     (project / "test_user.py").write_text(PYTEST_FILE.format(cli=CLI))
     (project / "conftest.py").write_text("import sys, os\nsys.path.insert(0, os.path.dirname(__file__))\n")
-    p = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"], project, 180)
+    p = _sh([*PYTEST, "test_user.py"], project, 180)
     out = p.stdout
     assert p.returncode == 1 and "1 failed, 1 passed" in out, out + p.stderr
     assert "failed after 1 schedule(s) (seed=0, strategy=random)" in out
@@ -154,6 +159,6 @@ def test_pytest_decorator_reports_seed_replay_and_shrunk_trace(project):
     r = _sh(_printed(out, "replay"), project)
     assert r.returncode == 1 and "failure reproduced 1/1" in r.stdout, r.stdout + r.stderr
     # the saved failure is replayed first on the next run
-    p2 = _sh([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py::test_lost_update"],
+    p2 = _sh([*PYTEST, "test_user.py::test_lost_update"],
              project, 180)
     assert p2.returncode == 1 and "replayed from the failure database" in p2.stdout, p2.stdout

@@ -18,6 +18,8 @@ pytest_plugins = ["pytester"]
 
 BAD = "import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, 120)\n"
 GOOD = "import asyncio\n\nasync def f(aw):\n    return await asyncio.wait_for(aw, 1)\n"
+# Plugins these runs never use: schemathesis pulls in hypothesis at start-up (~2 s of CPU per pytest process).
+UNUSED_PLUGINS = ("-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:pytest_cov", "-p", "no:xdist")
 
 
 def test_pytest_tripwire_adds_one_item_per_rule(pytester):
@@ -26,7 +28,7 @@ def test_pytest_tripwire_adds_one_item_per_rule(pytester):
     pkg = pytester.mkdir("pkg")
     (pkg / "bad.py").write_text(BAD)
     (pkg / "good.py").write_text(GOOD)
-    res = pytester.runpytest_subprocess("--tripwire", "-p", "no:cacheprovider", "-q", "-rf",
+    res = pytester.runpytest_subprocess(*UNUSED_PLUGINS, "--tripwire", "-p", "no:cacheprovider", "-q", "-rf",
                                         "-o", "addopts=", timeout=60)
     out = res.stdout.str()
     from tripwire.invariants.registry import all_rules
@@ -35,10 +37,10 @@ def test_pytest_tripwire_adds_one_item_per_rule(pytester):
     res.assert_outcomes(passed=on_by_default + 1 - 1, failed=1)  # + 1 configured rule, long-wait-for fails
     assert "tripwire::TW101-long-wait-for" in out and "pkg/bad.py:4:" in out
     # without --tripwire the plugin adds nothing
-    res = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "-o", "addopts=", timeout=60)
+    res = pytester.runpytest_subprocess(*UNUSED_PLUGINS, "-p", "no:cacheprovider", "-q", "-o", "addopts=", timeout=60)
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     # -k selects among the tripwire items like any others
-    res = pytester.runpytest_subprocess("--tripwire", "-p", "no:cacheprovider", "-q", "-k", "unkept",
+    res = pytester.runpytest_subprocess(*UNUSED_PLUGINS, "--tripwire", "-p", "no:cacheprovider", "-q", "-k", "unkept",
                                         "-o", "addopts=", timeout=60)
     res.assert_outcomes(passed=1)
 

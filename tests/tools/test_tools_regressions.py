@@ -18,7 +18,7 @@ import pytest
 from tripwire.catalogue.invariants import BY_ID
 from tripwire.catalogue import catalogue, get
 from tripwire.catalogue.base import NOT_APPLICABLE, NotApplicable
-from tripwire.tools.regressions.prove import ROOT, copy_env, copy_project, exit_code, prove
+from tripwire.tools.regressions.prove import QUIET_PLUGINS, ROOT, copy_env, copy_project, exit_code, parallel_jobs, prove
 
 REGS = catalogue()
 LIVE = [r for r in REGS if not r.pending(ROOT)]
@@ -113,7 +113,8 @@ def test_the_copy_imports_engine_from_the_copy_not_the_editable_install(tmp_path
 def test_pytest_refuses_to_run_when_engine_is_not_the_copy(tmp_path):
     env = dict(os.environ, TRIPWIRE_PROOF_ROOT=str(tmp_path))
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:tripwire",
-                        "-p", "tripwire.tools.regressions.pytest_verify", "tests/engine/test_guard.py", "--co"],
+                        *QUIET_PLUGINS, "-p", "tripwire.tools.regressions.pytest_verify", "tests/engine/test_guard.py",
+                        "--co"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "proof isolation broken" in (p.stdout + p.stderr)
 
@@ -132,7 +133,8 @@ def test_every_catalogued_regression_is_caught():
     # Proofs run in parallel, and a shape whose inputs (edited engine files, codemod, detectors) are unchanged
     # since a cached `caught` verdict is not proved again (tests/tools/test_tools_proof_cache.py pins the
     # invalidation). A fresh clone (CI) has no cache and proves every shape; TRIPWIRE_PROOF_CACHE=0 forces that.
-    results = prove(REGS, jobs=max(2, os.cpu_count() or 1), cache=default_cache(ROOT))
+    # More proofs than cores at once: a catching detector mostly waits (a deadlock running into its timeout).
+    results = prove(REGS, jobs=parallel_jobs(), cache=default_cache(ROOT))
     # `make report` reuses these proofs when the tree is unchanged (same content hash).
     save_proofs(results, round(time.monotonic() - t0, 2), ROOT / "reports" / "proofs.json", tree)
     bad = [r for r in results if r.status not in ("caught", "pending")]

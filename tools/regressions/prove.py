@@ -275,7 +275,8 @@ def run_tests(reg: Regression, copy: Path) -> list[DetectorResult]:
         for t in present:
             tcs = cases_for(cases, t)
             if not tcs:
-                why = "pytest did not report it" if junit.exists() else f"pytest exit {rc}: {_tail(err or out)}"
+                why = (f"pytest did not report it (exit {rc}): {_tail(out + err)}" if junit.exists()
+                       else f"pytest exit {rc}: {_tail(err or out)}")
                 results[t] = DetectorResult("test", t, "error", 0.0, why)
                 continue
             status, secs_t, detail = case_outcome(tcs)
@@ -345,10 +346,26 @@ def prove_one(reg: Regression, snapshot: Path, env: Environment, workdir: Path) 
     return res
 
 
+def expected_cost(reg: Regression) -> int:
+    """A rough rank of how long a shape's proof takes, to start the long ones first.
+
+    A detector test that catches its shape usually does so by waiting out an asserted bound or its pytest
+    timeout (a deadlock, a request that never finishes): tens of seconds each. A fuzz target fails within a few
+    schedules (seconds); a rule is one checker run (under a second)."""
+    return 10 * len(reg.tests) + 2 * len(reg.fuzz) + (1 if reg.rules else 0)
+
+
+def parallel_jobs(cpus: int | None = None) -> int:
+    """Proofs to run at once when the caller wants the whole catalogue fast: more than the cores, because most of
+    a proof's wall time is a detector waiting (see `expected_cost`), not computing."""
+    return max(4, 3 * (cpus or os.cpu_count() or 1))
+
+
 def prove(regs: list[Regression], jobs: int = 2, root: Path = ROOT,
           progress: Callable[[ProofResult, int, int], None] | None = None,
           cache: Any = None) -> list[ProofResult]:
-    """Prove every shape in `regs` (up to `jobs` at a time) against one pristine snapshot of `root`.
+    """Prove every shape in `regs` (up to `jobs` at a time, the costliest first) against one pristine snapshot of
+    `root`; results come back in the order of `regs`.
 
     With a `cache` (a `proof_cache.ProofCache`), a shape whose inputs (see `proof_cache`) hash to a stored
     `caught` verdict is not proved again: its stored result comes back with `reused=True`; every new `caught`
@@ -380,6 +397,7 @@ def prove(regs: list[Regression], jobs: int = 2, root: Path = ROOT,
             # Warm the shared baselines once, before the parallel proofs need them.
             for p in sorted({static_paths(r) for r in todo if r.rules}):
                 env.baseline(p)
+            todo.sort(key=expected_cost, reverse=True)  # stable: catalogue order among equals
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
                 futs = {pool.submit(prove_one, r, snapshot, env, tmpdir): r for r in todo}
                 for fut in as_completed(futs):
