@@ -183,3 +183,60 @@ def test_snapshot_writer_failing_unlink_is_swept_at_next_wait_idle(tmp_path, mon
         assert s.stats()["temp_unlink_failures"] == 1
     finally:
         s.shutdown(timeout=5)
+
+
+# -- what every failure reports: counters that add up, log lines that name the block, the error and the path ------
+
+def test_block_writer_failures_add_up_and_each_log_line_names_block_error_and_temp(tmp_path, monkeypatch, caplog):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0, start_writer=False)
+    unlink = FailingUnlink(2)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: MemoryError("out of memory")))
+    monkeypatch.setattr(bs_mod, "os", OsProxy(unlink=unlink))
+    with caplog.at_level(logging.WARNING, logger=bs_mod.__name__):
+        for i in (1, 2):
+            assert s.save(h(i), block(i))
+            s._write_item(s._write_queue.get_nowait())
+    st = s.stats()
+    assert (st["errors"], st["temp_unlink_failures"], st["in_flight"]) == (2, 2, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"block cache: failed writing block {h(i)}: MemoryError: out of memory" for i in (1, 2)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"block cache: could not remove temp file {p}; retried at the next wait_idle()"
+                        for p in unlink.failed]
+    s.close(flush=False)
+
+
+@pytest.mark.parametrize("code,name", [(errno.ENOSPC, "ENOSPC"), (errno.EDQUOT, "EDQUOT")])
+def test_block_writer_disk_full_log_line_names_the_errno_and_the_lost_block(tmp_path, monkeypatch, caplog, code,
+                                                                            name):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0, start_writer=False)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: OSError(code, os.strerror(code))))
+    with caplog.at_level(logging.ERROR, logger=bs_mod.__name__):
+        assert s.save(h(1), block(1))
+        s._write_item(s._write_queue.get_nowait())
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert msg == (f"block cache: {name} writing block {h(1)}; disk-usage snapshot invalidated. The save was "
+                   "already accepted, so this block is lost; saves already queued may fail the same way.")
+    s.close(flush=False)
+
+
+def test_snapshot_writer_failures_add_up_and_name_the_temp(tmp_path, monkeypatch, caplog):
+    s = SnapshotStore(tmp_path, session="1-x", start_writer=False)
+    unlink = FailingUnlink(2)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+    monkeypatch.setattr(ss_mod, "os", OsProxy(unlink=unlink))
+    with caplog.at_level(logging.WARNING, logger=ss_mod.__name__):
+        for t in (64, 128):
+            assert s.save("r", t, block(0))
+            item = s._write_queue.get_nowait()
+            with s._writer_busy:
+                s._process_item(item)
+    st = s.stats()
+    assert (st["errors"], st["temp_unlink_failures"], st["in_flight"]) == (2, 2, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"snapshot store: failed writing {s.snapshot_path('r', t)}: RuntimeError: boom"
+                      for t in (64, 128)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"snapshot store: could not remove temp file {p}; retried at the next wait_idle()"
+                        for p in unlink.failed]
+    s.shutdown(flush=False)

@@ -770,3 +770,16 @@ def test_a_header_of_exactly_max_header_bytes_is_accepted(tmp_path):
     p.write_bytes(struct.pack("<Q", stio.MAX_HEADER) + b"{}" + b" " * (stio.MAX_HEADER - 2))
     header, start, size = stio.read_header(str(p))
     assert (header, start, size) == ({}, 8 + stio.MAX_HEADER, 8 + stio.MAX_HEADER)
+
+
+def test_abort_of_a_request_without_boundaries_or_plan_is_a_no_op(tmp_path):
+    """A request aborted before its first block boundary (or never planned) has nothing to drop: no error."""
+    d = _model_dir(tmp_path)
+    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=4, min_free_bytes=0)
+    try:
+        pc.plan("r", [1, 2, 3])
+        pc.abort("r")
+        pc.finish("never-planned", completed=False)
+        assert pc._plans == {} and pc._boundaries == {}
+    finally:
+        pc.close(timeout=5)
