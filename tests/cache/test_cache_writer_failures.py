@@ -240,3 +240,30 @@ def test_snapshot_writer_failures_add_up_and_name_the_temp(tmp_path, monkeypatch
     assert warnings == [f"snapshot store: could not remove temp file {p}; retried at the next wait_idle()"
                         for p in unlink.failed]
     s.shutdown(flush=False)
+
+
+@pytest.mark.parametrize("store_kind", ["block", "snapshot"])
+def test_a_removed_or_never_created_temp_is_not_an_orphan(tmp_path, monkeypatch, store_kind):
+    """temp_unlink_failures counts only unlinks that FAILED: a temp removed by the cleanup, or one that was never
+    created (the open itself failed), is gone, so nothing is listed for the next wait_idle()."""
+    mod = bs_mod if store_kind == "block" else ss_mod
+    for failure in ("write", "open"):
+        if failure == "write":
+            monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+        else:
+            def refuse(path, *a, **kw):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            monkeypatch.setattr(mod, "os", OsProxy(open=refuse))
+        root = tmp_path / f"{store_kind}-{failure}"
+        if store_kind == "block":
+            s = BlockStore(root, SIG, min_free_bytes=0)
+            assert s.save(h(1), block(1))
+        else:
+            s = SnapshotStore(root, session="1-y")
+            assert s.save("r", 64, block(0))
+        assert s.wait_idle(5)
+        st = s.stats()
+        assert (st["errors"], st["temp_unlink_failures"]) == (1, 0), (failure, st)
+        assert s._orphan_temps == [] and temps_under(root) == []
+        s.close(timeout=5) if store_kind == "block" else s.shutdown(timeout=5)
+        monkeypatch.undo()
