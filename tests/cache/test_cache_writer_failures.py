@@ -267,3 +267,29 @@ def test_a_removed_or_never_created_temp_is_not_an_orphan(tmp_path, monkeypatch,
         assert s._orphan_temps == [] and temps_under(root) == []
         s.close(timeout=5) if store_kind == "block" else s.shutdown(timeout=5)
         monkeypatch.undo()
+
+
+@pytest.mark.parametrize("store_kind", ["block", "snapshot"])
+def test_a_temp_whose_unlink_keeps_failing_stays_listed_until_a_wait_idle_removes_it(tmp_path, monkeypatch,
+                                                                                        store_kind):
+    """The writer's cleanup unlink fails, then the first wait_idle()'s retry fails too: the temp stays listed and
+    the second wait_idle() removes it. wait_idle() never raises for it."""
+    mod = bs_mod if store_kind == "block" else ss_mod
+    unlink = FailingUnlink(2)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+    monkeypatch.setattr(mod, "os", OsProxy(unlink=unlink))
+    if store_kind == "block":
+        s = BlockStore(tmp_path, SIG, min_free_bytes=0)
+        assert s.save(h(1), block(1))
+    else:
+        s = SnapshotStore(tmp_path, session="1-z")
+        assert s.save("r", 64, block(0))
+    try:
+        assert s.wait_idle(5)
+        assert len(unlink.failed) == 2 and unlink.failed[0] == unlink.failed[1]
+        assert temps_under(tmp_path) != [] and s._orphan_temps == unlink.failed[:1]
+        assert s.wait_idle(5)
+        assert temps_under(tmp_path) == [] and s._orphan_temps == []
+        assert s.stats()["temp_unlink_failures"] == 1  # one temp, counted once
+    finally:
+        s.close(timeout=5) if store_kind == "block" else s.shutdown(timeout=5)
