@@ -333,8 +333,11 @@ def test_block_hashes_by_hand():
     assert block_hashes(list(range(8)), 4, "sig") == want
     assert block_hashes([1, 2, 3], 4, "sig") == [] and block_hashes([], 4, "sig") == []
     assert block_hashes(list(range(8)), 4, "other") != want
-    with pytest.raises(ValueError, match="block_size must be positive"):
-        block_hashes(tokens, 0, "sig")
+    for bad in (0, -4):
+        with pytest.raises(ValueError) as ei:
+            block_hashes(tokens, bad, "sig")
+        assert str(ei.value) == "block_size must be positive"
+    assert len(block_hashes([5, 6, 7], 1, "sig")) == 3  # one-token blocks are valid
 
 
 # -- block store ---------------------------------------------------------------------------------------------------

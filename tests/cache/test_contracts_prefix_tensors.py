@@ -72,3 +72,36 @@ def test_only_plain_kv_caches_are_reusable(mlx_thread):
                 prefix_mod.supports_reuse([RotatingKVCache(max_size=8)]))
 
     assert mlx_thread(body) == (True, False, False, False)
+
+
+def test_a_boundary_snapshot_carries_its_block_hash_and_out_of_plan_boundaries_are_ignored(mlx_thread, tmp_path):
+    import json as _json
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(_json.dumps({"a": 1}))
+    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=4, min_free_bytes=0)
+    try:
+        _n, hashes = pc.plan("r", list(range(9)))  # two full blocks
+        assert len(hashes) == 2
+
+        def body():
+            import mlx.core as mx
+
+            src = _cache(mx, layers=1, tokens=12, dtype=mx.float32)
+            pc.on_boundary("r", 4, src)
+            pc.on_boundary("r", 12, src)  # past the plan: ignored
+            pc.on_boundary("r", 3, src)  # before the first boundary: ignored
+            pc.on_boundary("unplanned", 4, src)  # no plan: ignored
+            return True
+
+        assert mlx_thread(body)
+        assert list(pc.snapshot_events) == [("r", 4)]
+        assert [(t, h) for t, h, _ in pc._boundaries["r"]] == [(4, hashes[0])] and "unplanned" not in pc._boundaries
+        assert pc.snapshots.wait_idle(5)
+        from tripwire.engine.cache import safetensors_io as stio
+
+        _t, meta = stio.read_file(pc.snapshots.snapshot_path("r", 4))
+        assert meta == {"block_hash": hashes[0], "request_id": "r", "tokens": "4"}
+    finally:
+        pc.close(timeout=5)
