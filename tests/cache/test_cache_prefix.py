@@ -160,3 +160,60 @@ def test_blocks_survive_restart_and_load_equal(mlx_thread, model, tiny_model_pat
             np.testing.assert_array_equal(a, b)
     finally:
         pc2.close()
+
+
+def test_prefill_reports_what_it_did_and_leaves_at_least_one_token(mlx_thread, model, tiny_model_path, tmp_path):
+    """`last_prefill` names the request, the reused and prompt tokens; a prompt of exactly k blocks prefills k-1
+    of them (the last block goes to generate_step), and a warm prompt never loads past its usable blocks."""
+    pc = PrefixCache(tmp_path, tiny_model_path, block_size=BS, min_free_bytes=0)
+    try:
+        long = PROMPT[: 3 * BS + 1]
+        _c, rest, reused = mlx_thread(prefill_with_cache, pc, model, "warm", long)
+        assert (len(rest), reused) == (1, 0)
+        assert pc.last_prefill == {"request_id": "warm", "reused_tokens": 0, "prompt_tokens": 3 * BS + 1,
+                                   "supported": True}
+        assert pc.commit("warm") == 3 and pc.blocks.wait_idle(5)
+        exact = PROMPT[: 2 * BS]  # both its blocks are stored now, only the first is usable
+        _c, rest, reused = mlx_thread(prefill_with_cache, pc, model, "exact", exact)
+        assert (rest, reused) == (exact[BS:], BS)
+        assert pc.last_prefill == {"request_id": "exact", "reused_tokens": BS, "prompt_tokens": 2 * BS,
+                                   "supported": True}
+        cold = PrefixCache(tmp_path / "cold", tiny_model_path, block_size=BS, min_free_bytes=0)
+        try:
+            _c, rest, reused = mlx_thread(prefill_with_cache, cold, model, "c", exact)
+            assert (rest, reused) == (exact[BS:], 0) and list(cold.snapshot_events) == [("c", BS)]
+        finally:
+            cold.close()
+    finally:
+        pc.close()
+
+
+def test_an_aborted_prefill_returns_the_rest_unprefilled(mlx_thread, model, tiny_model_path, tmp_path):
+    pc = PrefixCache(tmp_path, tiny_model_path, block_size=BS, min_free_bytes=0)
+    try:
+        cache, rest, reused = mlx_thread(prefill_with_cache, pc, model, "ab", PROMPT, lambda: True)
+        assert (rest, reused) == (PROMPT, 0) and cache is not None
+        assert pc.last_prefill == {"request_id": "ab", "reused_tokens": 0, "prompt_tokens": len(PROMPT),
+                                   "supported": True}
+    finally:
+        pc.close()
+
+
+def test_a_model_without_plain_kv_caches_bypasses_reuse(mlx_thread, model, tiny_model_path, tmp_path):
+    from mlx_lm.models.cache import RotatingKVCache
+
+    class Rotating:
+        layers = model.layers
+
+        def make_cache(self):
+            return [RotatingKVCache(max_size=64) for _ in self.layers]
+
+    pc = PrefixCache(tmp_path, tiny_model_path, block_size=BS, min_free_bytes=0)
+    try:
+        cache, rest, reused = mlx_thread(prefill_with_cache, pc, Rotating(), "rot", PROMPT)
+        assert (rest, reused) == (PROMPT, 0) and all(type(c) is RotatingKVCache for c in cache)
+        assert pc.last_prefill == {"request_id": "rot", "reused_tokens": 0, "prompt_tokens": len(PROMPT),
+                                   "supported": False}
+        assert list(pc.snapshot_events) == []
+    finally:
+        pc.close()

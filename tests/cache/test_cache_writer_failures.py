@@ -183,3 +183,113 @@ def test_snapshot_writer_failing_unlink_is_swept_at_next_wait_idle(tmp_path, mon
         assert s.stats()["temp_unlink_failures"] == 1
     finally:
         s.shutdown(timeout=5)
+
+
+# -- what every failure reports: counters that add up, log lines that name the block, the error and the path ------
+
+def test_block_writer_failures_add_up_and_each_log_line_names_block_error_and_temp(tmp_path, monkeypatch, caplog):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0, start_writer=False)
+    unlink = FailingUnlink(2)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: MemoryError("out of memory")))
+    monkeypatch.setattr(bs_mod, "os", OsProxy(unlink=unlink))
+    with caplog.at_level(logging.WARNING, logger=bs_mod.__name__):
+        for i in (1, 2):
+            assert s.save(h(i), block(i))
+            s._write_item(s._write_queue.get_nowait())
+    st = s.stats()
+    assert (st["errors"], st["temp_unlink_failures"], st["in_flight"]) == (2, 2, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"block cache: failed writing block {h(i)}: MemoryError: out of memory" for i in (1, 2)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"block cache: could not remove temp file {p}; retried at the next wait_idle()"
+                        for p in unlink.failed]
+    s.close(flush=False)
+
+
+@pytest.mark.parametrize("code,name", [(errno.ENOSPC, "ENOSPC"), (errno.EDQUOT, "EDQUOT")])
+def test_block_writer_disk_full_log_line_names_the_errno_and_the_lost_block(tmp_path, monkeypatch, caplog, code,
+                                                                            name):
+    s = BlockStore(tmp_path, SIG, min_free_bytes=0, start_writer=False)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: OSError(code, os.strerror(code))))
+    with caplog.at_level(logging.ERROR, logger=bs_mod.__name__):
+        assert s.save(h(1), block(1))
+        s._write_item(s._write_queue.get_nowait())
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert msg == (f"block cache: {name} writing block {h(1)}; disk-usage snapshot invalidated. The save was "
+                   "already accepted, so this block is lost; saves already queued may fail the same way.")
+    s.close(flush=False)
+
+
+def test_snapshot_writer_failures_add_up_and_name_the_temp(tmp_path, monkeypatch, caplog):
+    s = SnapshotStore(tmp_path, session="1-x", start_writer=False)
+    unlink = FailingUnlink(2)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+    monkeypatch.setattr(ss_mod, "os", OsProxy(unlink=unlink))
+    with caplog.at_level(logging.WARNING, logger=ss_mod.__name__):
+        for t in (64, 128):
+            assert s.save("r", t, block(0))
+            item = s._write_queue.get_nowait()
+            with s._writer_busy:
+                s._process_item(item)
+    st = s.stats()
+    assert (st["errors"], st["temp_unlink_failures"], st["in_flight"]) == (2, 2, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == [f"snapshot store: failed writing {s.snapshot_path('r', t)}: RuntimeError: boom"
+                      for t in (64, 128)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"snapshot store: could not remove temp file {p}; retried at the next wait_idle()"
+                        for p in unlink.failed]
+    s.shutdown(flush=False)
+
+
+@pytest.mark.parametrize("store_kind", ["block", "snapshot"])
+def test_a_removed_or_never_created_temp_is_not_an_orphan(tmp_path, monkeypatch, store_kind):
+    """temp_unlink_failures counts only unlinks that FAILED: a temp removed by the cleanup, or one that was never
+    created (the open itself failed), is gone, so nothing is listed for the next wait_idle()."""
+    mod = bs_mod if store_kind == "block" else ss_mod
+    for failure in ("write", "open"):
+        if failure == "write":
+            monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+        else:
+            def refuse(path, *a, **kw):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            monkeypatch.setattr(mod, "os", OsProxy(open=refuse))
+        root = tmp_path / f"{store_kind}-{failure}"
+        if store_kind == "block":
+            s = BlockStore(root, SIG, min_free_bytes=0)
+            assert s.save(h(1), block(1))
+        else:
+            s = SnapshotStore(root, session="1-y")
+            assert s.save("r", 64, block(0))
+        assert s.wait_idle(5)
+        st = s.stats()
+        assert (st["errors"], st["temp_unlink_failures"]) == (1, 0), (failure, st)
+        assert s._orphan_temps == [] and temps_under(root) == []
+        s.close(timeout=5) if store_kind == "block" else s.shutdown(timeout=5)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("store_kind", ["block", "snapshot"])
+def test_a_temp_whose_unlink_keeps_failing_stays_listed_until_a_wait_idle_removes_it(tmp_path, monkeypatch,
+                                                                                        store_kind):
+    """The writer's cleanup unlink fails, then the first wait_idle()'s retry fails too: the temp stays listed and
+    the second wait_idle() removes it. wait_idle() never raises for it."""
+    mod = bs_mod if store_kind == "block" else ss_mod
+    unlink = FailingUnlink(2)
+    monkeypatch.setattr(stio, "write_fd", failing_write(lambda: RuntimeError("boom")))
+    monkeypatch.setattr(mod, "os", OsProxy(unlink=unlink))
+    if store_kind == "block":
+        s = BlockStore(tmp_path, SIG, min_free_bytes=0)
+        assert s.save(h(1), block(1))
+    else:
+        s = SnapshotStore(tmp_path, session="1-z")
+        assert s.save("r", 64, block(0))
+    try:
+        assert s.wait_idle(5)
+        assert len(unlink.failed) == 2 and unlink.failed[0] == unlink.failed[1]
+        assert temps_under(tmp_path) != [] and s._orphan_temps == unlink.failed[:1]
+        assert s.wait_idle(5)
+        assert temps_under(tmp_path) == [] and s._orphan_temps == []
+        assert s.stats()["temp_unlink_failures"] == 1  # one temp, counted once
+    finally:
+        s.close(timeout=5) if store_kind == "block" else s.shutdown(timeout=5)

@@ -332,8 +332,11 @@ def test_block_hashes_by_hand():
     assert block_hashes(list(range(8)), 4, "sig") == want
     assert block_hashes([1, 2, 3], 4, "sig") == [] and block_hashes([], 4, "sig") == []
     assert block_hashes(list(range(8)), 4, "other") != want
-    with pytest.raises(ValueError, match="block_size must be positive"):
-        block_hashes(tokens, 0, "sig")
+    for bad in (0, -4):
+        with pytest.raises(ValueError) as ei:
+            block_hashes(tokens, bad, "sig")
+        assert str(ei.value) == "block_size must be positive"
+    assert len(block_hashes([5, 6, 7], 1, "sig")) == 3  # one-token blocks are valid
 
 
 # -- block store ---------------------------------------------------------------------------------------------------
@@ -703,9 +706,10 @@ def test_cleanup_all_after_shutdown_warns(tmp_path, caplog):
 # -- prefix cache bookkeeping (no MLX) ----------------------------------------------------------------------------
 def test_prefix_cache_stores_and_stats(tmp_path):
     d = _model_dir(tmp_path)
-    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=16.0, max_bytes=1234, min_free_bytes=0)
+    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=16.0, max_bytes=1234, min_free_bytes=0, queue_size=3)
     try:
         assert pc.block_size == 16 and pc.signature == model_signature(d, 16)
+        assert (pc.blocks.min_free_bytes, pc.blocks._write_queue.maxsize) == (0, 3)  # store options reach the store
         assert pc.blocks.root == os.path.join(str(tmp_path / "c"), "blocks-v1")
         assert pc.blocks.max_bytes == 1234 and pc.blocks.model_signature == pc.signature
         assert pc.snapshots.root == os.path.join(str(tmp_path / "c"), "snapshots")
@@ -769,3 +773,56 @@ def test_a_header_of_exactly_max_header_bytes_is_accepted(tmp_path):
     p.write_bytes(struct.pack("<Q", stio.MAX_HEADER) + b"{}" + b" " * (stio.MAX_HEADER - 2))
     header, start, size = stio.read_header(str(p))
     assert (header, start, size) == ({}, 8 + stio.MAX_HEADER, 8 + stio.MAX_HEADER)
+
+
+def test_abort_of_a_request_without_boundaries_or_plan_is_a_no_op(tmp_path):
+    """A request aborted before its first block boundary (or never planned) has nothing to drop: no error."""
+    d = _model_dir(tmp_path)
+    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=4, min_free_bytes=0)
+    try:
+        pc.plan("r", [1, 2, 3])
+        pc.abort("r")
+        pc.finish("never-planned", completed=False)
+        assert pc._plans == {} and pc._boundaries == {}
+    finally:
+        pc.close(timeout=5)
+
+
+def test_prefix_cache_close_forwards_its_bound_to_both_stores(tmp_path, monkeypatch):
+    d = _model_dir(tmp_path)
+    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=4, min_free_bytes=0)
+    calls = []
+    real_shutdown, real_close = pc.snapshots.shutdown, pc.blocks.close
+    monkeypatch.setattr(pc.snapshots, "shutdown", lambda **kw: calls.append(("snapshots", kw)) or real_shutdown(**kw))
+    monkeypatch.setattr(pc.blocks, "close", lambda **kw: calls.append(("blocks", kw)) or real_close(**kw))
+    pc.close(timeout=1.5)
+    assert calls == [("snapshots", {"cleanup": True, "timeout": 1.5}), ("blocks", {"flush": True, "timeout": 1.5})]
+
+
+def test_cleanup_all_honours_a_short_timeout_while_the_writer_is_busy(tmp_path, monkeypatch):
+    """With the writer pinned mid-item, cleanup_all(timeout=0.05) gives up at its own bound (returns False,
+    counted), not at the 5 s default: the pin is only released 2 s later."""
+    import threading
+
+    from cache_helpers import Pin
+
+    pin = Pin()
+    real = stio.write_fd
+
+    def write_fd(fd, tensors, metadata=None):
+        pin.wait_here()
+        return real(fd, tensors, metadata)
+
+    monkeypatch.setattr(stio, "write_fd", write_fd)
+    s = SnapshotStore(tmp_path, session="1-t")
+    releaser = threading.Timer(2.0, pin.release.set)
+    try:
+        assert s.save("r", 4, block(0))
+        assert pin.entered.wait(5)
+        releaser.start()
+        assert s.cleanup_all(timeout=0.05) is False
+        assert s.stats()["cleanup_timeouts"] == 1
+    finally:
+        pin.release.set()
+        releaser.cancel()
+        s.shutdown(timeout=5)

@@ -136,3 +136,39 @@ def test_cli_help_is_its_documentation(capsys):
     assert out.startswith("usage: python -m tripwire.engine.tiny_model [-h] [--size {small,tiny}] [--path PATH] ")
     assert "Build the embedded tiny Llama model that tests, benchmarks and `make report` use." in out
     assert "--path PATH build into this directory (default: the user cache, or $TRIPWIRE_MODEL_DIR)" in out
+
+
+def test_the_build_runs_in_a_hidden_sibling_dir_of_a_target_whose_parents_are_created(tmp_path, monkeypatch):
+    """Built next to the target (same filesystem, so the final rename is atomic) under a hidden name, so a reader
+    never takes a half-built directory for a model; missing parent directories are created."""
+    seen = []
+
+    def build(out, size):
+        seen.append(out)
+        _fake_files(out)
+
+    monkeypatch.setattr(tiny_model, "build_model_files", build)
+    target = tmp_path / "a" / "b" / "tiny"
+    assert ensure_tiny_model(target) == target
+    (out,) = seen
+    assert out.parent == target.parent and out.name.startswith(".tiny.") and not out.exists()
+
+
+def test_a_build_that_removed_its_own_dir_still_reports_its_own_error(tmp_path, monkeypatch):
+    import shutil
+
+    def fail(out, size):
+        shutil.rmtree(out)
+        raise RuntimeError("tokenizer training failed")
+
+    monkeypatch.setattr(tiny_model, "build_model_files", fail)
+    with pytest.raises(RuntimeError, match="tokenizer training failed"):
+        ensure_tiny_model(tmp_path / "m")
+
+
+def test_build_model_files_creates_missing_parent_directories(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiny_model, "_build_tokenizer", lambda out, vocab: None)
+    monkeypatch.setattr(tiny_model, "_build_weights", lambda out, config: None)
+    out = tmp_path / "x" / "y"
+    tiny_model.build_model_files(out, "tiny")
+    assert json.loads((out / "config.json").read_text()) == tiny_model.model_config("tiny")

@@ -474,9 +474,20 @@ def test_server_config_carries_the_limits_and_the_guarded_protocol():
     assert (cfg.host, cfg.port, cfg.log_level, cfg.access_log, cfg.lifespan) == ("::1", 9001, "warning", False, "on")
     assert (cfg.timeout_keep_alive, cfg.timeout_graceful_shutdown) == (3.0, 4.0)
     assert issubclass(cfg.http, serving.GuardedH11Protocol) and cfg.http.guard is App.state.connection_guard
+    assert cfg.http.__name__ == "GuardedH11Protocol" and cfg.app is App
     assert cfg.http.guard.limits is limits
-    default = serving.server_config(object())  # an app without `state` still runs
+    default = serving.server_config(object(), root_path="/api")  # an app without `state` still runs
     assert default.http.guard.limits == serving.ClientLimits() and (default.host, default.port) == ("127.0.0.1", 8000)
+    assert (default.log_level, default.root_path) == ("info", "/api")  # extra keywords reach uvicorn
+
+
+def test_connection_guard_log_lines_name_their_event(caplog):
+    caplog.set_level(logging.WARNING, logger="tripwire.server")
+    g = serving.ConnectionGuard(serving.ClientLimits())
+    g.header_timeouts.event("x")
+    g.refusals.event("y")
+    assert [r.getMessage() for r in caplog.records] == ["client header deadline: x; 1 in total",
+                                                        "connection limit: y; 1 in total"]
 
 
 # -- SSE --------------------------------------------------------------------------------------------------------
@@ -496,14 +507,20 @@ def test_chunks_have_the_openai_shape():
 
 def test_run_unless_disconnected_returns_the_result_and_ignores_other_messages():
     async def main():
-        q: asyncio.Queue = asyncio.Queue()
-        await q.put({"type": "http.request", "body": b""})
+        read_one = asyncio.Event()
+
+        async def receive():
+            if not read_one.is_set():
+                read_one.set()
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the client stays connected
 
         async def work():
+            await read_one.wait()  # finishes only after the watcher has read (and ignored) a non-disconnect message
             await asyncio.sleep(0)
             return 42
 
-        return await sse.run_unless_disconnected(q.get, work())
+        return await sse.run_unless_disconnected(receive, work())
 
     assert run(main()) == (False, 42)
 
@@ -618,8 +635,11 @@ def test_memory_limit_resolution(monkeypatch):
     assert preflight.resolve_memory_limit("none") is None
     assert preflight.resolve_memory_limit(" Unlimited ") is None
     assert preflight.resolve_memory_limit(" AUTO ") == preflight.auto_memory_limit()
-    with pytest.raises(ValueError, match="max_memory must be positive"):
-        preflight.resolve_memory_limit(-5)
+    for bad in (-5, 0):
+        with pytest.raises(ValueError) as ei:
+            preflight.resolve_memory_limit(bad)
+        assert str(ei.value) == "max_memory must be positive"
+    assert preflight.resolve_memory_limit(1) == 1
     with pytest.raises(ValueError):
         preflight.resolve_memory_limit(True)  # a bool is not a byte count
     assert preflight.auto_memory_limit(physical=1000, fraction=0.5) == 500
@@ -745,4 +765,4 @@ def test_valid_requests_parse_with_their_defaults_and_helpers():
     assert chat.messages[0].role == "developer"
     comp = schemas.validate_request(schemas.CompletionRequest, {"prompt": ["only"]})
     assert comp.prompt_text() == "only"
-    assert schemas.validate_request(schemas.CompletionRequest, {"prompt": "p"}).prompt_text() == "p"
+    assert schemas.validate_request(schemas.CompletionRequest, {"prompt": "hello"}).prompt_text() == "hello"
