@@ -232,8 +232,7 @@ class PrefixCache:
     def close(self, timeout: float = 5.0) -> None:
         """Clean up this session's snapshots, stop the snapshot writer, then flush and stop the block writer,
         each bounded by `timeout`. Runs on the MLX worker's exit; never raises for disk errors."""
-        self.snapshots.cleanup_all()
-        self.snapshots.shutdown(cleanup=True, timeout=timeout)
+        self.snapshots.shutdown(cleanup=True, timeout=timeout)   # cleans up first, within the same bound
         self.blocks.close(flush=True, timeout=timeout)
 
 

@@ -425,13 +425,13 @@ class SnapshotStore:
 
     # -- shutdown ------------------------------------------------------------------------------------
     def shutdown(self, cleanup: bool = False, flush: bool = True, timeout: float | None = None) -> bool:
-        """Stop the writer. `cleanup=True` runs cleanup_all() first (and removes the session dir);
-        `flush=True` writes queued items, `flush=False` discards them. Joins with a bound.
+        """Stop the writer. `cleanup=True` runs cleanup_all() first, within the same bound (and removes the session
+        dir); `flush=True` writes queued items, `flush=False` discards them. Joins with a bound.
 
         Returns True when the writer ended within `timeout` (default 5 s). Idempotent; never raises."""
         bound = self._SHUTDOWN_TIMEOUT_S if timeout is None else timeout
         if cleanup:
-            self.cleanup_all()
+            self.cleanup_all(timeout=bound)
         with self._lock:
             if self._closed:
                 return self._writer is None or not self._writer.is_alive()

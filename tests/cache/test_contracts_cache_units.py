@@ -826,3 +826,25 @@ def test_cleanup_all_honours_a_short_timeout_while_the_writer_is_busy(tmp_path, 
         pin.release.set()
         releaser.cancel()
         s.shutdown(timeout=5)
+
+
+def test_prefix_cache_close_cleans_the_snapshots_once_within_its_own_bound(tmp_path, monkeypatch):
+    """close(timeout) promises each step bounded by `timeout`: the snapshot cleanup runs once, with that bound
+    (it ran twice, each with the store's own 5 s default, so a stuck writer held close for ~10 s + timeout)."""
+    d = _model_dir(tmp_path)
+    pc = prefix_mod.PrefixCache(tmp_path / "c", d, block_size=4, min_free_bytes=0)
+    calls = []
+    real_cleanup = pc.snapshots.cleanup_all
+    monkeypatch.setattr(pc.snapshots, "cleanup_all",
+                        lambda timeout=None: calls.append(timeout) or real_cleanup(timeout=timeout))
+    pc.close(timeout=1.5)
+    assert calls == [1.5]
+
+
+def test_snapshot_shutdown_with_cleanup_bounds_the_cleanup_by_its_timeout(tmp_path, monkeypatch):
+    s = SnapshotStore(tmp_path, session="1-t")
+    calls = []
+    real_cleanup = s.cleanup_all
+    monkeypatch.setattr(s, "cleanup_all", lambda timeout=None: calls.append(timeout) or real_cleanup(timeout=timeout))
+    assert s.shutdown(cleanup=True, timeout=0.75)
+    assert calls == [0.75]
