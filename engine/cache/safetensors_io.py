@@ -138,10 +138,15 @@ def read_header(path: str) -> tuple[dict, int, int]:
             continue
         try:
             a, b = info["data_offsets"]
-            if info["dtype"] not in _DTYPES or b < a:
-                raise CorruptFile(f"{path}: bad tensor {name}")
+            dtype = info["dtype"]
         except (KeyError, TypeError, ValueError):
             raise CorruptFile(f"{path}: bad tensor entry {name}") from None
+        # Checked outside the try so their own message survives; the types first: strings compare as ordered
+        # and an unhashable dtype breaks the lookup (both escaped as TypeError, not CorruptFile).
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise CorruptFile(f"{path}: bad tensor {name}: dtype {dtype!r}")
+        if type(a) is not int or type(b) is not int or not 0 <= a <= b:
+            raise CorruptFile(f"{path}: bad tensor {name}: data offsets {a!r}..{b!r}")
         end = max(end, b)
     expected = 8 + n + end
     if size != expected:

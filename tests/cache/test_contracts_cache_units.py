@@ -99,9 +99,11 @@ def test_short_writes_are_continued_until_everything_is_written(tmp_path, monkey
 @pytest.mark.parametrize("case,match", [
     ("empty", "truncated header length"), ("seven", "truncated header length"),
     ("huge", "bad header length"), ("beyond", "bad header length"), ("not_json", "header is not JSON"),
-    ("list", "header is not an object"), ("bad_dtype", "bad tensor entry x"), ("reversed", "bad tensor entry x"),
-    ("no_offsets", "bad tensor entry x"), ("not_pair", "bad tensor entry x"), ("padded", "size 29 != expected 24"),
-    ("truncated", "!= expected"),
+    ("list", "header is not an object"), ("bad_dtype", "bad tensor x: dtype 'F8'"),
+    ("reversed", r"bad tensor x: data offsets 4\.\.0"), ("no_offsets", "bad tensor entry x"),
+    ("not_pair", "bad tensor entry x"), ("padded", "size 29 != expected 24"), ("truncated", "!= expected"),
+    ("string_offsets", r"bad tensor x: data offsets '0'\.\.'4'"), ("negative", r"bad tensor x: data offsets -4\.\.0"),
+    ("list_dtype", r"bad tensor x: dtype \['U8'\]"), ("not_an_object", "bad tensor entry x"),
 ])
 def test_every_malformed_file_is_a_corrupt_file(tmp_path, case, match):
     p = tmp_path / "bad.safetensors"
@@ -130,6 +132,14 @@ def test_every_malformed_file_is_a_corrupt_file(tmp_path, case, match):
         p.write_bytes(struct.pack("<Q", 16) + b"{}" + b" " * 14 + b"abcde")  # no tensors: 24 bytes expected
     elif case == "truncated":
         raw_file(p, ok, b"abc")
+    elif case == "string_offsets":   # compared as strings they look ordered; the size sum then raised TypeError
+        raw_file(p, {"x": {"dtype": "U8", "shape": [4], "data_offsets": ["0", "4"]}}, b"abcd")
+    elif case == "negative":
+        raw_file(p, {"x": {"dtype": "U8", "shape": [4], "data_offsets": [-4, 0]}}, b"")
+    elif case == "list_dtype":       # unhashable: the dtype lookup raised TypeError
+        raw_file(p, {"x": {"dtype": ["U8"], "shape": [4], "data_offsets": [0, 4]}}, b"abcd")
+    elif case == "not_an_object":
+        raw_file(p, {"x": 5}, b"abcd")
     with pytest.raises(stio.CorruptFile, match=match):
         stio.read_file(str(p))
     assert issubclass(stio.CorruptFile, ValueError)
