@@ -198,14 +198,42 @@ def run(modules: list[str], tests: list[str], minutes: float, jobs: int, only: l
             statuses = {n: st for n, st in statuses.items() if n in set(only)}
         elif workdir is not None:   # results kept from earlier runs of functions that no longer exist
             statuses = {n: st for n, st in statuses.items() if _module_of(n) in set(modules)}
-        diffs: dict[str, str] = {}
-        for name in [n for n, st in statuses.items() if st not in KILLED]:
-            if statuses[name] == "not checked":
-                continue
-            d = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=copy, env=env,
-                               capture_output=True, text=True, timeout=60)
-            diffs[name] = d.stdout.strip()
+        alive = [n for n, st in statuses.items() if st not in KILLED and st != "not checked"]
+        diffs = survivor_diffs(copy, env, alive)
     return summarize(modules, tests, statuses, diffs, timed_out, time.monotonic() - t0)
+
+
+# One process for every diff (`mutmut show NAME` is a process per mutant: minutes for a few hundred survivors).
+DIFF_SCRIPT = """
+import json, sys
+from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+out = {}
+for name in json.load(sys.stdin):
+    try:
+        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+    except Exception as exc:  # one odd mutant must not cost the others' diffs
+        out[name] = f"(no diff: {exc!r})"
+print(json.dumps(out))
+"""
+
+
+def survivor_diffs(copy: Path, env: dict, names: list[str]) -> dict[str, str]:
+    """name -> `mutmut show` diff for NAMES, in one process; per-mutant `mutmut show` if that API is missing."""
+    if not names:
+        return {}
+    p = subprocess.run([sys.executable, "-c", DIFF_SCRIPT], cwd=copy, env=env, input=json.dumps(names),
+                       capture_output=True, text=True, timeout=600)
+    if p.returncode == 0:
+        try:
+            return {n: d.strip() for n, d in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+        except (ValueError, IndexError):
+            pass
+    diffs = {}
+    for name in names:
+        d = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=copy, env=env,
+                           capture_output=True, text=True, timeout=60)
+        diffs[name] = d.stdout.strip()
+    return diffs
 
 
 def summarize(modules, tests, statuses: dict[str, str], diffs: dict[str, str], timed_out: bool,
