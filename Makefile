@@ -21,10 +21,11 @@ setup: $(STAMP)
 report: $(STAMP)
 	$(VPY) -m tripwire.tools.report $(if $(BASE),--base $(BASE))
 
-# Generic mutation testing of engine/ (mutmut, bounded; not in CI): kill rate + survivors by file.
+# Generic mutation testing of all of engine/ (mutmut, group by group, each bounded; not in CI): kill rate +
+# survivors by file in reports/mutation.md. GROUPS="cache server" runs some groups.
 mutation: $(STAMP)
 	$(VPY) -m pip install -q -e '.[mutation]'
-	$(VPY) -m tripwire.tools.mutation
+	$(VPY) -m tripwire.tools.mutation $(if $(GROUPS),--groups $(GROUPS))
 
 # The field corpus (needs the package registry; not part of `make test`): download the pinned MLX servers,
 # then measure the checker's precision with defaults against tools/field/verdicts.jsonl.

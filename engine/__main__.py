@@ -138,10 +138,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
 
-    import uvicorn
-
     from tripwire.engine import SimpleEngine
-    from tripwire.engine.server.serving import ClientLimits, server_config
+    from tripwire.engine.server.serving import AnnouncingServer, ClientLimits, server_config
     from tripwire.engine.errors import EngineError
     from tripwire.engine.server import create_app
     from tripwire.engine.tiny_model import ensure_tiny_model
@@ -162,8 +160,8 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(eng, api_key=args.api_key, max_memory=args.max_memory, max_body_bytes=args.max_body_bytes,
                      body_timeout_s=limits.body_timeout_s)
     sys.setswitchinterval(args.gil_switch_ms / 1000)
-    uvicorn.Server(server_config(app, host=args.host, port=args.port, limits=limits,
-                                 log_level=args.log_level)).run()
+    AnnouncingServer(server_config(app, host=args.host, port=args.port, limits=limits,
+                                   log_level=args.log_level)).run()
     return 0
 
 

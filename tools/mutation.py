@@ -61,7 +61,8 @@ def _config(modules: list[str], tests: list[str]) -> str:
             'source_paths = ["tripwire"]\n'
             f"only_mutate = {q(['tripwire/' + m for m in modules])}\n"
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
-            'pytest_add_cli_args = ["-p", "no:tripwire", "-p", "no:cacheprovider", "-q", "-x"]\n'
+            'pytest_add_cli_args = ["-p", "no:tripwire", "-p", "no:cacheprovider", "-p", '
+            '"tripwire.tools.mutation_order", "-q", "-x"]\n'
             'process_isolation = "forkserver"\n'
             'forkserver_warmup = "collect"\n')
 

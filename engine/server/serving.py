@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,3 +176,22 @@ def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits
     return uvicorn.Config(app, host=host, port=port, http=protocol_for(guard), log_level=log_level,
                           access_log=False, timeout_keep_alive=limits.keep_alive_s,
                           timeout_graceful_shutdown=limits.graceful_shutdown_s, lifespan="on", **kw)
+
+
+class AnnouncingServer(uvicorn.Server):
+    """A uvicorn Server that prints one line, `serving on http://HOST:PORT`, to stderr once its sockets listen.
+
+    Whatever the log level: supervisors, scripts and tests wait on that line instead of polling /health (the
+    engine is built before the server starts, so the line also means "ready"). PORT is the bound port, so
+    `--port 0` tells its caller which port it got. Nothing is printed when binding fails (uvicorn exits).
+    """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if not self.started:
+            return
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                host = f"[{host}]" if ":" in host else host
+                print(f"serving on http://{host}:{port}", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,20 +46,37 @@ class Proc:
              "--max-memory", "off", "--header-timeout", str(HEADER_TIMEOUT_S), "--body-timeout", str(BODY_TIMEOUT_S),
              "--max-connections", str(MAX_CONNECTIONS), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT_S),
              "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, f"server exited early:\n{self.output()}"
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"server did not answer /health within 90 s:\n{self.output()}"
-            time.sleep(0.1)  # polling a child process's readiness; nothing to wait on in-process
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # The server prints `serving on http://...` once it listens (engine/server/serving.py AnnouncingServer):
+        # wait on that line instead of polling /health. The copier keeps the whole output for assertions.
+        self.ready = threading.Event()
+        self.changed = threading.Condition()
+        self.copier = threading.Thread(target=self._copy_output, daemon=True)
+        self.copier.start()
+        assert self.ready.wait(90), f"server did not say it was serving within 90 s:\n{self.output()}"
+        assert self.proc.poll() is None, f"server exited early:\n{self.output()}"
+        assert httpx.get(self.url + "/health", timeout=5).status_code == 200
+
+    def _copy_output(self) -> None:
+        for line in self.proc.stdout:
+            with self.changed:
+                self.log.write(line)
+                self.log.flush()
+                self.changed.notify_all()
+            if line.startswith(b"serving on http://"):
+                self.ready.set()
+        self.ready.set()   # EOF: the server exited; the waiter checks poll()
+
+    def output_once(self, fragment: str, timeout: float = 10) -> str:
+        """The output so far, once FRAGMENT is in it (the copier thread may lag the server by a line)."""
+        with self.changed:
+            assert self.changed.wait_for(lambda: fragment in self.output(), timeout), \
+                f"{fragment!r} never appeared in the server output:\n{self.output()[-3000:]}"
+            return self.output()
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def connect(self) -> socket.socket:
@@ -68,6 +86,7 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.copier.join(10)
         self.log.close()
 
 
@@ -119,7 +138,7 @@ def test_idle_partial_requests_time_out_while_health_and_requests_answer(server)
             s.close()
     st = httpx.get(server.url + "/v1/status", timeout=5).json()
     assert st["server"]["header_timeouts"] == IDLE
-    log = server.output()
+    log = server.output_once("client header deadline")
     assert "Traceback" not in log, log[-3000:]
     lines = [ln for ln in log.splitlines() if "client header deadline" in ln]
     assert 1 <= len(lines) <= 2, lines  # logged once per burst, not once per connection

@@ -103,3 +103,23 @@ def test_cli_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         mutation.main(["--modules", "engine/ids.py"])
     assert e.value.code == 2
+
+
+def test_mutation_runs_order_tests_fastest_first_from_mutmuts_stats(tmp_path, monkeypatch):
+    """A killed mutant should die in its cheapest test: the suite's slow-first order is undone in mutation runs."""
+    from tripwire.tools import mutation_order
+
+    class Item:
+        def __init__(self, nodeid):
+            self.nodeid = nodeid
+
+    items = [Item("t::slow"), Item("t::new"), Item("t::fast"), Item("t::mid")]
+    monkeypatch.chdir(tmp_path)
+    mutation_order.pytest_collection_modifyitems(None, None, items)
+    assert [i.nodeid for i in items] == ["t::slow", "t::new", "t::fast", "t::mid"]   # no stats: unchanged
+    (tmp_path / "mutmut-stats.json").write_text(json.dumps(
+        {"duration_by_test": {"t::slow": 9.0, "t::fast": 0.01, "t::mid": 0.5}}))
+    mutation_order.pytest_collection_modifyitems(None, None, items)
+    assert [i.nodeid for i in items] == ["t::new", "t::fast", "t::mid", "t::slow"]
+    (tmp_path / "mutmut-stats.json").write_text("{not json")
+    assert mutation_order.durations() == {}
