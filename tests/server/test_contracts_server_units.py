@@ -14,7 +14,7 @@ import math
 import pytest
 
 from tripwire.engine.errors import ContextLengthExceeded, EngineBusy, EngineStopped, InvalidRequest
-from tripwire.engine.server import auth, errors, framing, preflight, reqlog, serving, sse
+from tripwire.engine.server import auth, framing, preflight, reqlog, serving, sse
 from tripwire.engine.server.errors import ApiError, api_error_from_exception, error_body, error_response
 
 
