@@ -1,0 +1,214 @@
+"""SimpleEngine's public contracts at unit speed: a scripted backend (no MLX, no model) stands in for mlx-lm.
+
+Defaults of the public methods, what each one hands the worker (kind, max_tokens, temperature, request id),
+counting while busy, `is_busy` in every state, the chat validation messages a client reads in a 400, the
+stream's end of iteration (after END, after `aclose`), `abort()` on a running stream, and `health()` with the
+real clock. The backend is the fuzzer's FakeBackend (the engine's Backend protocol, tokens produced without
+MLX) with a gate so a test can hold the worker inside a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from tripwire.engine import InvalidRequest, MLXEntryGuard, SimpleEngine
+from tripwire.engine.simple import _AbortFlag
+from tripwire.engine.tokenizing import INLINE_BELOW_CHARS
+from tripwire.fuzz.fake_backend import FakeBackend
+
+pytestmark = pytest.mark.anyio
+
+
+class GatedBackend(FakeBackend):
+    """FakeBackend (step_s=0) recording each job; `hold` pins the worker in its first step until `go` is set."""
+
+    def __init__(self):
+        super().__init__(MLXEntryGuard(enabled=True), step_s=0.0, on_step=self._step)
+        self.jobs = []
+        self.hold = False
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def generate(self, job):
+        self.jobs.append(job)
+        return super().generate(job)
+
+    def _step(self, job, produced):
+        if self.hold and produced == 0:
+            self.inside.set()
+            assert self.go.wait(10), "test never released the worker"
+
+
+@pytest.fixture
+async def engine():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    await eng.start()
+    try:
+        yield eng
+    finally:
+        backend.go.set()
+        await eng.stop()
+
+
+async def _held(eng: SimpleEngine) -> asyncio.Task:
+    """A generate() holding the slot, its worker pinned inside the first step."""
+    eng._backend.hold = True
+    task = asyncio.create_task(eng.generate("holder", max_tokens=4, request_id="holder"))
+    assert await asyncio.to_thread(eng._backend.inside.wait, 10)
+    return task
+
+
+async def _release(eng: SimpleEngine, task: asyncio.Task) -> None:
+    eng._backend.go.set()
+    await asyncio.wait_for(task, 10)
+    eng._backend.hold = False
+
+
+MSGS = [{"role": "user", "content": "hi there"}]
+
+
+# -- defaults and what reaches the worker ---------------------------------------------------------------
+async def test_chat_and_chat_streams_default_to_16_tokens_at_temperature_zero(engine):
+    r = await engine.chat(MSGS)
+    stream = await engine.open_chat_stream(MSGS)
+    deltas = [d async for d in stream]
+    assert [(j.max_tokens, j.temperature) for j in engine._backend.jobs] == [(16, 0.0), (16, 0.0)]
+    assert r.completion_tokens == 16 and len(deltas) == 17 and deltas[-1].finish_reason == "length"
+
+
+async def test_chat_kinds_and_request_ids_reach_status_and_results(engine):
+    engine._backend.hold = True
+    task = asyncio.create_task(engine.chat(MSGS, max_tokens=2, request_id="chat-1"))
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    (active,) = engine.status()["active"]
+    assert (active["id"], active["kind"]) == ("chat-1", "chat")
+    engine._backend.go.set()
+    r = await asyncio.wait_for(task, 10)
+    assert r.request_id == "chat-1" and engine._backend.jobs[-1].request_id == "chat-1"
+    engine._backend.hold = False
+    stream = await engine.open_chat_stream(MSGS, max_tokens=2, request_id="chat-2")
+    (active,) = engine.status()["active"]
+    assert (active["id"], active["kind"]) == ("chat-2", "chat_stream") and stream.request_id == "chat-2"
+    await stream.aclose()
+
+
+async def test_stream_chat_passes_its_keywords_on(engine):
+    deltas = [d async for d in engine.stream_chat(MSGS, max_tokens=3, temperature=0.5)]
+    assert len(deltas) == 4 and deltas[-1].finish_reason == "length"
+    assert (engine._backend.jobs[-1].max_tokens, engine._backend.jobs[-1].temperature) == (3, 0.5)
+
+
+# -- counting ----------------------------------------------------------------------------------------------
+async def test_counting_messages_works_and_is_never_refused_as_busy(engine):
+    expected = len(engine._backend.encode_chat(MSGS))
+    assert await engine.count_prompt_tokens_async(messages=MSGS) == expected
+    long_msgs = [{"role": "user", "content": "x" * INLINE_BELOW_CHARS}]
+    task = await _held(engine)
+    try:
+        assert await engine.count_prompt_tokens_async(messages=MSGS) == expected
+        assert await engine.count_prompt_tokens_async(messages=long_msgs) == len(engine._backend.encode_chat(long_msgs))
+        assert await engine.count_prompt_tokens_async(prompt="y" * INLINE_BELOW_CHARS) == 64
+        assert engine.status()["busy_rejections"] == 0
+    finally:
+        await _release(engine, task)
+
+
+async def test_different_chats_are_tokenized_separately(engine):
+    """The encode memo keys a chat by its messages: a second, different chat never gets the first one's ids."""
+    a = await engine.chat([{"role": "user", "content": "a"}], max_tokens=1)
+    b = await engine.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "bbbb"}],
+                          max_tokens=1)
+    assert a.prompt_tokens == len(engine._backend.encode_chat([{"role": "user", "content": "a"}]))
+    assert b.prompt_tokens > a.prompt_tokens
+    assert engine._backend.jobs[0].prompt_ids != engine._backend.jobs[1].prompt_ids
+
+
+# -- busy probe ------------------------------------------------------------------------------------------
+async def test_is_busy_only_while_running_with_the_slot_held():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    assert eng.is_busy() is False  # created, not running
+    await eng.start()
+    try:
+        assert eng.is_busy() is False  # running, slot free
+        task = await _held(eng)
+        assert eng.is_busy() is True
+        assert eng.status()["busy_rejections"] == 0  # a pure probe
+        await _release(eng, task)
+        assert eng.is_busy() is False
+    finally:
+        backend.go.set()
+        await eng.stop()
+    assert eng.is_busy() is False
+
+
+# -- the 400 messages of chat validation ------------------------------------------------------------------
+@pytest.mark.parametrize("messages, field, message", [
+    ([], "messages", "messages must be a non-empty list"),
+    ("hi", "messages", "messages must be a non-empty list"),
+    ([{"role": "robot", "content": "x"}], "messages[0].role",
+     "messages[0].role must be one of ['system', 'user', 'assistant']"),
+    ([{"role": "user", "content": "x"}, {"role": "user", "content": 5}], "messages[1].content",
+     "messages[1].content must be a string"),
+])
+async def test_chat_validation_errors_name_the_field_and_say_what_is_expected(engine, messages, field, message):
+    with pytest.raises(InvalidRequest) as ei:
+        await engine.chat(messages, max_tokens=1)
+    assert ei.value.field == field and str(ei.value) == message and ei.value.to_dict()["message"] == message
+
+
+# -- streams -----------------------------------------------------------------------------------------------
+async def test_iteration_ends_after_the_final_delta(engine):
+    stream = await engine.open_stream("hello", max_tokens=2)
+    deltas = [await stream.__anext__() for _ in range(3)]
+    assert deltas[-1].finish_reason == "length" and deltas[-1].token_id is None
+    for _ in range(2):
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(stream.__anext__(), 5)
+
+
+async def test_a_closed_stream_yields_nothing_more(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=50)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    engine._backend.go.set()
+    await asyncio.wait_for(stream.aclose(), 10)
+    assert [d async for d in stream] == []
+    assert engine.status()["slot_holder"] is None
+
+
+async def test_abort_stops_a_running_stream_which_then_ends_cancelled(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=200)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    stream.abort()
+    assert stream._req.abort.is_set()
+    engine._backend.go.set()
+    deltas = [d async for d in stream]
+    assert deltas[-1].finish_reason == "cancelled" and len(deltas) < 200
+    stream.abort()  # after the end: harmless
+    assert engine.status()["totals"]["cancelled"] == 1
+
+
+def test_the_abort_flag_remembers_when_it_was_first_set():
+    flag = _AbortFlag()
+    assert flag.set_at is None and not flag.is_set()
+    flag.set()
+    first = flag.set_at
+    assert first is not None and flag.is_set()
+    flag.set()
+    assert flag.set_at == first
+
+
+# -- health ------------------------------------------------------------------------------------------------
+async def test_health_uses_the_monotonic_clock_when_no_time_is_given(engine):
+    task = await _held(engine)
+    try:
+        assert engine.health() == {"status": "ok"}
+        assert engine.health(stall_after_s=-1.0)["status"] == "unhealthy"
+    finally:
+        await _release(engine, task)
