@@ -212,3 +212,35 @@ async def test_health_uses_the_monotonic_clock_when_no_time_is_given(engine):
         assert engine.health(stall_after_s=-1.0)["status"] == "unhealthy"
     finally:
         await _release(engine, task)
+
+
+async def test_a_stream_delivers_each_token_id_and_its_text(engine):
+    stream = await engine.open_stream("hello", max_tokens=5)
+    deltas = [d async for d in stream]
+    ids = [d.token_id for d in deltas[:-1]]
+    assert ids == [j for j in stream.token_ids] and None not in ids and len(ids) == 5
+    assert "".join(d.text for d in deltas) == engine._backend.decode(ids)
+    assert all(isinstance(d.text, str) for d in deltas) and deltas[-1].finish_reason == "length"
+    assert [d.finish_reason for d in deltas[:-1]] == [None] * 5
+
+
+async def test_a_stream_holds_the_generation_lock_under_its_own_request_id(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=3, request_id="s-1")
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    lock = engine.status()["generation_lock"]
+    assert lock["locked"] and lock["holder"] == "s-1"
+    engine._backend.go.set()
+    assert [d async for d in stream][-1].finish_reason == "length"
+
+
+async def test_a_failed_stream_raises_to_its_consumer_and_counts_as_failed(engine):
+    def boom(job, produced):
+        raise RuntimeError("backend failed mid-stream")
+
+    engine._backend.on_step = boom
+    stream = await engine.open_stream("hello", max_tokens=3)
+    with pytest.raises(RuntimeError, match="backend failed mid-stream"):
+        await asyncio.wait_for(stream.__anext__(), 10)
+    st = engine.status()
+    assert st["totals"]["failed"] == 1 and st["slot_holder"] is None and st["active"] == []
