@@ -244,3 +244,29 @@ async def test_a_failed_stream_raises_to_its_consumer_and_counts_as_failed(engin
         await asyncio.wait_for(stream.__anext__(), 10)
     st = engine.status()
     assert st["totals"]["failed"] == 1 and st["slot_holder"] is None and st["active"] == []
+
+
+async def test_a_cancelled_stop_still_ends_stopped_once_the_exit_hook_drained():
+    """stop() cancelled while the worker's exit hook runs: the hook is drained, then the cancel is raised, and
+    the engine is "stopped" (not left "stopping")."""
+    backend = GatedBackend()
+    closing = threading.Event()
+    real_close = backend.close
+
+    def close():
+        closing.set()
+        assert backend.go.wait(10), "test never released the exit hook"
+        real_close()
+
+    backend.close = close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    await eng.start()
+    stop = asyncio.create_task(eng.stop())
+    try:
+        assert await asyncio.to_thread(closing.wait, 10)
+        stop.cancel()
+    finally:
+        backend.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
