@@ -270,3 +270,34 @@ async def test_a_cancelled_stop_still_ends_stopped_once_the_exit_hook_drained():
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(stop, 10)
     assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
+
+
+async def test_open_stream_defaults_kind_and_readable_attributes(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello")
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    (active,) = engine.status()["active"]
+    assert active["kind"] == "stream" and active["id"] == stream.request_id
+    assert stream.prompt_tokens == 5 and stream.finish_reason is None and stream.token_ids == []
+    engine._backend.go.set()
+    deltas = [d async for d in stream]
+    assert (engine._backend.jobs[-1].max_tokens, engine._backend.jobs[-1].temperature) == (16, 0.0)
+    assert len(deltas) == 17 and stream.finish_reason == "length"
+
+
+async def test_a_stream_job_cancelled_from_outside_ends_the_stream_cancelled_and_frees_the_slot(engine):
+    """E.g. the loop's shutdown cancels every task: the job still drains the worker, counts the request as
+    cancelled, releases the slot and ends the consumer's iteration with finish_reason "cancelled"."""
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=200)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    stream._task.cancel()
+    engine._backend.go.set()
+    deltas = await asyncio.wait_for(_collect(stream), 10)
+    assert deltas[-1].finish_reason == "cancelled" and stream.finish_reason == "cancelled"
+    st = engine.status()
+    assert st["totals"]["cancelled"] == 1 and st["slot_holder"] is None and st["active"] == []
+
+
+async def _collect(stream):
+    return [d async for d in stream]
