@@ -301,3 +301,24 @@ async def test_a_stream_job_cancelled_from_outside_ends_the_stream_cancelled_and
 
 async def _collect(stream):
     return [d async for d in stream]
+
+
+def test_an_active_requests_summary_rounds_its_elapsed_time_to_tenths_of_milliseconds(monkeypatch):
+    import types
+
+    import tripwire.engine.simple as simple_mod
+
+    req = simple_mod._Request("r-1", "generate", [1, 2, 3], 4, 0.0, started=100.0, completion_tokens=2)
+    monkeypatch.setattr(simple_mod, "time", types.SimpleNamespace(monotonic=lambda: 102.123456))
+    assert req.summary() == {"id": "r-1", "kind": "generate", "prompt_tokens": 3, "completion_tokens": 2,
+                             "elapsed_s": 2.1235}
+
+
+async def test_status_names_the_model_and_the_request_kind_of_a_stream(engine):
+    assert engine.status()["model"] == "fake"
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=2)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    assert [a["kind"] for a in engine.status()["active"]] == ["stream"]
+    engine._backend.go.set()
+    await stream.aclose()
