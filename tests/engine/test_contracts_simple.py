@@ -322,3 +322,34 @@ async def test_status_names_the_model_and_the_request_kind_of_a_stream(engine):
     assert [a["kind"] for a in engine.status()["active"]] == ["stream"]
     engine._backend.go.set()
     await stream.aclose()
+
+
+async def test_status_snapshot_fields_idle_and_while_a_request_holds_the_lock(engine, monkeypatch):
+    import types
+
+    import tripwire.engine.simple as simple_mod
+    from tripwire.engine.tokenizing import MAX_PENDING, THREADS
+
+    idle = {
+        "state": "running", "model": "fake", "admission": {"mode": "fail_fast", "max_wait_s": 1.0},
+        "generation_lock": {"locked": False, "holder": None, "held_for_s": 0.0},
+        "slot_holder": None, "busy_rejections": 0, "waiters": 0, "active": [],
+        "totals": {"admitted": 0, "completed": 0, "cancelled": 0, "failed": 0},
+        "mlx_guard": {"enabled": True, "entries": 1, "trips": 0},
+        "worker": {"alive": True, "jobs_run": 1},
+        "tokenizer": {"pending": 0, "threads": THREADS, "max_pending": MAX_PENDING,
+                      "inline_below_chars": INLINE_BELOW_CHARS},
+        "memory": {"active_bytes": 0, "peak_bytes": 0}, "cache": None,
+    }
+    assert engine.status() == idle
+    now = [1000.0]
+    monkeypatch.setattr(simple_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    task = await _held(engine)
+    try:
+        now[0] = 1002.5
+        st = engine.status()
+        assert st["generation_lock"] == {"locked": True, "holder": "holder", "held_for_s": 2.5}
+        assert st["totals"]["admitted"] == 1 and st["slot_holder"]["request_id"] == "holder"
+    finally:
+        await _release(engine, task)
+    assert engine.status()["generation_lock"] == idle["generation_lock"]
