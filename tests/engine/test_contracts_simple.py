@@ -353,3 +353,34 @@ async def test_status_snapshot_fields_idle_and_while_a_request_holds_the_lock(en
     finally:
         await _release(engine, task)
     assert engine.status()["generation_lock"] == idle["generation_lock"]
+
+
+async def test_a_stop_cancelled_twice_during_the_exit_hook_still_ends_stopped():
+    """Repeated cancellation of stop() while the exit hook runs: the hook is still drained, the cancel is
+    raised, and the engine ends "stopped" (never stuck in "stopping", where a later stop() would return at once
+    and health() would say "engine is stopping" forever)."""
+    backend = GatedBackend()
+    closing = threading.Event()
+    real_close = backend.close
+
+    def close():
+        closing.set()
+        assert backend.go.wait(10), "test never released the exit hook"
+        real_close()
+
+    backend.close = close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    await eng.start()
+    stop = asyncio.create_task(eng.stop())
+    try:
+        assert await asyncio.to_thread(closing.wait, 10)
+        stop.cancel()
+        for _ in range(3):  # let the first cancel reach the drain, then cancel again
+            await asyncio.sleep(0)
+        stop.cancel()
+    finally:
+        backend.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
+    assert eng.health()["reason"] == "engine is stopped"
