@@ -346,9 +346,9 @@ async def test_status_snapshot_fields_idle_and_while_a_request_holds_the_lock(en
     monkeypatch.setattr(simple_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     task = await _held(engine)
     try:
-        now[0] = 1002.5
+        now[0] = 1002.123456
         st = engine.status()
-        assert st["generation_lock"] == {"locked": True, "holder": "holder", "held_for_s": 2.5}
+        assert st["generation_lock"] == {"locked": True, "holder": "holder", "held_for_s": 2.1235}
         assert st["totals"]["admitted"] == 1 and st["slot_holder"]["request_id"] == "holder"
     finally:
         await _release(engine, task)
