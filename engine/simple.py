@@ -168,9 +168,11 @@ class SimpleEngine:
             except TimeoutError:
                 log.error("stop: MLX worker did not end within %.1fs", self._stop_timeout_s)
             except asyncio.CancelledError:
-                await self._drain(None, ended)
-                self._worker.join(1.0)
-                self._state = "stopped"
+                try:
+                    await self._drain(None, ended)  # re-raises a repeated cancel, after the drain
+                finally:
+                    self._worker.join(1.0)
+                    self._state = "stopped"  # also when cancelled again: never stuck in "stopping"
                 raise
             finally:
                 self._lock_holder = None

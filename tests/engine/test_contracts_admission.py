@@ -106,6 +106,17 @@ async def test_fail_fast_admits_one_and_rejects_the_next_with_holder_and_retry_h
     assert ctl.holder is b and ctl.admitted == 2
 
 
+def test_fail_fast_rejects_a_busy_arrival_without_ever_suspending():
+    """fail_fast never queues: `admit` on a held slot raises EngineBusy in its first step (it never awaits,
+    not even for `max_wait_s`), and the rejected request never enters the waiter deque."""
+    ctl = AdmissionController(max_wait_s=2.0, clock=Clock())
+    ctl._take(Req("holder"))
+    coro = ctl.admit(Req("late"))
+    with pytest.raises(EngineBusy):
+        coro.send(None)  # one step: it must not suspend
+    assert ctl.waiters == 0 and ctl.busy_rejections == 1 and ctl.holder.id == "holder"
+
+
 # -- holder summary ------------------------------------------------------------------------------------
 def test_holder_summary_fields_and_rounding_to_tenths_of_milliseconds():
     clock = Clock(3.123456)

@@ -46,3 +46,36 @@ async def test_a_cache_dir_is_ignored_for_a_backend_without_a_prefix_cache(tmp_p
         assert st["cache"] is None and st["memory"] == {"active_bytes": 0, "peak_bytes": 0}
     finally:
         await eng.stop()
+
+
+@pytest.fixture
+def tokenizer_only_backend(tiny_model_path):
+    """The real backend with the model's real tokenizer and no weights (tokenizer work never touches MLX)."""
+    from mlx_lm.utils import load_tokenizer
+
+    b = MlxLmBackend(tiny_model_path, MLXEntryGuard())
+    b.tokenizer = load_tokenizer(tiny_model_path)
+    return b
+
+
+def test_chat_ids_end_with_the_generation_prompt(tokenizer_only_backend):
+    b = tokenizer_only_backend
+    msgs = [{"role": "user", "content": "hi"}]
+    ids = b.encode_chat(msgs)
+    assert ids == list(b.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+    without = list(b.tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=True))
+    assert len(ids) > len(without) and ids[:len(without)] == without and isinstance(ids, list)
+
+
+def test_decode_is_the_text_of_the_ids(tokenizer_only_backend):
+    b = tokenizer_only_backend
+    assert b.decode(b.encode("hello world")) == "hello world"
+
+
+def test_enable_prefix_cache_passes_its_options_to_the_cache(tiny_model_path, tmp_path):
+    b = MlxLmBackend(tiny_model_path, MLXEntryGuard())
+    b.enable_prefix_cache(tmp_path / "cache", block_size=8)
+    try:
+        assert b.prefix_cache.block_size == 8 and b.prefix_cache.cache_dir == tmp_path / "cache"
+    finally:
+        b.prefix_cache.close()

@@ -130,3 +130,35 @@ async def test_pool_runs_at_most_threads_encodes_at_once():
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert len(running) == 4 and pool.pending == 0
     pool.close()
+
+
+async def test_close_cancels_queued_encodes_and_does_not_wait_for_the_running_one():
+    """`close()` returns at once while an encode still runs (nobody waits for it; it finishes on its thread),
+    and an encode still queued behind it never runs: its caller gets CancelledError."""
+    pool = TokenizerPool(threads=1, max_pending=2)
+    gate, entered, finished = threading.Event(), threading.Event(), threading.Event()
+    queued_ran = threading.Event()
+
+    def running():
+        entered.set()
+        gate.wait(5)  # bounded: a close() that waits for it would return only after this
+        finished.set()
+        return [1]
+
+    def queued():
+        queued_ran.set()
+        return [2]
+
+    a = asyncio.create_task(pool.run(running))
+    b = asyncio.create_task(pool.run(queued))
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        assert pool.pending == 2  # b's job is queued behind a's on the one thread
+        pool.close()
+        assert not finished.is_set(), "close() waited for the running encode"
+    finally:
+        gate.set()
+    assert await asyncio.wait_for(a, 5) == [1]
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(b, 5)
+    assert not queued_ran.is_set() and pool.pending == 0

@@ -1,0 +1,389 @@
+"""SimpleEngine's public contracts at unit speed: a scripted backend (no MLX, no model) stands in for mlx-lm.
+
+Defaults of the public methods, what each one hands the worker (kind, max_tokens, temperature, request id),
+counting while busy, `is_busy` in every state, the chat validation messages a client reads in a 400, the
+stream's end of iteration (after END, after `aclose`), `abort()` on a running stream, and `health()` with the
+real clock. The backend is the fuzzer's FakeBackend (the engine's Backend protocol, tokens produced without
+MLX) with a gate so a test can hold the worker inside a step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from tripwire.engine import InvalidRequest, MLXEntryGuard, SimpleEngine
+from tripwire.engine.simple import _AbortFlag
+from tripwire.engine.tokenizing import INLINE_BELOW_CHARS
+from tripwire.fuzz.fake_backend import FakeBackend
+
+pytestmark = pytest.mark.anyio
+
+
+class GatedBackend(FakeBackend):
+    """FakeBackend (step_s=0) recording each job; `hold` pins the worker in its first step until `go` is set."""
+
+    def __init__(self):
+        super().__init__(MLXEntryGuard(enabled=True), step_s=0.0, on_step=self._step)
+        self.jobs = []
+        self.hold = False
+        self.inside = threading.Event()
+        self.go = threading.Event()
+
+    def generate(self, job):
+        self.jobs.append(job)
+        return super().generate(job)
+
+    def _step(self, job, produced):
+        if self.hold and produced == 0:
+            self.inside.set()
+            assert self.go.wait(10), "test never released the worker"
+
+
+@pytest.fixture
+async def engine():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    await eng.start()
+    try:
+        yield eng
+    finally:
+        backend.go.set()
+        await eng.stop()
+
+
+async def _held(eng: SimpleEngine) -> asyncio.Task:
+    """A generate() holding the slot, its worker pinned inside the first step."""
+    eng._backend.hold = True
+    task = asyncio.create_task(eng.generate("holder", max_tokens=4, request_id="holder"))
+    assert await asyncio.to_thread(eng._backend.inside.wait, 10)
+    return task
+
+
+async def _release(eng: SimpleEngine, task: asyncio.Task) -> None:
+    eng._backend.go.set()
+    await asyncio.wait_for(task, 10)
+    eng._backend.hold = False
+
+
+MSGS = [{"role": "user", "content": "hi there"}]
+
+
+# -- defaults and what reaches the worker ---------------------------------------------------------------
+async def test_chat_and_chat_streams_default_to_16_tokens_at_temperature_zero(engine):
+    r = await engine.chat(MSGS)
+    stream = await engine.open_chat_stream(MSGS)
+    deltas = [d async for d in stream]
+    assert [(j.max_tokens, j.temperature) for j in engine._backend.jobs] == [(16, 0.0), (16, 0.0)]
+    assert r.completion_tokens == 16 and len(deltas) == 17 and deltas[-1].finish_reason == "length"
+
+
+async def test_chat_kinds_and_request_ids_reach_status_and_results(engine):
+    engine._backend.hold = True
+    task = asyncio.create_task(engine.chat(MSGS, max_tokens=2, request_id="chat-1"))
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    (active,) = engine.status()["active"]
+    assert (active["id"], active["kind"]) == ("chat-1", "chat")
+    engine._backend.go.set()
+    r = await asyncio.wait_for(task, 10)
+    assert r.request_id == "chat-1" and engine._backend.jobs[-1].request_id == "chat-1"
+    engine._backend.hold = False
+    stream = await engine.open_chat_stream(MSGS, max_tokens=2, request_id="chat-2")
+    (active,) = engine.status()["active"]
+    assert (active["id"], active["kind"]) == ("chat-2", "chat_stream") and stream.request_id == "chat-2"
+    await stream.aclose()
+
+
+async def test_stream_chat_passes_its_keywords_on(engine):
+    deltas = [d async for d in engine.stream_chat(MSGS, max_tokens=3, temperature=0.5)]
+    assert len(deltas) == 4 and deltas[-1].finish_reason == "length"
+    assert (engine._backend.jobs[-1].max_tokens, engine._backend.jobs[-1].temperature) == (3, 0.5)
+
+
+# -- counting ----------------------------------------------------------------------------------------------
+async def test_counting_messages_works_and_is_never_refused_as_busy(engine):
+    expected = len(engine._backend.encode_chat(MSGS))
+    assert await engine.count_prompt_tokens_async(messages=MSGS) == expected
+    long_msgs = [{"role": "user", "content": "x" * INLINE_BELOW_CHARS}]
+    task = await _held(engine)
+    try:
+        assert await engine.count_prompt_tokens_async(messages=MSGS) == expected
+        assert await engine.count_prompt_tokens_async(messages=long_msgs) == len(engine._backend.encode_chat(long_msgs))
+        assert await engine.count_prompt_tokens_async(prompt="y" * INLINE_BELOW_CHARS) == 64
+        assert engine.status()["busy_rejections"] == 0
+    finally:
+        await _release(engine, task)
+
+
+async def test_different_chats_are_tokenized_separately(engine):
+    """The encode memo keys a chat by its messages: a second, different chat never gets the first one's ids."""
+    a = await engine.chat([{"role": "user", "content": "a"}], max_tokens=1)
+    b = await engine.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "bbbb"}],
+                          max_tokens=1)
+    assert a.prompt_tokens == len(engine._backend.encode_chat([{"role": "user", "content": "a"}]))
+    assert b.prompt_tokens > a.prompt_tokens
+    assert engine._backend.jobs[0].prompt_ids != engine._backend.jobs[1].prompt_ids
+
+
+# -- busy probe ------------------------------------------------------------------------------------------
+async def test_is_busy_only_while_running_with_the_slot_held():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    assert eng.is_busy() is False  # created, not running
+    await eng.start()
+    try:
+        assert eng.is_busy() is False  # running, slot free
+        task = await _held(eng)
+        assert eng.is_busy() is True
+        assert eng.status()["busy_rejections"] == 0  # a pure probe
+        await _release(eng, task)
+        assert eng.is_busy() is False
+    finally:
+        backend.go.set()
+        await eng.stop()
+    assert eng.is_busy() is False
+
+
+# -- the 400 messages of chat validation ------------------------------------------------------------------
+@pytest.mark.parametrize("messages, field, message", [
+    ([], "messages", "messages must be a non-empty list"),
+    ("hi", "messages", "messages must be a non-empty list"),
+    ([{"role": "robot", "content": "x"}], "messages[0].role",
+     "messages[0].role must be one of ['system', 'user', 'assistant']"),
+    ([{"role": "user", "content": "x"}, {"role": "user", "content": 5}], "messages[1].content",
+     "messages[1].content must be a string"),
+])
+async def test_chat_validation_errors_name_the_field_and_say_what_is_expected(engine, messages, field, message):
+    with pytest.raises(InvalidRequest) as ei:
+        await engine.chat(messages, max_tokens=1)
+    assert ei.value.field == field and str(ei.value) == message and ei.value.to_dict()["message"] == message
+
+
+# -- streams -----------------------------------------------------------------------------------------------
+async def test_iteration_ends_after_the_final_delta(engine):
+    stream = await engine.open_stream("hello", max_tokens=2)
+    deltas = [await stream.__anext__() for _ in range(3)]
+    assert deltas[-1].finish_reason == "length" and deltas[-1].token_id is None
+    for _ in range(2):
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(stream.__anext__(), 5)
+
+
+async def test_a_closed_stream_yields_nothing_more(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=50)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    engine._backend.go.set()
+    await asyncio.wait_for(stream.aclose(), 10)
+    assert [d async for d in stream] == []
+    assert engine.status()["slot_holder"] is None
+
+
+async def test_abort_stops_a_running_stream_which_then_ends_cancelled(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=200)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    stream.abort()
+    assert stream._req.abort.is_set()
+    engine._backend.go.set()
+    deltas = [d async for d in stream]
+    assert deltas[-1].finish_reason == "cancelled" and len(deltas) < 200
+    stream.abort()  # after the end: harmless
+    assert engine.status()["totals"]["cancelled"] == 1
+
+
+def test_the_abort_flag_remembers_when_it_was_first_set():
+    flag = _AbortFlag()
+    assert flag.set_at is None and not flag.is_set()
+    flag.set()
+    first = flag.set_at
+    assert first is not None and flag.is_set()
+    flag.set()
+    assert flag.set_at == first
+
+
+# -- health ------------------------------------------------------------------------------------------------
+async def test_health_uses_the_monotonic_clock_when_no_time_is_given(engine):
+    task = await _held(engine)
+    try:
+        assert engine.health() == {"status": "ok"}
+        assert engine.health(stall_after_s=-1.0)["status"] == "unhealthy"
+    finally:
+        await _release(engine, task)
+
+
+async def test_a_stream_delivers_each_token_id_and_its_text(engine):
+    stream = await engine.open_stream("hello", max_tokens=5)
+    deltas = [d async for d in stream]
+    ids = [d.token_id for d in deltas[:-1]]
+    assert ids == [j for j in stream.token_ids] and None not in ids and len(ids) == 5
+    assert "".join(d.text for d in deltas) == engine._backend.decode(ids)
+    assert all(isinstance(d.text, str) for d in deltas) and deltas[-1].finish_reason == "length"
+    assert [d.finish_reason for d in deltas[:-1]] == [None] * 5
+
+
+async def test_a_stream_holds_the_generation_lock_under_its_own_request_id(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=3, request_id="s-1")
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    lock = engine.status()["generation_lock"]
+    assert lock["locked"] and lock["holder"] == "s-1"
+    engine._backend.go.set()
+    assert [d async for d in stream][-1].finish_reason == "length"
+
+
+async def test_a_failed_stream_raises_to_its_consumer_and_counts_as_failed(engine):
+    def boom(job, produced):
+        raise RuntimeError("backend failed mid-stream")
+
+    engine._backend.on_step = boom
+    stream = await engine.open_stream("hello", max_tokens=3)
+    with pytest.raises(RuntimeError, match="backend failed mid-stream"):
+        await asyncio.wait_for(stream.__anext__(), 10)
+    st = engine.status()
+    assert st["totals"]["failed"] == 1 and st["slot_holder"] is None and st["active"] == []
+
+
+async def test_a_cancelled_stop_still_ends_stopped_once_the_exit_hook_drained():
+    """stop() cancelled while the worker's exit hook runs: the hook is drained, then the cancel is raised, and
+    the engine is "stopped" (not left "stopping")."""
+    backend = GatedBackend()
+    closing = threading.Event()
+    real_close = backend.close
+
+    def close():
+        closing.set()
+        assert backend.go.wait(10), "test never released the exit hook"
+        real_close()
+
+    backend.close = close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    await eng.start()
+    stop = asyncio.create_task(eng.stop())
+    try:
+        assert await asyncio.to_thread(closing.wait, 10)
+        stop.cancel()
+    finally:
+        backend.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
+
+
+async def test_open_stream_defaults_kind_and_readable_attributes(engine):
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello")
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    (active,) = engine.status()["active"]
+    assert active["kind"] == "stream" and active["id"] == stream.request_id
+    assert stream.prompt_tokens == 5 and stream.finish_reason is None and stream.token_ids == []
+    engine._backend.go.set()
+    deltas = [d async for d in stream]
+    assert (engine._backend.jobs[-1].max_tokens, engine._backend.jobs[-1].temperature) == (16, 0.0)
+    assert len(deltas) == 17 and stream.finish_reason == "length"
+
+
+async def test_a_stream_job_cancelled_from_outside_ends_the_stream_cancelled_and_frees_the_slot(engine):
+    """E.g. the loop's shutdown cancels every task: the job still drains the worker, counts the request as
+    cancelled, releases the slot and ends the consumer's iteration with finish_reason "cancelled"."""
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=200)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    stream._task.cancel()
+    engine._backend.go.set()
+    deltas = await asyncio.wait_for(_collect(stream), 10)
+    assert deltas[-1].finish_reason == "cancelled" and stream.finish_reason == "cancelled"
+    st = engine.status()
+    assert st["totals"]["cancelled"] == 1 and st["slot_holder"] is None and st["active"] == []
+
+
+async def _collect(stream):
+    return [d async for d in stream]
+
+
+def test_an_active_requests_summary_rounds_its_elapsed_time_to_tenths_of_milliseconds(monkeypatch):
+    import types
+
+    import tripwire.engine.simple as simple_mod
+
+    req = simple_mod._Request("r-1", "generate", [1, 2, 3], 4, 0.0, started=100.0, completion_tokens=2)
+    monkeypatch.setattr(simple_mod, "time", types.SimpleNamespace(monotonic=lambda: 102.123456))
+    assert req.summary() == {"id": "r-1", "kind": "generate", "prompt_tokens": 3, "completion_tokens": 2,
+                             "elapsed_s": 2.1235}
+
+
+async def test_status_names_the_model_and_the_request_kind_of_a_stream(engine):
+    assert engine.status()["model"] == "fake"
+    engine._backend.hold = True
+    stream = await engine.open_stream("hello", max_tokens=2)
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    assert [a["kind"] for a in engine.status()["active"]] == ["stream"]
+    engine._backend.go.set()
+    await stream.aclose()
+
+
+async def test_status_snapshot_fields_idle_and_while_a_request_holds_the_lock(engine, monkeypatch):
+    import types
+
+    import tripwire.engine.simple as simple_mod
+    from tripwire.engine.tokenizing import MAX_PENDING, THREADS
+
+    idle = {
+        "state": "running", "model": "fake", "admission": {"mode": "fail_fast", "max_wait_s": 1.0},
+        "generation_lock": {"locked": False, "holder": None, "held_for_s": 0.0},
+        "slot_holder": None, "busy_rejections": 0, "waiters": 0, "active": [],
+        "totals": {"admitted": 0, "completed": 0, "cancelled": 0, "failed": 0},
+        "mlx_guard": {"enabled": True, "entries": 1, "trips": 0},
+        "worker": {"alive": True, "jobs_run": 1},  # the load (counted just after its future resolves: see below)
+        "tokenizer": {"pending": 0, "threads": THREADS, "max_pending": MAX_PENDING,
+                      "inline_below_chars": INLINE_BELOW_CHARS},
+        "memory": {"active_bytes": 0, "peak_bytes": 0}, "cache": None,
+    }
+    st = engine.status()
+    assert st["worker"]["jobs_run"] in (0, 1)  # the worker counts a job after resolving its future
+    st["worker"]["jobs_run"] = 1
+    assert st == idle
+    now = [1000.0]
+    monkeypatch.setattr(simple_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    task = await _held(engine)
+    try:
+        now[0] = 1002.123456
+        st = engine.status()
+        assert st["generation_lock"] == {"locked": True, "holder": "holder", "held_for_s": 2.1235}
+        assert st["totals"]["admitted"] == 1 and st["slot_holder"]["request_id"] == "holder"
+    finally:
+        await _release(engine, task)
+    assert engine.status()["generation_lock"] == idle["generation_lock"]
+
+
+async def test_a_stop_cancelled_twice_during_the_exit_hook_still_ends_stopped():
+    """Repeated cancellation of stop() while the exit hook runs: the hook is still drained, the cancel is
+    raised, and the engine ends "stopped" (never stuck in "stopping", where a later stop() would return at once
+    and health() would say "engine is stopping" forever)."""
+    backend = GatedBackend()
+    closing = threading.Event()
+    real_close = backend.close
+
+    def close():
+        closing.set()
+        assert backend.go.wait(10), "test never released the exit hook"
+        real_close()
+
+    backend.close = close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    await eng.start()
+    stop = asyncio.create_task(eng.stop())
+    try:
+        assert await asyncio.to_thread(closing.wait, 10)
+        stop.cancel()
+        for _ in range(3):  # let the first cancel reach the drain, then cancel again
+            await asyncio.sleep(0)
+        stop.cancel()
+    finally:
+        backend.go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
+    assert eng.health()["reason"] == "engine is stopped"
