@@ -246,9 +246,8 @@ async def test_a_failed_stream_raises_to_its_consumer_and_counts_as_failed(engin
     assert st["totals"]["failed"] == 1 and st["slot_holder"] is None and st["active"] == []
 
 
-async def test_a_cancelled_stop_still_ends_stopped_once_the_exit_hook_drained():
-    """stop() cancelled while the worker's exit hook runs: the hook is drained, then the cancel is raised, and
-    the engine is "stopped" (not left "stopping")."""
+async def _stopping_in_a_held_exit_hook():
+    """A started engine whose stop() task is inside the worker's exit hook, held until `backend.go` is set."""
     backend = GatedBackend()
     closing = threading.Event()
     real_close = backend.close
@@ -264,6 +263,17 @@ async def test_a_cancelled_stop_still_ends_stopped_once_the_exit_hook_drained():
     stop = asyncio.create_task(eng.stop())
     try:
         assert await asyncio.to_thread(closing.wait, 10)
+    except BaseException:
+        backend.go.set()
+        raise
+    return eng, backend, stop
+
+
+async def test_a_cancelled_stop_still_ends_stopped_once_the_exit_hook_drained():
+    """stop() cancelled while the worker's exit hook runs: the hook is drained, then the cancel is raised, and
+    the engine is "stopped" (not left "stopping")."""
+    eng, backend, stop = await _stopping_in_a_held_exit_hook()
+    try:
         stop.cancel()
     finally:
         backend.go.set()
@@ -362,21 +372,8 @@ async def test_a_stop_cancelled_twice_during_the_exit_hook_still_ends_stopped():
     """Repeated cancellation of stop() while the exit hook runs: the hook is still drained, the cancel is
     raised, and the engine ends "stopped" (never stuck in "stopping", where a later stop() would return at once
     and health() would say "engine is stopping" forever)."""
-    backend = GatedBackend()
-    closing = threading.Event()
-    real_close = backend.close
-
-    def close():
-        closing.set()
-        assert backend.go.wait(10), "test never released the exit hook"
-        real_close()
-
-    backend.close = close
-    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
-    await eng.start()
-    stop = asyncio.create_task(eng.stop())
+    eng, backend, stop = await _stopping_in_a_held_exit_hook()
     try:
-        assert await asyncio.to_thread(closing.wait, 10)
         stop.cancel()
         for _ in range(3):  # let the first cancel reach the drain, then cancel again
             await asyncio.sleep(0)
