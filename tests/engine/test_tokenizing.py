@@ -108,7 +108,7 @@ async def test_pool_runs_at_most_threads_encodes_at_once():
     gate = threading.Event()
     running: list[str] = []
     two_in = threading.Event()
-    lock = threading.Lock()
+    lock = threading.Lock()  # guards `running`, appended to from the pool's threads
 
     def encode():
         with lock:

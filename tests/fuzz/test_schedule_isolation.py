@@ -87,7 +87,7 @@ def test_a_slow_one_time_load_is_not_a_blocking_call():
         ctx.load(time.sleep, 0.4)
 
     async def blocks(ctx):
-        time.sleep(0.4)
+        time.sleep(0.4)  # tripwire: ignore[sleep-synchronization] -- the blocking call the watchdog must report
 
     assert not run(Target("slow-load", "", loads, watchdog_s=0.1), budget=1, artifacts=False).failures
     rep = run(Target("blocking", "", blocks, watchdog_s=0.1), budget=1, artifacts=False)

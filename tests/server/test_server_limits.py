@@ -50,6 +50,7 @@ class Proc:
         # The server prints `serving on http://...` once it listens (engine/server/serving.py AnnouncingServer):
         # wait on that line instead of polling /health. The copier keeps the whole output for assertions.
         self.ready = threading.Event()
+        # guards the log file: the copier thread appends to it, output_once() waits for a fragment in it
         self.changed = threading.Condition()
         self.copier = threading.Thread(target=self._copy_output, daemon=True)
         self.copier.start()
