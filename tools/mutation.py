@@ -334,6 +334,9 @@ def combine(out: Path, equiv_file: Path | None = None) -> dict:
 
 def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
     t = s["totals"]
+    if not t["checked"]:
+        return ("# Mutation testing (mutmut) over engine/\n\nNo mutant checked yet: `make mutation` "
+                "(or `python -m tripwire.tools.mutation --groups GROUP`).\n")
     lines = ["# Mutation testing (mutmut) over engine/", "",
              f"**Kill rate {t['kill_rate_non_equivalent_pct']}% of non-equivalent mutants** "
              f"({t['kill_rate_pct']}% of all checked): {t['killed']} killed of {t['checked']} checked; "
@@ -441,6 +444,10 @@ def _print_group(name: str, g: dict) -> None:
 
 def _print_totals(s: dict, out: Path) -> None:
     t = s["totals"]
+    if not t["checked"]:
+        print(f"\nno mutant checked yet: run a group (--groups {' '.join(GROUPS)})")
+        print(f"wrote {out / 'mutation.md'} and mutation.json")
+        return
     print(f"\nkill rate {t['kill_rate_non_equivalent_pct']}% of non-equivalent mutants ({t['kill_rate_pct']}% of all "
           f"checked): {t['killed']} killed / {t['checked']} checked, {t['equivalent']} equivalent, "
           f"{t['survived']} survived, {t['no_tests']} without tests, {t['not_checked']} not reached")

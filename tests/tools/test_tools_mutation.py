@@ -154,3 +154,10 @@ def test_staging_keeps_unchanged_files_and_refreshes_changed_ones_for_mutmut(tmp
     assert os.path.getmtime(dst / "tripwire" / "engine" / "a.py") > old
     assert (dst / "mutants" / "tests" / "test_a.py").read_text() == "def test(): assert 1\n"
     assert not (dst / "tests" / "test_gone.py").exists() and not (dst / "mutants" / "tests" / "test_gone.py").exists()
+
+
+def test_combine_with_no_results_says_what_to_run(tmp_path, capsys):
+    assert mutation.main(["--combine", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no mutant checked yet" in out and "None" not in out
+    assert "No mutant checked yet" in (tmp_path / "mutation.md").read_text()
