@@ -98,11 +98,21 @@ def inputs_hash(modules: list[str], tests: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+class MutmutFailed(RuntimeError):
+    """mutmut stopped with an error before its bound (e.g. a test fails in its clean or stats run)."""
+
+
 def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
-    """Run `mutmut ARGS` in COPY, bounded; True when the bound cut it short."""
+    """Run `mutmut ARGS` in COPY, bounded; True when the bound cut it short.
+
+    Raises:
+        MutmutFailed: mutmut exited non-zero on its own (its output, above, says why).
+    """
     proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=copy, env=env, start_new_session=True)
     try:
-        proc.wait(timeout=minutes * 60)
+        rc = proc.wait(timeout=minutes * 60)
+        if rc != 0:
+            raise MutmutFailed(f"mutmut exited with {rc} before testing every mutant")
         return False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -408,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "mutation" / "adhoc.json").write_text(json.dumps(g, indent=2) + "\n")
         _print_group("adhoc", g)
         return 0
+    failed: list[str] = []
     for i, name in enumerate(args.groups or list(GROUPS), 1):
         mods, tests = GROUPS[name]
         f = out / "mutation" / f"{name}.json"
@@ -418,18 +429,25 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             prev = json.loads(f.read_text())
             names = [n for n, st in prev["statuses"].items() if st not in KILLED]
-            g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,
-                                      workdir=WORK / name)) if names else prev
-        else:
-            if args.fresh:
-                shutil.rmtree(WORK / name, ignore_errors=True)
-            g = run(expand(mods), list(tests), args.minutes, args.jobs, workdir=WORK / name)
+        try:
+            if args.rerun_survivors:
+                g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,
+                                          workdir=WORK / name)) if names else prev
+            else:
+                if args.fresh:
+                    shutil.rmtree(WORK / name, ignore_errors=True)
+                g = run(expand(mods), list(tests), args.minutes, args.jobs, workdir=WORK / name)
+        except MutmutFailed as exc:
+            print(f"error: group {name}: {exc}; its output above names the failing test (a test that fails under "
+                  f"mutmut's stats run must be fixed or left out of the group); nothing saved", file=sys.stderr)
+            failed.append(name)
+            continue
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(g, indent=2) + "\n")
         _print_group(name, g)
     s = combine(out)
     _print_totals(s, out)
-    return 0
+    return 1 if failed else 0
 
 
 def _print_group(name: str, g: dict) -> None:

@@ -161,3 +161,19 @@ def test_combine_with_no_results_says_what_to_run(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no mutant checked yet" in out and "None" not in out
     assert "No mutant checked yet" in (tmp_path / "mutation.md").read_text()
+
+
+def test_a_group_whose_mutmut_run_fails_is_an_error_and_keeps_its_last_result(tmp_path, monkeypatch, capsys):
+    """mutmut stopping on its own (e.g. a test failing in its stats run) must not be saved as "0 killed,
+    everything not reached": exit 1, an error naming the group, and the group's previous result untouched."""
+    def failing(*a, **kw):
+        raise mutation.MutmutFailed("mutmut exited with 1 before testing every mutant")
+
+    monkeypatch.setattr(mutation, "run", failing)
+    monkeypatch.setattr(mutation.shutil, "which", lambda name: "/usr/bin/mutmut")
+    (tmp_path / "mutation").mkdir()
+    previous = json.dumps(_group({"tripwire.engine.ids.x_a__mutmut_1": "killed"}))
+    (tmp_path / "mutation" / "cli.json").write_text(previous)
+    assert mutation.main(["--groups", "cli", "--out", str(tmp_path)]) == 1
+    assert "error: group cli: mutmut exited with 1" in capsys.readouterr().err
+    assert (tmp_path / "mutation" / "cli.json").read_text() == previous
