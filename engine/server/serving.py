@@ -179,7 +179,8 @@ def protocol_for(guard: ConnectionGuard) -> type[GuardedH11Protocol]:
 
 def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits: ClientLimits | None = None,
                   log_level: str = "info", **kw: Any) -> uvicorn.Config:
-    """A uvicorn Config running `app` with the guarded protocol and the limits' keep-alive and shutdown bounds.
+    """A uvicorn Config running `app` (an ASGI3 app) with the guarded protocol and the limits' keep-alive and
+    shutdown bounds.
 
     The app's `state.connection_guard` receives the guard (its counters show in /v1/status); an app with an
     `early_busy_answer` (see `FastPathApp`) has busy generation requests answered before h11 parses them.
@@ -191,9 +192,11 @@ def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits
         app.state.connection_guard = guard
     except AttributeError:
         pass
+    # interface="asgi3": uvicorn's autodetection inspects `__call__` and takes a wrapped app (a plain function that
+    # returns a coroutine: decorators, instrumentation, mutation trampolines) for ASGI2, which then fails per request.
     return uvicorn.Config(app, host=host, port=port, http=protocol_for(guard), log_level=log_level,
                           access_log=False, timeout_keep_alive=limits.keep_alive_s,
-                          timeout_graceful_shutdown=limits.graceful_shutdown_s, lifespan="on", **kw)
+                          timeout_graceful_shutdown=limits.graceful_shutdown_s, lifespan="on", interface="asgi3", **kw)
 
 
 class AnnouncingServer(uvicorn.Server):

@@ -483,6 +483,33 @@ def test_server_config_carries_the_limits_and_the_guarded_protocol():
     assert (default.log_level, default.root_path) == ("info", "/api")  # extra keywords reach uvicorn
 
 
+def test_server_config_runs_an_asgi3_app_whose_call_is_a_plain_function():
+    """The app is ASGI3 whatever its `__call__` looks like: uvicorn's autodetection would take a wrapped app
+    (a sync `__call__` returning a coroutine: decorators, instrumentation, mutation trampolines) for ASGI2."""
+    sent = []
+
+    class Wrapped:
+        async def _inner(self, scope, receive, send):
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+
+        def __call__(self, scope, receive, send):  # a plain function that returns the coroutine
+            return self._inner(scope, receive, send)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    cfg = serving.server_config(Wrapped(), log_level="warning")
+    cfg.load()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "path": "/",
+             "raw_path": b"/", "query_string": b"", "headers": [], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 8000), "scheme": "http", "root_path": ""}
+    asyncio.run(cfg.loaded_app(scope, receive, send))
+    assert sent == [{"type": "http.response.start", "status": 204, "headers": []}]
+
+
 def test_connection_guard_log_lines_name_their_event(caplog):
     caplog.set_level(logging.WARNING, logger="tripwire.server")
     g = serving.ConnectionGuard(serving.ClientLimits())
