@@ -649,7 +649,8 @@ def test_human_bytes_units_and_sign():
 
 @pytest.mark.parametrize("text,n", [("1k", 1000), ("1kb", 1000), ("1K", 1000), ("2m", 2 * 10**6), ("2MB", 2 * 10**6),
                                     ("3gb", 3 * 10**9), ("1t", 10**12), ("1tb", 10**12), ("1kib", 1024),
-                                    ("1TiB", 1024**4), ("1_000", 1000), (" 7b ", 7), ("0.5k", 500)])
+                                    ("1TiB", 1024**4), ("1_000", 1000), (" 7b ", 7), ("0.5k", 500),
+                                    ("1 000 000", 10**6), ("512_MiB", 512 * 1024**2), ("1", 1), ("1 b", 1)])
 def test_parse_bytes_suffixes(text, n):
     assert preflight.parse_bytes(text) == n
 
