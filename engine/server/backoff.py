@@ -7,11 +7,18 @@ kept-alive connection, `BusyBackoff.pause` stops reading THAT connection (uvicor
 `transport.pause_reading()`) until whichever comes first:
 
 * the generation slot frees (the engine's one-shot `call_when_free`, one registration for all paused
-  connections): every paused connection with nothing unread is resumed (a polite client's retry is read as soon
-  as it comes), and of those whose retry already waits unread, ONE is resumed, the one paused longest. The
-  others stay paused (until their own bound or the next free): a freed slot gets one contender, not a herd of
-  retries that would all pass the busy check together and be refused one by one through the full request path;
+  connections): of those whose retry already waits unread, ONE is resumed, the one paused longest (with none
+  waiting, all are resumed, so a polite client's retry is read as soon as it comes). The others stay paused
+  (until their own bound or the next free): a freed slot gets one contender, not a herd of retries that would
+  all pass the busy check together and be refused one by one through the full request path;
 * the answer's retry_after, capped by `max_pause_s` (`ClientLimits.busy_pause_max_s`), has elapsed.
+
+The retry resumed for a freed slot (the *contender*) is not raced while it is on its way to admission (it passed
+the busy check, the slot is still free): a timer that ends meanwhile looks again a few milliseconds later
+instead of letting its retry in, and a connection whose generation response completes meanwhile (the
+previous holder's client, about to send its next request at once) is paused like one answered busy. Otherwise
+those retries also pass the busy check and are refused by admission after the full request path. If the
+contender's request is answered without taking the slot, the next waiting retry is resumed at once.
 
 What it changes, and what it does not:
 
@@ -35,6 +42,9 @@ import socket
 from typing import Any, Callable
 
 EMPTY, REQUEST, GONE = "empty", "request", "gone"  # what a paused connection has unread (see `unread`)
+# A timer that ends while the contender is on its way to admission looks again this much later: admission is
+# milliseconds away, and a retry let in before it would pass the busy check and be refused after the full path.
+CONTENDER_RECHECK_S = 0.005
 
 
 def unread(proto: Any) -> str:
@@ -69,6 +79,7 @@ class BusyBackoff:
         self.on_resume: Callable[[Any, str], None] | None = None  # (proto, "free" | "timer"); tests observe it
         self._paused: dict[Any, Any] = {}  # proto -> its retry_after timer handle
         self._waiting_for_free = False  # our callback is registered with the engine
+        self._contender: Any = None  # the connection resumed for a freed slot (see `_contender_pending`)
         self.pauses = 0
         self.resumed_on_free = 0
         self.resumed_on_timer = 0
@@ -77,23 +88,54 @@ class BusyBackoff:
         """Stop reading `proto`'s connection for at most min(retry_after_s, max_pause_s) or until the slot frees.
         True if it is now paused; False (nothing changed) when pausing is off, the slot is no longer busy, the
         connection is closing or already paused, or the wait would be zero. Never raises."""
+        if proto is self._contender:  # answered busy: someone else took the slot first
+            self._contender = None
         delay = min(retry_after_s or 0.0, self.max_pause_s)
-        if not delay > 0 or proto in self._paused or proto.transport.is_closing() or not self.is_busy():
+        if not delay > 0 or not self.is_busy():
             return False
-        if not self._waiting_for_free:
-            self._waiting_for_free = True
-            self.call_when_free(self._on_free)
+        return self._pause(proto, delay)
+
+    def after_response(self, proto: Any, *, generation: bool, idle: bool) -> None:
+        """`proto` finished a response (uvicorn's `on_response_complete`); `generation`: it answered a generation
+        request; `idle`: the connection now waits for its next request. The contender answered without the slot
+        taken hands the freed slot to the next waiting retry; another generation client finishing while the
+        contender is on its way to admission is paused (see the module docstring). Never raises."""
+        if proto is self._contender:
+            self._contender = None
+            if not self.is_busy() and self._paused:
+                self._release_next()
+        elif generation and idle and self.max_pause_s > 0 and self._contender_pending():
+            self._pause(proto, self.max_pause_s)
+
+    def _pause(self, proto: Any, delay: float) -> bool:
+        if proto in self._paused or proto.transport.is_closing():
+            return False
+        self._wait_for_free()
         proto.flow.pause_reading()
         proto._unset_keepalive_if_required()  # its next request may already wait unread: no idle close now
         self._paused[proto] = proto.loop.call_later(delay, self._on_timer, proto)
         self.pauses += 1
         return True
 
+    def _wait_for_free(self) -> None:
+        if not self._waiting_for_free:
+            self._waiting_for_free = True
+            self.call_when_free(self._on_free)
+
+    def _contender_pending(self) -> bool:
+        """A retry resumed for a freed slot is on its way to admission: it is open and the slot is still free."""
+        c = self._contender
+        return c is not None and not c.transport.is_closing() and not self.is_busy()
+
     def forget(self, proto: Any) -> None:
         """The connection is gone: drop it without resuming (idempotent). Never raises."""
         timer = self._paused.pop(proto, None)
         if timer is not None:
             timer.cancel()
+        if proto is self._contender:
+            self._contender = None
+            if not self.is_busy() and self._paused:  # it left without taking the slot: the next one
+                self._release_next()
 
     def stats(self) -> dict[str, int]:
         """Pauses since start, connections paused now, and how many pauses the slot freeing / the timer ended."""
@@ -102,25 +144,41 @@ class BusyBackoff:
 
     def _on_free(self) -> None:
         self._waiting_for_free = False
-        contender = False  # one waiting retry per freed slot (see the module docstring)
-        for proto in list(self._paused):  # in pause order: the one paused longest first
+        self._contender = None
+        self._release_next()
+
+    def _release_next(self) -> None:
+        """Resume the longest-paused connection whose retry waits unread (the new contender) and those that
+        are gone; with no retry waiting, resume them all. Every other connection stays paused until the next
+        free or its timer (a retry sent meanwhile would race the contender)."""
+        kinds = {}
+        for proto in list(self._paused):
             if proto.transport.is_closing():  # closed meanwhile: nothing to resume
                 self._paused.pop(proto).cancel()
                 continue
-            if self.probe(proto) == REQUEST:
-                if contender:
-                    continue
-                contender = True
+            kinds[proto] = self.probe(proto)
+        contender = next((p for p, kind in kinds.items() if kind == REQUEST), None)  # in pause order
+        for proto, kind in kinds.items():
+            if contender is not None and proto is not contender and kind != GONE:
+                continue
             self._paused.pop(proto).cancel()
             if self._resume(proto, "free"):
                 self.resumed_on_free += 1
+        self._contender = contender
         if self._paused:  # still paused: resume them at the next free too, if it comes before their timers
-            self._waiting_for_free = True
-            self.call_when_free(self._on_free)
+            self._wait_for_free()
 
     def _on_timer(self, proto: Any) -> None:
-        if self._paused.pop(proto, None) is not None and self._resume(proto, "timer"):
+        if proto not in self._paused:
+            return
+        if self._contender_pending():  # do not race the contender: look again shortly, same place in the order
+            self._paused[proto] = proto.loop.call_later(CONTENDER_RECHECK_S, self._on_timer, proto)
+            return
+        del self._paused[proto]
+        if self._resume(proto, "timer"):
             self.resumed_on_timer += 1
+            if self._contender is None and not self.is_busy():  # the slot is free: this retry goes for it
+                self._contender = proto
 
     def _resume(self, proto: Any, why: str) -> bool:
         if proto.transport.is_closing():

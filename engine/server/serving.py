@@ -36,6 +36,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tripwire.engine.server.backoff import BusyBackoff
+from tripwire.engine.server.fastpath import GENERATION_ROUTES
 
 log = logging.getLogger("tripwire.server")
 
@@ -155,6 +156,18 @@ class GuardedH11Protocol(H11Protocol):
             self._arm_header_timer()  # a partial request line/headers is waiting: it must complete in time
         else:
             self._cancel_header_timer()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's bookkeeping, then tell the busy back-off a response finished (see `BusyBackoff`)."""
+        scope = self.cycle.scope if self.cycle is not None else None
+        super().on_response_complete()
+        backoff = self.guard.backoff
+        if backoff is None or scope is None:
+            return
+        generation = scope.get("method") == "POST" and scope.get("path") in GENERATION_ROUTES
+        idle = (not self.transport.is_closing() and self.conn.their_state is h11.IDLE
+                and not self.conn.trailing_data[0] and (self.cycle is None or self.cycle.response_complete))
+        backoff.after_response(self, generation=generation, idle=idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Disarm the header deadline, note a loss in the middle of a response (see `ConnectionGuard`), then let

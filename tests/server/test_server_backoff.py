@@ -147,16 +147,89 @@ def test_a_freed_slot_gets_one_waiting_retry_not_a_herd_the_longest_paused_first
         for p in (first, second, idle, third, gone):
             assert bo.pause(p, 1.0)
         slot.free()
-        # the longest-paused retry, the connection with nothing unread and the closed one are read again
-        assert [p.flow.read_paused for p in (first, second, idle, third, gone)] == [False, True, False, True, False]
-        assert bo.stats()["busy_paused_now"] == 2 and bo.stats()["busy_resumed_on_free"] == 3
+        # the longest-paused retry and the closed connection are read again; the rest wait for the next free
+        assert [p.flow.read_paused for p in (first, second, idle, third, gone)] == [False, True, True, True, False]
+        assert bo.stats()["busy_paused_now"] == 3 and bo.stats()["busy_resumed_on_free"] == 2
         slot.busy = True
         slot.free()  # the next free: the next retry in pause order
-        assert [second.flow.read_paused, third.flow.read_paused] == [False, True]
+        assert [second.flow.read_paused, idle.flow.read_paused, third.flow.read_paused] == [False, True, True]
         slot.free()
-        assert not third.flow.read_paused and bo.stats()["busy_paused_now"] == 0
+        assert [idle.flow.read_paused, third.flow.read_paused] == [True, False]
+        slot.free()  # no retry waits: every connection left is resumed
+        assert not idle.flow.read_paused and bo.stats()["busy_paused_now"] == 0
         assert slot.callbacks == []  # nothing paused: no registration left behind
         for p in (first, second, third, idle, gone):
+            p._unset_keepalive_if_required()
+
+    asyncio.run(main())
+
+
+def test_while_the_contender_goes_for_the_slot_nothing_races_it():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        slot = _Slot()
+        contender, waiting, finished, health = (_Proto(loop) for _ in range(4))
+        contender.unread = waiting.unread = REQUEST
+        bo = _backoff(slot, max_pause_s=0.02)
+        resumed = asyncio.Event()
+        bo.on_resume = lambda proto, why: resumed.set() if proto is waiting else None
+        assert bo.pause(contender, 1.0) and bo.pause(waiting, 0.02)
+        slot.free()  # the slot is free, the contender is on its way to admission
+        assert not contender.flow.read_paused and waiting.flow.read_paused
+        # the previous holder's client finishing its generation response is paused too; a health answer is not
+        bo.after_response(finished, generation=True, idle=True)
+        bo.after_response(health, generation=False, idle=True)
+        assert finished.flow.read_paused and not health.flow.read_paused
+        # `waiting`'s timer ends while the contender is pending: it looks again instead of resuming
+        t0 = loop.time()
+        while loop.time() - t0 < 0.2:  # bounded: several re-checks of the 5 ms timer pass meanwhile
+            await asyncio.sleep(0.01)
+        assert waiting.flow.read_paused and not resumed.is_set()
+        # the contender's request is answered without taking the slot (e.g. a 400): the next retry goes
+        bo.after_response(contender, generation=True, idle=True)
+        assert not waiting.flow.read_paused
+        assert bo.stats()["busy_paused_now"] == 1  # `finished` waits for the next free or its bound
+        for p in (contender, waiting, finished, health):
+            p._unset_keepalive_if_required()
+        bo.forget(finished)
+
+    asyncio.run(main())
+
+
+def test_a_contender_that_takes_the_slot_lets_timers_resume_into_a_cheap_busy_answer():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        slot = _Slot()
+        contender, waiting = _Proto(loop), _Proto(loop)
+        contender.unread = waiting.unread = REQUEST
+        bo = _backoff(slot, max_pause_s=0.02)
+        resumed = asyncio.Event()
+        bo.on_resume = lambda proto, why: resumed.set() if proto is waiting and why == "timer" else None
+        assert bo.pause(contender, 1.0) and bo.pause(waiting, 0.02)
+        slot.free()
+        slot.busy = True  # the contender was admitted: busy again
+        await asyncio.wait_for(resumed.wait(), 5)
+        assert not waiting.flow.read_paused
+        for p in (contender, waiting):
+            p._unset_keepalive_if_required()
+
+    asyncio.run(main())
+
+
+def test_a_contender_whose_connection_is_lost_hands_the_free_slot_to_the_next_retry():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        slot = _Slot()
+        contender, waiting = _Proto(loop), _Proto(loop)
+        contender.unread = waiting.unread = REQUEST
+        bo = _backoff(slot)
+        assert bo.pause(contender, 1.0) and bo.pause(waiting, 1.0)
+        slot.free()
+        assert waiting.flow.read_paused
+        contender.transport.closing = True
+        bo.forget(contender)
+        assert not waiting.flow.read_paused and bo.stats()["busy_paused_now"] == 0
+        for p in (contender, waiting):
             p._unset_keepalive_if_required()
 
     asyncio.run(main())
