@@ -96,16 +96,19 @@ def test_busy_requests_on_one_keep_alive_connection_are_answered_early_with_the_
 
 
 def test_the_early_answer_is_byte_for_byte_the_apps_answer_but_for_the_varying_parts(srv):
-    conn = Conn(srv)
+    conn, other = Conn(srv), Conn(srv)  # `conn` is paused after its busy answer (engine/server/backoff.py)
     try:
+        # `other` is accepted and idle before the split request, so its first part is read on its own
+        assert other.request(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")[0] == 200
         with holding_stream(srv):
             early = early_of(srv).answered
             a = conn.request(chat_bytes(4, b"x-request-id: req-same"))
             assert early_of(srv).answered == early + 1
-            b = conn.request(chat_bytes(4, b"x-request-id: req-same"), split_at=20)  # split: h11 + ASGI path
+            b = other.request(chat_bytes(4, b"x-request-id: req-same"), split_at=20)  # split: h11 + ASGI path
             assert early_of(srv).answered == early + 1
     finally:
         conn.close()
+        other.close()
     assert a[0] == b[0] == 503
     varying = ("date", "server-timing", "retry-after", "content-length")  # retry_after in the body varies
     assert list(a[1]) == list(b[1])  # same headers in the same order
