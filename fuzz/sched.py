@@ -78,19 +78,23 @@ def _short(path: str) -> str:
     return os.path.basename(path)
 
 
-# Per code object: (skipped by user_location, skipped by light_stack, short file name, function name).
-# Computed once per code object: the path tests ran on every switch point and frame.
+# Per code object, keyed by its id: (skipped by user_location, skipped by light_stack, short file name, function
+# name, the code object). Computed once per code object: the path tests ran on every switch point and frame.
+# Keyed by identity, not equality: code objects compare (and hash) equal across files - a shaped engine copy's
+# unchanged functions equal the real engine's - so an equality key reported whichever file the process saw first
+# (and hashing a code object on every frame was the slower lookup). The entry keeps its code object alive, so the
+# id is never reused while the entry exists.
 _CODE_INFO: dict = {}
 
 
-def _code_info(code) -> tuple[bool, bool, str, str]:
-    info = _CODE_INFO.get(code)
+def _code_info(code) -> tuple:
+    info = _CODE_INFO.get(id(code))
     if info is None:
         fn = code.co_filename
         fuzz_own = fn.startswith(_FUZZ_DIR) and "/targets/" not in fn
-        info = _CODE_INFO[code] = (
+        info = _CODE_INFO[id(code)] = (
             (fuzz_own and not fn.endswith("fake_backend.py")) or fn.startswith(_STDLIB_DIRS),
-            fuzz_own, _short(fn), code.co_name)
+            fuzz_own, _short(fn), code.co_name, code)
     return info
 
 
@@ -107,7 +111,7 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
     cache = _CODE_INFO
     while f is not None:
         code = f.f_code
-        info = cache.get(code) or _code_info(code)
+        info = cache.get(id(code)) or _code_info(code)
         if not info[0]:
             return f"{info[2]}:{f.f_lineno} ({info[3]})"
         f = f.f_back
@@ -122,7 +126,7 @@ def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
     cache = _CODE_INFO
     while f is not None and len(out) < limit and walked < 2 * limit:  # bounded: runs on every lock acquire
         code = f.f_code
-        if not (cache.get(code) or _code_info(code))[1]:
+        if not (cache.get(id(code)) or _code_info(code))[1]:
             out.append((code, f.f_lineno))
         f = f.f_back
         walked += 1

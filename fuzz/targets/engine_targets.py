@@ -22,7 +22,8 @@ async def make_engine(ctx: Context, *, admission: str = "fail_fast", max_wait_s:
     """Instrument the engine modules, build a SimpleEngine on the fake backend, start it."""
     pkg = ctx.engine()
     for mod in (pkg.simple, pkg.worker, pkg.admission, pkg.guard):
-        ctx.instrument(mod)
+        # generated request ids (requests without an explicit id) are numbered per schedule, like the cache targets'
+        ctx.instrument(mod, extra={"new_request_id": ctx.request_ids()} if hasattr(mod, "new_request_id") else None)
     guard = pkg.guard.MLXEntryGuard(enabled=True)
     backend = FakeBackend(guard, step_s=STEP_S)
     eng = pkg.simple.SimpleEngine(backend=backend, guard=guard, admission=admission, max_wait_s=max_wait_s,
