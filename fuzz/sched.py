@@ -119,7 +119,8 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
 
 
 def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
-    """The caller's stack as (code, line) pairs outside fuzz/ (cheap: nothing formatted); see ``format_stack``."""
+    """The caller's stack as (code, instruction offset) pairs outside fuzz/ (cheap: no line numbers, nothing
+    formatted; it runs on every lock acquire); ``format_stack`` turns it into lines."""
     out = []
     f = sys._getframe(depth)
     walked = 0
@@ -127,15 +128,25 @@ def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
     while f is not None and len(out) < limit and walked < 2 * limit:  # bounded: runs on every lock acquire
         code = f.f_code
         if not (cache.get(id(code)) or _code_info(code))[1]:
-            out.append((code, f.f_lineno))
+            out.append((code, f.f_lasti))
         f = f.f_back
         walked += 1
     return out
 
 
+def _line_at(code, offset: int) -> int | None:
+    """The source line of the instruction at byte ``offset`` in ``code`` (what ``frame.f_lineno`` reports there)."""
+    if offset < 0:
+        return code.co_firstlineno
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line
+    return None
+
+
 def format_stack(raw: list[tuple] | None) -> list[str]:
     """``raw_stack`` output as ``file:line in function`` lines (what ``light_stack`` returns)."""
-    return [f"{_code_info(code)[2]}:{line} in {code.co_name}" for code, line in raw or ()]
+    return [f"{_code_info(code)[2]}:{_line_at(code, offset)} in {code.co_name}" for code, offset in raw or ()]
 
 
 def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
@@ -285,6 +296,7 @@ class Scheduler:
         self.decisions: list[tuple[tuple[int, ...], int, int, int]] = []  # (options, default, chosen, current)
         self.trace: list[Event] = []
         self._hash = hashlib.sha256()
+        self._keys: list[str] = []  # event keys not hashed yet (hashed in one call when trace_hash is read)
         self.failure: Failure | None = None
         self.aborting = False
         self.progress = 0
@@ -322,7 +334,7 @@ class Scheduler:
     def record(self, task_name: str, kind: str, detail: str = "", where: str | None = None) -> None:
         if where is None:
             where = user_location(depth=3)
-        self._hash.update(f"{task_name}|{kind}|{detail}|{where}\n".encode())  # Event.key() + newline
+        self._keys.append(f"{task_name}|{kind}|{detail}|{where}\n")  # Event.key() + newline
         if self.hb is not None:
             self.hb.add(task_name, kind, detail, where)
         if self.record_trace:
@@ -333,6 +345,10 @@ class Scheduler:
 
     @property
     def trace_hash(self) -> str:
+        """sha256 over every event key so far, one per line (keys are hashed in one batch: cheaper per event)."""
+        if self._keys:
+            self._hash.update("".join(self._keys).encode())
+            self._keys.clear()
         return self._hash.hexdigest()
 
     # ----------------------------------------------------------------- tasks
@@ -473,9 +489,20 @@ class Scheduler:
         while True:
             options = []
             for t in self.tasks:  # _runnable() inlined for the common cases: this runs at every switch point
-                if t.state == "done" or (t.kind == "event" and t.fired):
+                if t.state == "done":
                     continue
-                if (t.wait is None and t.kind == "thread") or self._runnable(t):
+                kind = t.kind
+                if t.wait is None:
+                    if kind == "thread":
+                        options.append(t)
+                        continue
+                    if kind == "loop":
+                        if t.busy or self._loop_has_work():
+                            options.append(t)
+                        continue
+                if kind == "event" and t.fired:
+                    continue
+                if self._runnable(t):
                     options.append(t)
             if not options:
                 dl = self.next_deadline()
