@@ -111,3 +111,24 @@ def test_an_artifact_replays_with_its_trace_hash_in_a_fresh_interpreter(tmp_path
                        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stdout + p.stderr
     assert "failure reproduced 3/3, same trace hash 3/3" in p.stdout, p.stdout
+
+
+def test_an_engine_schedule_does_not_read_the_real_clock(monkeypatch):
+    """engine.channel wakes the loop only if min_wake_interval_s passed since its last wakeup: read on the real clock,
+    a schedule depended on the machine's speed (a loaded machine woke the loop more often, so the same seed gave
+    another trace). Two real clocks, one frozen and one a second further at every read, give one trace."""
+    import itertools
+    import time
+    from tripwire.fuzz import registry
+    tgt = registry.load_targets()["nested-lock"]
+
+    def once(clock):
+        monkeypatch.setattr(time, "monotonic", clock)
+        (run_seed, chooser), = list(make_explorer("random", 7, 1).runs())
+        r = execute(tgt, chooser, run_seed, watchdog_s=3600.0)  # the watchdog reads the same (fake) clock
+        assert r.failure is None, r.failure
+        return r
+
+    frozen = once(lambda: 1000.0)
+    racing = once(itertools.count(1000.0, 1.0).__next__)
+    assert racing.trace_hash == frozen.trace_hash and racing.steps == frozen.steps
