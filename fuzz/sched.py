@@ -25,12 +25,12 @@ import heapq
 import os
 import selectors
 import sys
-import _thread
 import threading as _rt
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .baton import LockBaton, make_baton
 from .hb import HappensBefore
 
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -154,23 +154,14 @@ def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
 
 
 def _baton():
-    """A task's baton: a raw lock held while the task must wait; releasing it lets the task run.
-
-    A raw lock, not a ``threading.Semaphore``: a hand-off costs one futex wake instead of a Condition round trip
-    (measured ~5x cheaper per switch here). It is binary: a second release before the task waited again is a
-    no-op (see ``_pass``), which only the abort paths can do.
-    """
-    lock = _thread.allocate_lock()
-    lock.acquire()
-    return lock
+    """A task's baton (``baton.make_baton``): held while the task must wait; releasing it lets the task run. Binary:
+    a second release before the task waited again is a no-op, which only the abort paths do."""
+    return make_baton()
 
 
 def _pass(baton) -> None:
     """Hand ``baton`` to its task (idempotent: abort paths may hand it twice)."""
-    try:
-        baton.release()
-    except RuntimeError:  # already released and not yet waited on
-        pass
+    baton.release()
 
 
 class _Worker:
@@ -399,7 +390,7 @@ class Scheduler:
                 self._on_exit(t)
 
         if self.reuse_threads:
-            t.exited = _baton()
+            t.exited = LockBaton()  # a lock: finish_threads waits on it with a timeout
 
             def job():
                 try:
