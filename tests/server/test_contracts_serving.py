@@ -166,3 +166,32 @@ def test_a_connection_beyond_the_cap_is_refused_at_once_with_503(guarded):
                                          "type": "server_busy", "param": None, "code": "too_many_connections"}
     assert refused_in < HEADER_TIMEOUT_S, "refused by its header deadline, not at once"
     assert guarded.guard.stats()["refused_connections"] == before + 1
+
+
+class _ReadyAnnouncing(serving.AnnouncingServer):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+
+@pytest.mark.parametrize("host,shown", [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")], ids=["ipv4", "ipv6"])
+def test_the_server_announces_the_address_it_listens_on_once(host, shown, capsys):
+    """`serve` prints `serving on http://HOST:PORT` on stderr once it listens, with the bound port (so `--port 0`
+    tells its caller which port it got) and an IPv6 host in brackets, as in a URL."""
+    server = _ReadyAnnouncing(serving.server_config(App(), host=host, port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="announcing-uvicorn", daemon=True)
+    thread.start()
+    try:
+        assert server.ready.wait(30), "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    assert not thread.is_alive()
+    assert port != 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("serving on")]
+    assert lines == [f"serving on http://{shown}:{port}"]
