@@ -117,6 +117,39 @@ def test_the_early_answer_is_byte_for_byte_the_apps_answer_but_for_the_varying_p
     assert {**ea, "retry_after": 0} == {**eb, "retry_after": 0}
 
 
+def test_the_checks_see_the_early_request_as_the_app_would(srv, monkeypatch):
+    """The route's checks get, from the early path, the request scope uvicorn gives the app for the same bytes
+    (method, path, headers, scheme, versions, addresses, the request log), so auth, limits and logging decide alike."""
+    seen = []
+    early, fp = early_of(srv), srv.app.busy_fast_path
+    for owner in (early, fp):
+        def recording(request, chat, _orig=owner.prechecks):
+            seen.append(dict(request.scope))
+            return _orig(request, chat)
+        monkeypatch.setattr(owner, "prechecks", recording)
+    conn, other = Conn(srv), Conn(srv)
+    try:
+        assert other.request(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")[0] == 200
+        with holding_stream(srv):
+            before = early.answered
+            assert conn.request(chat_bytes(4, b"x-request-id: req-scope-a"))[0] == 503
+            assert early.answered == before + 1
+            assert other.request(chat_bytes(4, b"x-request-id: req-scope-a"), split_at=20)[0] == 503  # h11 + ASGI
+            assert early.answered == before + 1
+    finally:
+        conn.close()
+        other.close()
+    assert len(seen) == 2
+    a, b = seen
+    same = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "server",
+            "headers")
+    assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    assert a["asgi"]["version"] == b["asgi"]["version"] == "3.0"
+    assert a["client"][0] == b["client"][0] == "127.0.0.1"
+    la, lb = a["state"]["reqlog"], b["state"]["reqlog"]
+    assert (la.id, la.method, la.route) == (lb.id, lb.method, lb.route) == ("req-scope-a", "POST", "/v1/chat/completions")
+
+
 @pytest.mark.parametrize("what, data, status, code", [
     ("invalid JSON", raw_post("/v1/chat/completions", b"{not json"), 400, "invalid_json"),
     ("a bad field", raw_post("/v1/chat/completions", b'{"messages": "nope"}'), 400, "invalid_request"),
