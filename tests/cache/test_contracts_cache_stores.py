@@ -442,16 +442,20 @@ def test_a_write_failing_after_a_timed_out_cleanup_is_discarded_not_an_error(tmp
 
 
 def test_every_cleanup_all_discards_what_was_saved_before_it(tmp_path, gates):
-    """Also the second one: an item in flight during a later cleanup_all() is not renamed into place after it."""
+    """Also the second one: the queued items are discarded at once (counted, off the queue), and the item in
+    flight during the cleanup is not renamed into place when its write ends."""
     s = SnapshotStore(tmp_path, session="1-t")
     pin = gates.add("a@1")
     try:
         assert s.cleanup_all() is True
         assert s.save("a", 1, block(1)) and pin.entered.wait(5)
+        assert s.save("b", 1, block(2)) and s.save("c", 1, block(3))
         assert s.cleanup_all(timeout=0.05) is False
+        st = s.stats()
+        assert (st["queue_depth"], st["discarded"], st["in_flight"]) == (0, 2, 1)
         pin.release.set()
         assert s.wait_idle(5)
-        assert files_under(s.session_dir) == [] and s.stats()["discarded"] == 1
+        assert files_under(s.session_dir) == [] and s.stats()["discarded"] == 3
     finally:
         s.shutdown(timeout=5)
 
