@@ -88,15 +88,20 @@ class ModuleProxy(types.ModuleType):
 
 
 class StopSeenQueue(queue.Queue):
-    """A queue.Queue that says when a stop sentinel was queued (so a test knows shutdown() got that far)."""
+    """A queue.Queue that says when a stop sentinel was queued (so a test knows shutdown() got that far) and
+    records how long each put of one was allowed to wait."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.stop_queued = threading.Event()
+        self.stop_put_timeouts: list = []
 
     def put(self, item, block=True, timeout=None):
+        is_stop = item is ss_mod._STOP or item is bs_mod._STOP
+        if is_stop:
+            self.stop_put_timeouts.append(timeout)
         super().put(item, block, timeout)
-        if item is ss_mod._STOP or item is bs_mod._STOP:
+        if is_stop:
             self.stop_queued.set()
 
 
@@ -768,7 +773,7 @@ def test_rejections_inline_writes_and_drops_are_each_counted(tmp_path, gates, ca
 
 
 @pytest.mark.parametrize("queue_full", [False, True], ids=["queue-has-room", "queue-full"])
-def test_close_with_a_stuck_writer_gives_up_at_its_bound_and_says_so(tmp_path, gates, caplog, queue_full):
+def test_close_with_a_stuck_writer_gives_up_at_its_bound_and_says_so(tmp_path, gates, stop_seen, caplog, queue_full):
     s = BlockStore(tmp_path, SIG, min_free_bytes=0, queue_size=1)
     pin = gates.add(h(1))
     assert s.save(h(1), block(1)) and pin.entered.wait(5)
@@ -781,6 +786,8 @@ def test_close_with_a_stuck_writer_gives_up_at_its_bound_and_says_so(tmp_path, g
         what = "writer did not accept the stop sentinel" if queue_full else "writer thread did not exit"
         assert f"block cache: {what} within 0.2s" in caplog.text
         assert result["elapsed"] < 0.9  # about its bound (room for a loaded machine), no larger floor of its own
+        waits = s._write_queue.stop_put_timeouts  # no single wait for a queue slot outlasts the bound either
+        assert waits and all(t is not None and 0 < t <= 0.2 for t in waits), waits
     finally:
         pin.release.set()
         if queue_full:
