@@ -7,6 +7,8 @@ delivered a token (`holding_stream`), or once /v1/status reports it (`wait_statu
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 
 import httpx
@@ -323,3 +325,42 @@ def test_failed_validation_leaves_nothing_locked(srv):
     assert not after["generation_lock"]["locked"] and after["slot_holder"] is None and after["active"] == []
     assert after["totals"]["admitted"] == before["totals"]["admitted"]
     assert httpx.post(srv.url + "/v1/chat/completions", json=chat_body(4)).status_code == 200
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completion"])
+def test_a_stream_is_the_same_answer_as_its_non_streamed_twin_in_openai_chunks(srv, chat, caplog):
+    """Greedy, so both ways give the same result: each chunk carries the request's id, object, created and model;
+    a chat stream opens with the assistant role; exactly one chunk ends it with the same finish_reason; the usage
+    chunk counts the same tokens; the log line says it completed (not cancelled); SSE is sent uncached."""
+    route = "/v1/chat/completions" if chat else "/v1/completions"
+    body = ({"messages": [{"role": "user", "content": "hello"}]} if chat else {"prompt": "once upon a time"})
+    body = {**body, "model": srv.model, "max_tokens": 6}
+    whole = httpx.post(srv.url + route, json=body, timeout=60).json()
+    with caplog.at_level(logging.INFO, logger="tripwire.server.access"):
+        with httpx.stream("POST", srv.url + route, timeout=60, headers={"x-request-id": f"req-twin-{chat}"},
+                          json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            assert r.status_code == 200
+            assert (r.headers["cache-control"], r.headers["x-accel-buffering"]) == ("no-cache", "no")
+            events = [ln.removeprefix("data: ") for ln in r.iter_lines() if ln]
+        srv.wait_idle()
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    *content, usage = chunks
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    first = content[0]
+    assert isinstance(first["created"], int) and first["id"]
+    for c in chunks:
+        assert (c["id"], c["object"], c["created"], c["model"]) == (first["id"], kind, first["created"], srv.model)
+    ends = [c["choices"][0]["finish_reason"] for c in content if c["choices"][0]["finish_reason"] is not None]
+    assert ends == [whole["choices"][0]["finish_reason"]]
+    if chat:
+        assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in content)
+        assert text == whole["choices"][0]["message"]["content"]
+    else:
+        assert "".join(c["choices"][0]["text"] for c in content) == whole["choices"][0]["text"]
+    assert usage["choices"] == [] and usage["usage"] == whole["usage"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tripwire.server.access"]
+    mine = [ln for ln in lines if ln["id"] == f"req-twin-{chat}"]
+    assert len(mine) == 1 and mine[0]["cancelled"] is False and mine[0]["stream"] is True
+    assert mine[0]["completion_tokens"] == whole["usage"]["completion_tokens"]
