@@ -364,3 +364,11 @@ def test_a_stream_is_the_same_answer_as_its_non_streamed_twin_in_openai_chunks(s
     mine = [ln for ln in lines if ln["id"] == f"req-twin-{chat}"]
     assert len(mine) == 1 and mine[0]["cancelled"] is False and mine[0]["stream"] is True
     assert mine[0]["completion_tokens"] == whole["usage"]["completion_tokens"]
+
+
+def test_the_model_list_and_card_have_openais_shape(srv):
+    listed = httpx.get(srv.url + "/v1/models", timeout=10).json()
+    card = httpx.get(srv.url + f"/v1/models/{srv.model}", timeout=10).json()
+    assert listed["object"] == "list" and listed["data"] == [card]
+    assert set(card) == {"id", "object", "created", "owned_by"} and isinstance(card["created"], int)
+    assert (card["id"], card["object"], card["owned_by"]) == (srv.model, "model", "tripwire")
