@@ -374,21 +374,32 @@ def test_the_model_list_and_card_have_openais_shape(srv):
     assert (card["id"], card["object"], card["owned_by"]) == (srv.model, "model", "tripwire")
 
 
-def test_a_request_refused_by_admission_itself_is_logged_as_busy(srv, monkeypatch, caplog):
+def test_engine_refusals_are_logged_busy_only_when_the_engine_is_busy(srv, monkeypatch, caplog):
     """With the busy shortcuts out of the way (the engine freed between their probe and admission, as under a
-    storm), the route's own refusal is the same 503 and its log line says busy; other errors are not busy."""
+    storm), the route's own busy refusal is the same 503 and its log line says busy; an engine refusal for
+    another reason (here: stopping) is a 503 too, but not logged or counted as busy."""
+    from tripwire.engine.errors import EngineStopped
+
     for owner in (srv.app, srv.app.busy_fast_path, srv.app.early_busy_answer):
         monkeypatch.setattr(owner, "_is_busy" if owner is srv.app else "is_busy", lambda: False)
     with caplog.at_level(logging.INFO, logger="tripwire.server.access"):
         with holding_stream(srv):
             busy = httpx.post(srv.url + "/v1/chat/completions", json=chat_body(4),
                               headers={"x-request-id": "req-admit-busy"}, timeout=30)
-            bad = httpx.post(srv.url + "/v1/chat/completions", json=chat_body(4, model="nope"),
-                             headers={"x-request-id": "req-admit-404"}, timeout=30)
         srv.wait_idle()
+
+        def stopping():
+            raise EngineStopped("engine is stopping")
+
+        monkeypatch.setattr(srv.engine, "reject_if_busy", stopping)
+        busy_503s = srv.status()["server"]["busy_503"]
+        stopped = httpx.post(srv.url + "/v1/chat/completions", json=chat_body(4),
+                             headers={"x-request-id": "req-admit-stopped"}, timeout=30)
+        after = srv.status()["server"]["busy_503"]
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "text_generation_busy"
-    assert bad.status_code == 404
+    assert stopped.status_code == 503 and stopped.json()["error"]["code"] == "engine_stopped"
+    assert after == busy_503s
     lines = {ln["id"]: ln for ln in (json.loads(r.getMessage()) for r in caplog.records
                                       if r.name == "tripwire.server.access")}
     assert lines["req-admit-busy"]["busy"] is True and lines["req-admit-busy"]["error_code"] == "text_generation_busy"
-    assert lines["req-admit-404"]["busy"] is False
+    assert lines["req-admit-stopped"]["busy"] is False
