@@ -32,6 +32,7 @@ DEFAULT_DIR = Path(".tripwire_cache") / "proofs"
 # The proof machinery: a change to how a proof runs or judges invalidates every cached verdict.
 MACHINERY = ("tripwire/__init__.py", "tripwire/catalogue/__init__.py", "tripwire/catalogue/base.py",
              "tripwire/catalogue/loader.py", "tools/regressions/prove.py", "tools/regressions/pytest_verify.py",
+             "tools/regressions/forkserver.py", "tools/regressions/_zygote.py",
              "tools/regressions/proof_cache.py", "pyproject.toml", "setup.py")
 
 
