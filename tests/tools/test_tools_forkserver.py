@@ -128,3 +128,15 @@ def test_the_server_refuses_to_start_with_tripwire_already_imported(tmp_path):
     env = dict(server_env(), PYTHONPATH=str(snap), TRIPWIRE_MLX_SANITIZER="1")  # the .pth imports tripwire
     with pytest.raises(ForkServerError, match="tripwire modules imported"):
         ForkServer(snap, env)
+
+
+def test_the_server_is_used_only_when_it_repays_its_start_up(monkeypatch):
+    from tripwire.catalogue import catalogue, get
+    from tripwire.tools.regressions.prove import use_forkserver
+
+    monkeypatch.delenv("TRIPWIRE_PROOF_FORKSERVER", raising=False)
+    assert use_forkserver(catalogue())
+    assert not use_forkserver([get("textmodel-direct-route")])  # one checker run: the preload would cost more
+    assert not use_forkserver([get("server-busy-500"), get("stream-close-without-abort")])
+    monkeypatch.setenv("TRIPWIRE_PROOF_FORKSERVER", "0")
+    assert not use_forkserver(catalogue())
