@@ -9,8 +9,9 @@ have it) and runs the module as `__main__`. Nothing of tripwire is imported here
 every child imports the project from its own copy, which `tools.regressions.pytest_verify` still verifies.
 
 Protocol (JSON lines): stdin takes {"id", "module", "args", "cwd", "env", "out", "err"}; stdout answers
-{"ready": true} once, then {"id", "pid"} when a child started and {"id", "rc"} when it ended (rc as
-`subprocess` reports it: negative for a signal). Each child leads its own process group, so a caller's timeout
+{"ready": true} once, then {"id", "pid"} when a child started and {"id", "rc", "cpu"} when it ended (rc as
+`subprocess` reports it: negative for a signal; cpu: the child's user+sys seconds, its waited-for children's
+included). Each child leads its own process group, so a caller's timeout
 can end it with everything it started. EOF on stdin: wait for the running children, then exit.
 """
 
@@ -130,12 +131,13 @@ def main() -> int:
         else:
             select.select([], [], [], 0.02)
         while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
             rid = children.pop(pid, None)
             if rid is not None:
-                _send({"id": rid, "rc": os.waitstatus_to_exitcode(status)})
+                _send({"id": rid, "rc": os.waitstatus_to_exitcode(status),
+                       "cpu": round(usage.ru_utime + usage.ru_stime, 3)})
     return 0
 
 

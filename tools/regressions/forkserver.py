@@ -37,6 +37,7 @@ class _Pending:
         self.ended = threading.Event()
         self.pid = 0
         self.rc: int | None = None
+        self.cpu = 0.0
 
 
 class ForkServer:
@@ -57,6 +58,9 @@ class ForkServer:
         # guards writes to the server's stdin (requests from the proof threads) and the pending-request table
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
+        # CPU seconds (user+sys) and runs of its children per module: where a proof run's CPU goes
+        self.cpu_seconds: dict[str, float] = {}
+        self.runs: dict[str, int] = {}
         self._dead = ""
         ready = threading.Event()
         self._hello: dict = {}
@@ -90,6 +94,7 @@ class ForkServer:
                 p.started.set()
             elif "rc" in msg:
                 p.rc = msg["rc"]
+                p.cpu = msg.get("cpu", 0.0)
                 p.ended.set()
         # EOF: the server is gone; wake every waiter
         with self._lock:
@@ -136,6 +141,9 @@ class ForkServer:
                 p.ended.wait(30)
             if p.rc is None:
                 raise ForkServerError(self._dead or f"no exit code for `{module}` from the fork server")
+            with self._lock:
+                self.cpu_seconds[module] = self.cpu_seconds.get(module, 0.0) + p.cpu
+                self.runs[module] = self.runs.get(module, 0) + 1
             stdout, stderr = _read_text(out), _read_text(err)
             if timed_out:
                 return -9, stdout, f"timed out after {timeout:.0f}s", time.monotonic() - t0

@@ -163,7 +163,7 @@ print(json.dumps(out))
 class Environment:
     """What the pristine snapshot offers: which rules and fuzz targets exist, and that imports resolve to it."""
 
-    def __init__(self, snapshot: Path, server: ForkServer | None = None):
+    def __init__(self, snapshot: Path, server: ForkServer | None = None, *, fuzz: bool = True):
         self.snapshot = snapshot
         self.server = server  # detectors run as its children (None: fresh processes)
         # A fresh interpreter, always: the isolation check must not depend on the fork server.
@@ -176,7 +176,9 @@ class Environment:
         self.rules_error = info.get("rules_error", "")
         self.fuzz_targets: set[str] | None = None
         self.fuzz_error = ""
-        if (snapshot / "fuzz" / "__main__.py").exists():
+        if not fuzz:  # no shape of this run lists a fuzz target: `fuzz list` would be a wasted process
+            self.fuzz_error = "not listed: no shape of this run has a fuzz detector"
+        elif (snapshot / "fuzz" / "__main__.py").exists():
             rc, out, err, _ = _run([sys.executable, "-m", "tripwire.fuzz", "list"], snapshot, 60, server)
             if rc == 0:
                 self.fuzz_targets = {m.group(1) for m in re.finditer(r"^\s*([a-z0-9][a-z0-9-]+)\b", out, re.M)}
@@ -441,7 +443,7 @@ def prove(regs: list[Regression], jobs: int = 2, root: Path = ROOT,
                 except ForkServerError as exc:  # correct either way, only slower
                     print(f"note: {exc}; detectors run as fresh processes", file=sys.stderr)
             try:
-                env = Environment(snapshot, server)
+                env = Environment(snapshot, server, fuzz=any(r.fuzz for r in todo))
                 # Warm the shared baselines once, before the parallel proofs need them.
                 for p in sorted({static_paths(r) for r in todo if r.rules}):
                     env.baseline(p)
