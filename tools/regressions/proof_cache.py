@@ -16,6 +16,7 @@ Entries live under `.tripwire_cache/proofs/` (gitignored), one JSON file per sha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -107,7 +108,9 @@ def inputs(reg: Regression, root: Path) -> list[str]:
                    *fuzz_inputs(root, reg.fuzz)})
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> str:
+    """Python, MLX, mlx-lm and pytest versions (read once per process: a metadata lookup scans site-packages)."""
     parts = [platform.python_version()]
     for dist in ("mlx", "mlx-lm", "pytest"):
         try:
