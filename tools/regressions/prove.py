@@ -90,6 +90,16 @@ def copy_project(src: Path, dst: Path) -> Path:
     return dst
 
 
+def share_checker_cache(snapshot: Path, copy: Path) -> None:
+    """Give `copy` the checker's result cache that the baseline runs wrote in `snapshot` (this run, same checker
+    code and config): the shape's static run then re-analyzes only the files its codemod changed (entries are
+    validated by content hash, the cache file is keyed by the rule sources and config) — ~0.25 s of CPU less
+    per static run, the same findings."""
+    cache = snapshot / ".tripwire_cache"
+    if cache.is_dir():
+        shutil.copytree(cache, copy / ".tripwire_cache", dirs_exist_ok=True)
+
+
 def copy_env(copy: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(copy) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -364,6 +374,7 @@ def prove_one(reg: Regression, snapshot: Path, env: Environment, workdir: Path) 
     copy = workdir / reg.name
     try:
         copy_project(snapshot, copy)
+        share_checker_cache(snapshot, copy)
         try:
             changes = reg.apply(copy)
         except NotApplicable as exc:
