@@ -112,7 +112,7 @@ def test_a_detector_pytest_runs_against_the_copy_with_the_isolation_check(server
 
 def test_a_dead_server_raises_and_run_falls_back_to_a_fresh_process(tmp_path, copy):
     snap = copy_project(ROOT, tmp_path / "snap")
-    srv = ForkServer(snap, server_env())
+    srv = ForkServer(snap, dict(server_env(), TRIPWIRE_ZYGOTE_PRELOAD="0"))  # the protocol only: no preload
     srv._proc.kill()
     srv._proc.wait(30)
     srv._reader.join(30)

@@ -44,6 +44,10 @@ def _preload() -> list[str]:
     return loaded
 
 
+def _ours() -> list[str]:
+    return sorted(m for m in sys.modules if m == "tripwire" or m.startswith("tripwire."))
+
+
 def _send(msg: dict) -> None:
     os.write(1, (json.dumps(msg) + "\n").encode())
 
@@ -95,10 +99,13 @@ def _child(req: dict, base_path: list[str]) -> None:
 def main() -> int:
     # sys.path as a fresh `python -m` would see it, minus this script's folder (sys.path[0]).
     base_path = [p for p in sys.path[1:] if p]
-    loaded = _preload()
-    ours = sorted(m for m in sys.modules if m == "tripwire" or m.startswith("tripwire."))
-    if ours:
-        _send({"ready": False, "error": f"tripwire modules imported by the preload: {ours}"})
+    # Checked before the preload too: a start-up hook (a .pth) that imported tripwire fails at once, not after it.
+    if _ours():
+        _send({"ready": False, "error": f"tripwire modules imported at start-up: {_ours()}"})
+        return 1
+    loaded = _preload() if os.environ.get("TRIPWIRE_ZYGOTE_PRELOAD", "1") != "0" else []  # "0": protocol tests
+    if _ours():
+        _send({"ready": False, "error": f"tripwire modules imported by the preload: {_ours()}"})
         return 1
     _send({"ready": True, "preloaded": loaded})
     sys.stdout.flush()
