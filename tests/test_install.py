@@ -78,10 +78,12 @@ def test_wheel_installs_beneath_tripwire_and_a_foreign_project_keeps_its_package
     env_dir = tmp_path / "venv"
     # No pip inside the fresh venv (ensurepip costs seconds of CPU): this venv's pip installs into it through
     # `--python`, exactly as the venv's own pip would (same resolver, same wheel, same console scripts).
+    # --no-compile: pip byte-compiling every installed module (pygments, pytest, the wheel) cost ~2.5 s of CPU
+    # for the few modules the commands below import; what is installed, and where, is the same.
     venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
-    inst = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", str(wheel), "pytest",
-                 "pytest-timeout"], tmp_path, 480)
+    inst = _run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-compile", str(wheel),
+                 "pytest", "pytest-timeout"], tmp_path, 480)
     assert inst.returncode == 0, inst.stderr[-2000:]
 
     proj = tmp_path / "foreign"

@@ -88,6 +88,13 @@ def _t(prog, name):
     return load_user_target(f"{prog}::{name}", instrument=["fzexplore_mod"])
 
 
+@pytest.fixture(scope="module")
+def whole_independent(prog):
+    """The bounded:30 search of `independent` (its whole schedule space, pruned): the costliest run here, read by
+    two tests; deterministic, so running it once per module asks the same questions of the same result."""
+    return run(_t(prog, "independent"), strategy="bounded:30", budget=5000, artifacts=False)
+
+
 @pytest.mark.parametrize("name", ["nothing", "one_task"])
 def test_a_single_interleaving_is_nothing_explored_not_ok(prog, name, capsys, tmp_path):
     rep = run(_t(prog, name), strategy="bounded:2", budget=50, artifacts=False)
@@ -98,10 +105,10 @@ def test_a_single_interleaving_is_nothing_explored_not_ok(prog, name, capsys, tm
     assert code == 2 and "NOTHING EXPLORED" in out and "OK" not in out
 
 
-def test_exhaustive_only_when_the_whole_space_was_enumerated(prog, capsys, tmp_path):
+def test_exhaustive_only_when_the_whole_space_was_enumerated(prog, whole_independent, capsys, tmp_path):
     big = run(_t(prog, "independent"), strategy="bounded:1", budget=5000, artifacts=False)
     assert big.exhausted and not big.complete, "more than one deviation is possible here"
-    whole = run(_t(prog, "independent"), strategy="bounded:30", budget=5000, artifacts=False)
+    whole = whole_independent
     assert whole.exhausted and whole.complete and not whole.failures
     code = cli.main(["run", f"{prog}::independent", "--instrument", "fzexplore_mod", "--strategy", "bounded:1",
                      "--budget", "5000", "--artifacts", str(tmp_path)])
@@ -117,8 +124,8 @@ def test_exhaustive_only_when_the_whole_space_was_enumerated(prog, capsys, tmp_p
     assert code == 0 and "OK: 3 schedules" in out and "exhaustive" not in out and "every schedule" not in out
 
 
-def test_partial_order_reduction_prunes_equivalent_schedules_and_keeps_bugs(prog):
-    rep = run(_t(prog, "independent"), strategy="bounded:30", budget=5000, artifacts=False)
+def test_partial_order_reduction_prunes_equivalent_schedules_and_keeps_bugs(prog, whole_independent):
+    rep = whole_independent
     assert rep.pruned > 0, "accesses to different attributes commute: equivalent schedules must be pruned"
     assert rep.complete
     locked = run(_t(prog, "locked"), strategy="bounded:3", budget=5000, artifacts=False)

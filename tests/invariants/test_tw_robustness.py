@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 
-import hypothesmith
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -19,6 +18,17 @@ _RULES = from_table({"rules": {
     "finish-after-yield": {},
 }}, __import__("pathlib").Path("."), None).enabled_rules()
 _FILE = [r for r in _RULES if not r.project and not r.meta]
+
+
+def _hypothesmith(strategy: str):
+    """hypothesmith's strategy, built when the test first draws from it: importing hypothesmith and compiling its
+    grammar costs ~1 s of CPU, which every pytest-xdist worker paid at collection whether or not it ran these
+    tests. The strategy and its examples are the same as before."""
+    def build():
+        import hypothesmith
+
+        return getattr(hypothesmith, strategy)()
+    return st.deferred(build)
 _PROJ = [r for r in _RULES if r.project and not r.meta]
 
 
@@ -32,14 +42,14 @@ def _check(data: bytes, path: str = "tests/test_gen.py"):
 
 @pytest.mark.timeout(180)  # hypothesmith's generation alone takes most of a minute on a loaded 2-core machine
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(hypothesmith.from_grammar())
+@given(_hypothesmith("from_grammar"))
 def test_generated_programs_never_crash_the_checker(source):
     _check(source.encode("utf-8", "surrogatepass"))
 
 
 @pytest.mark.timeout(180)  # as above: generating syntax trees dominates
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-@given(hypothesmith.from_node())
+@given(_hypothesmith("from_node"))
 def test_generated_syntax_trees_never_crash_the_checker(source):
     res = _check(source.encode("utf-8", "surrogatepass"))
     assert res.parsed or any(f.rule == "parse-error" for f in res.findings)

@@ -16,6 +16,7 @@ Entries live under `.tripwire_cache/proofs/` (gitignored), one JSON file per sha
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ DEFAULT_DIR = Path(".tripwire_cache") / "proofs"
 # The proof machinery: a change to how a proof runs or judges invalidates every cached verdict.
 MACHINERY = ("tripwire/__init__.py", "tripwire/catalogue/__init__.py", "tripwire/catalogue/base.py",
              "tripwire/catalogue/loader.py", "tools/regressions/prove.py", "tools/regressions/pytest_verify.py",
+             "tools/regressions/forkserver.py", "tools/regressions/_zygote.py",
              "tools/regressions/proof_cache.py", "pyproject.toml", "setup.py")
 
 
@@ -106,7 +108,9 @@ def inputs(reg: Regression, root: Path) -> list[str]:
                    *fuzz_inputs(root, reg.fuzz)})
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> str:
+    """Python, MLX, mlx-lm and pytest versions (read once per process: a metadata lookup scans site-packages)."""
     parts = [platform.python_version()]
     for dist in ("mlx", "mlx-lm", "pytest"):
         try:
