@@ -384,3 +384,66 @@ async def test_a_stop_cancelled_twice_during_the_exit_hook_still_ends_stopped():
         await asyncio.wait_for(stop, 10)
     assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
     assert eng.health()["reason"] == "engine is stopped"
+
+
+# -- generate(): defaults, result, a stop() during it, busy decided before validation ------------------------
+async def test_generate_defaults_to_16_tokens_at_temperature_zero_and_returns_the_text_and_ids(engine):
+    r = await engine.generate("hello")
+    job = engine._backend.jobs[-1]
+    assert (job.max_tokens, job.temperature) == (16, 0.0) and r.finish_reason == "length"
+    assert len(r.token_ids) == r.completion_tokens == 16 and r.prompt_tokens == 5
+    assert r.text == engine._backend.decode(r.token_ids) and len(r.text) == 16
+
+
+async def test_a_generate_aborted_by_stop_returns_cancelled_and_counts_as_cancelled(engine):
+    """stop() aborts an active non-streaming request: it returns normally (no exception) with finish_reason
+    "cancelled" and the tokens it got, and is counted as cancelled, not completed."""
+    engine._backend.hold = True
+    task = asyncio.create_task(engine.generate("hello", max_tokens=50, request_id="gen-1"))
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    abort = engine._active["gen-1"].abort
+    stop = asyncio.create_task(engine.stop())
+    assert await asyncio.to_thread(abort.wait, 10)  # stop() flags every active request before it drains
+    engine._backend.go.set()
+    r = await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(stop, 10)
+    assert r.finish_reason == "cancelled" and r.completion_tokens < 50
+    assert engine.status()["totals"] == {"admitted": 1, "completed": 0, "cancelled": 1, "failed": 0}
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+async def test_busy_is_decided_before_validation_also_when_the_slot_is_taken_while_a_long_prompt_is_tokenized(
+        engine, kind):
+    """A request that is busy and invalid is refused as busy (503, retry later), never as invalid: with a short
+    prompt the busy check comes first; with a long one the slot may be taken while the prompt is tokenized off
+    the loop, and the busy check is made again before the request's parameters are validated."""
+    from tripwire.engine import EngineBusy
+
+    backend = engine._backend
+    tokenizing, tokenize_go = threading.Event(), threading.Event()
+    real = backend.encode_chat if kind == "chat" else backend.encode
+
+    def gated(arg):
+        if len(str(arg)) < INLINE_BELOW_CHARS:   # the holder's short prompt: tokenized inline, never held
+            return real(arg)
+        tokenizing.set()
+        assert tokenize_go.wait(10), "test never released the tokenizer"
+        return real(arg)
+
+    setattr(backend, "encode_chat" if kind == "chat" else "encode", gated)
+    long_text = "x" * INLINE_BELOW_CHARS
+    if kind == "chat":
+        request = engine.chat([{"role": "user", "content": long_text}], max_tokens=0)
+    else:
+        request = engine.generate(long_text, max_tokens=0)
+    invalid = asyncio.create_task(request)
+    try:
+        assert await asyncio.to_thread(tokenizing.wait, 10)   # prechecked (slot free), now on the tokenizer pool
+        holder = await _held(engine)
+    finally:
+        tokenize_go.set()
+    try:
+        with pytest.raises(EngineBusy):
+            await asyncio.wait_for(invalid, 10)
+    finally:
+        await _release(engine, holder)
