@@ -95,6 +95,13 @@ def test_a_generation_ends_length_after_exactly_max_tokens(no_eos):
     assert reason == "length" and len(tokens) == 5
 
 
+def test_a_job_for_zero_tokens_emits_nothing_and_ends_length(no_eos):
+    """max_tokens is a hard bound at every value the backend can be given, 0 included (the engine validates
+    [1, context], the backend protocol does not): mlx-lm's generator ends before yielding a token."""
+    reason, tokens, _ = no_eos.generate(max_tokens=0)
+    assert reason == "length" and tokens == []
+
+
 def test_max_tokens_beyond_mlx_lms_default_bound_is_honoured(no_eos):
     """mlx-lm's generate_step stops after 256 tokens unless told otherwise: the job's bound must reach it."""
     reason, tokens, _ = no_eos.generate(max_tokens=300)
