@@ -447,3 +447,100 @@ async def test_busy_is_decided_before_validation_also_when_the_slot_is_taken_whi
             await asyncio.wait_for(invalid, 10)
     finally:
         await _release(engine, holder)
+
+
+# -- request validation: the exact 400 messages and every boundary (the FakeBackend's context is 256 tokens) -------
+async def _invalid(call) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as ei:
+        await call
+    return ei.value
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, 257, True, 2.0, "4", None])
+async def test_max_tokens_outside_1_to_the_context_is_refused_with_the_range(engine, max_tokens):
+    err = await _invalid(engine.generate("ab", max_tokens=max_tokens))
+    assert err.field == "max_tokens" and type(err) is InvalidRequest
+    assert str(err) == f"max_tokens must be an integer in [1, 256], got {max_tokens!r}"
+
+
+@pytest.mark.parametrize("temperature", [-0.01, 2.01, True, "1", None])
+async def test_temperature_outside_0_to_2_is_refused_with_the_range(engine, temperature):
+    err = await _invalid(engine.generate("ab", max_tokens=1, temperature=temperature))
+    assert err.field == "temperature" and str(err) == f"temperature must be a number in [0, 2], got {temperature!r}"
+
+
+async def test_the_bounds_themselves_are_accepted_and_temperature_reaches_the_worker_as_a_float(engine):
+    await engine.generate("ab", max_tokens=1, temperature=0)
+    await engine.generate("ab", max_tokens=1, temperature=2)
+    r = await engine.generate("ab", max_tokens=254, temperature=1)   # 2 prompt tokens + 254 = the whole context
+    temps = [j.temperature for j in engine._backend.jobs]
+    assert temps == [0.0, 2.0, 1.0] and all(type(t) is float for t in temps)
+    assert r.completion_tokens == 254 and engine._backend.jobs[-1].max_tokens == 254
+
+
+async def test_prompt_plus_max_tokens_over_the_context_names_max_tokens_and_both_sizes(engine):
+    from tripwire.engine import ContextLengthExceeded
+
+    err = await _invalid(engine.generate("ab", max_tokens=255))
+    assert isinstance(err, ContextLengthExceeded) and err.field == "max_tokens"
+    assert str(err) == "prompt (2 tokens) plus max_tokens (255) exceeds the model's context of 256 tokens"
+    assert (err.details["prompt_tokens"], err.details["context_length"]) == (2, 256)
+    # max_tokens equal to the context is a valid max_tokens: the error is the context's (its code tells clients)
+    err = await _invalid(engine.generate("ab", max_tokens=256))
+    assert isinstance(err, ContextLengthExceeded) and err.to_dict()["code"] == "context_length_exceeded"
+
+
+async def test_a_prompt_that_alone_fills_the_context_names_the_prompt(engine):
+    from tripwire.engine import ContextLengthExceeded
+
+    engine._backend.info["context_length"] = 8
+    err = await _invalid(engine.generate("x" * 8, max_tokens=1))
+    assert isinstance(err, ContextLengthExceeded) and err.field == "prompt"
+    assert (err.details["prompt_tokens"], err.details["context_length"]) == (8, 8)
+    err = await _invalid(engine.generate("x" * 7, max_tokens=2))
+    assert err.field == "max_tokens"
+    assert (await engine.generate("x" * 7, max_tokens=1)).completion_tokens == 1
+
+
+async def test_a_prompt_that_encodes_to_nothing_is_refused(engine):
+    engine._backend.encode = lambda text: []
+    err = await _invalid(engine.generate("ab", max_tokens=1))
+    assert err.field == "prompt" and str(err) == "prompt encodes to zero tokens"
+
+
+@pytest.mark.parametrize("prompt", ["", None, 5, ["ab"]])
+async def test_a_prompt_that_is_not_a_non_empty_string_is_refused(engine, prompt):
+    err = await _invalid(engine.generate(prompt, max_tokens=1))
+    assert err.field == "prompt" and str(err) == "prompt must be a non-empty string"
+
+
+@pytest.mark.parametrize("request_id", ["", "x" * 129, "a\nb", 5])
+async def test_a_request_id_must_be_1_to_128_printable_characters(engine, request_id):
+    err = await _invalid(engine.generate("ab", max_tokens=1, request_id=request_id))
+    assert err.field == "request_id" and str(err) == "request_id must be 1..128 printable characters"
+
+
+async def test_a_128_character_request_id_is_used_as_given_and_a_missing_one_is_generated(engine):
+    r = await engine.generate("ab", max_tokens=1, request_id="x" * 128)
+    assert r.request_id == "x" * 128 and engine._backend.jobs[-1].request_id == "x" * 128
+    a, b = await engine.generate("ab", max_tokens=1), await engine.generate("ab", max_tokens=1)
+    assert a.request_id.startswith("req-") and b.request_id.startswith("req-") and a.request_id != b.request_id
+
+
+async def test_a_request_id_already_active_is_refused_and_the_active_request_is_untouched():
+    """Only reachable in wait mode (fail_fast refuses any second request as busy before validating it)."""
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, admission="wait", max_wait_s=2.0, stop_timeout_s=5.0)
+    await eng.start()
+    try:
+        task = await _held(eng)
+        try:
+            err = await _invalid(eng.generate("ab", max_tokens=1, request_id="holder"))
+            assert err.field == "request_id" and str(err) == "request_id 'holder' is already active"
+            assert [a["id"] for a in eng.status()["active"]] == ["holder"] and eng.status()["waiters"] == 0
+        finally:
+            await _release(eng, task)
+        assert (await task).finish_reason == "length"
+    finally:
+        backend.go.set()
+        await eng.stop()
