@@ -544,3 +544,74 @@ async def test_a_request_id_already_active_is_refused_and_the_active_request_is_
     finally:
         backend.go.set()
         await eng.stop()
+
+
+# -- tokenizing: inline below INLINE_BELOW_CHARS, else on the tokenizer pool; each prompt encoded once (memo) ----
+def _record_encodes(backend, name: str = "encode") -> list[tuple[str, str]]:
+    """Wrap the backend's encoder NAME (the FakeBackend's encode_chat calls its encode: wrap one of them only):
+    each call appends (name, thread name)."""
+    calls: list[tuple[str, str]] = []
+    real = getattr(backend, name)
+
+    def wrapped(arg):
+        calls.append((name, threading.current_thread().name))
+        return real(arg)
+
+    setattr(backend, name, wrapped)
+    return calls
+
+
+def _on_pool(calls) -> list[bool]:
+    return [thread.startswith("tripwire-tokenizer") for _, thread in calls]
+
+
+async def test_a_prompt_is_tokenized_inline_below_the_threshold_and_on_the_pool_from_it(engine):
+    calls = _record_encodes(engine._backend)
+    await engine.generate("x" * (INLINE_BELOW_CHARS - 1), max_tokens=1)
+    await engine.generate("y" * INLINE_BELOW_CHARS, max_tokens=1)
+    assert [c[0] for c in calls] == ["encode", "encode"] and _on_pool(calls) == [False, True]
+
+
+async def test_a_chats_size_is_the_sum_of_its_contents(engine):
+    calls = _record_encodes(engine._backend, "encode_chat")
+    half = INLINE_BELOW_CHARS // 2
+    await engine.chat([{"role": "user", "content": "a" * half}], max_tokens=1)
+    await engine.chat([{"role": "system", "content": "b" * half}, {"role": "user", "content": "c" * half}],
+                      max_tokens=1)
+    assert [c[0] for c in calls] == ["encode_chat", "encode_chat"] and _on_pool(calls) == [False, True]
+
+
+@pytest.mark.parametrize("kind", ["prompt", "messages"])
+async def test_a_long_prompt_counted_first_is_not_tokenized_again_by_its_request(engine, kind):
+    calls = _record_encodes(engine._backend, "encode" if kind == "prompt" else "encode_chat")
+    if kind == "prompt":
+        arg = "z" * INLINE_BELOW_CHARS
+        n = await engine.count_prompt_tokens_async(prompt=arg)
+        r = await engine.generate(arg, max_tokens=1)
+    else:
+        arg = [{"role": "user", "content": "z" * INLINE_BELOW_CHARS}]
+        n = await engine.count_prompt_tokens_async(messages=arg)
+        r = await engine.chat(arg, max_tokens=1)
+    assert len(calls) == 1 and _on_pool(calls) == [True] and r.prompt_tokens == n
+
+
+async def test_the_encode_memo_keeps_the_16_most_recently_used_prompts(engine):
+    calls = _record_encodes(engine._backend)
+    prompts = [f"p{i}" for i in range(17)]
+    for p in prompts[:16]:
+        engine.count_prompt_tokens(p)
+    engine.count_prompt_tokens(prompts[0])    # all 16 still memoized; p0 becomes the most recently used
+    assert len(calls) == 16
+    engine.count_prompt_tokens(prompts[16])   # a 17th prompt evicts the least recently used: p1
+    engine.count_prompt_tokens(prompts[0])
+    assert len(calls) == 17
+    engine.count_prompt_tokens(prompts[1])
+    assert len(calls) == 18
+
+
+async def test_a_backend_changing_its_jobs_prompt_ids_cannot_change_the_next_identical_prompt(engine):
+    """The memo hands out copies: a request's ids are its own."""
+    r1 = await engine.generate("same", max_tokens=1)
+    engine._backend.jobs[-1].prompt_ids.append(999)
+    r2 = await engine.generate("same", max_tokens=1)
+    assert r1.prompt_tokens == r2.prompt_tokens == 4 and engine._backend.jobs[-1].prompt_ids == list(b"same")
