@@ -181,3 +181,42 @@ def test_a_request_ended_by_length_or_stop_commits_its_prefix_blocks(no_eos, cac
     assert reason == ending
     assert [e for e in pc.snapshot_events if e[0] == "done"] == [("done", 64), ("done", 128)]
     assert pc.blocks.wait_idle(10) and pc.blocks.stats()["entries"] == 2
+
+
+def test_load_takes_the_end_of_sequence_ids_from_the_tokenizer_and_samples_memory(run, tiny_model_path,
+                                                                                  monkeypatch):
+    """Load runs inside the MLX guard as "load"; after it, eos ids are the tokenizer's and the memory figures are
+    MLX's (sampled on the worker, so status() never calls MLX); generating samples them again."""
+    import mlx_lm
+
+    fresh = MlxLmBackend(tiny_model_path, MLXEntryGuard(enabled=True))
+    owners, real_load = [], mlx_lm.load
+
+    def spy_load(*a, **kw):   # the real load, noting who the guard says is inside MLX meanwhile
+        owners.append(fresh.guard.owner)
+        return real_load(*a, **kw)
+
+    monkeypatch.setattr(mlx_lm, "load", spy_load)
+    assert fresh.memory == {"active_bytes": 0, "peak_bytes": 0}
+    run.worker.submit(fresh.load).result(TIMEOUT_S)
+    assert owners == [{"thread": "test-backend-worker", "request_id": "load"}]
+    assert fresh.eos_ids == set(fresh.tokenizer.eos_token_ids) and fresh.eos_ids
+    assert set(fresh.memory) == {"active_bytes", "peak_bytes"}
+    assert 0 < fresh.memory["active_bytes"] <= fresh.memory["peak_bytes"]
+    fresh.memory = {}
+    job = GenerationJob("mem-1", PROMPT_IDS, 1, 0.0, threading.Event(), lambda token: None)
+    assert run.worker.submit(fresh.generate, job).result(TIMEOUT_S) in ("length", "stop")
+    assert 0 < fresh.memory["active_bytes"] <= fresh.memory["peak_bytes"]
+
+
+def test_a_model_mlx_lm_cannot_load_is_a_model_load_error_naming_the_path(run, tmp_path):
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / name).write_text("{}" if name == "config.json" else "garbage")
+    broken = MlxLmBackend(tmp_path, MLXEntryGuard(enabled=True))
+    from tripwire.engine import ModelLoadError
+
+    with pytest.raises(ModelLoadError) as ei:
+        run.worker.submit(broken.load).result(TIMEOUT_S)
+    assert ei.value.field == "model" and ei.value.__cause__ is not None
+    assert str(ei.value) == f"could not load model from {str(tmp_path)!r}: {ei.value.__cause__}"
+    assert broken.guard.entries == 1 and broken.guard.owner is None
