@@ -10,11 +10,12 @@ MLX) with a gate so a test can hold the worker inside a step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
 
-from tripwire.engine import InvalidRequest, MLXEntryGuard, SimpleEngine
+from tripwire.engine import EngineStopped, InvalidRequest, MLXEntryGuard, SimpleEngine
 from tripwire.engine.simple import _AbortFlag
 from tripwire.engine.tokenizing import INLINE_BELOW_CHARS
 from tripwire.fuzz.fake_backend import FakeBackend
@@ -615,3 +616,87 @@ async def test_a_backend_changing_its_jobs_prompt_ids_cannot_change_the_next_ide
     engine._backend.jobs[-1].prompt_ids.append(999)
     r2 = await engine.generate("same", max_tokens=1)
     assert r1.prompt_tokens == r2.prompt_tokens == 4 and engine._backend.jobs[-1].prompt_ids == list(b"same")
+
+
+# -- stop(): while stopping, and its two documented overruns (logged, never raised) --------------------------------
+class _LogRecords(logging.Handler):
+    """Collects the engine's log records; `got` is set at the first one."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+        self.got = threading.Event()
+
+    def emit(self, record):
+        self.records.append(record)
+        self.got.set()
+
+
+@pytest.fixture
+def engine_log():
+    handler = _LogRecords()
+    logger = logging.getLogger("tripwire.engine.simple")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+async def test_while_stop_runs_the_engine_says_stopping_and_a_second_stop_returns_at_once():
+    eng, backend, stop = await _stopping_in_a_held_exit_hook()
+    try:
+        st = eng.status()
+        assert st["state"] == "stopping" and st["generation_lock"]["holder"] == "engine-stop"
+        assert eng.health() == {"status": "unhealthy", "reason": "engine is stopping"}
+        with pytest.raises(EngineStopped) as ei:
+            await eng.generate("hello", max_tokens=1)
+        assert str(ei.value) == "engine is stopping; not accepting requests"
+        await asyncio.wait_for(eng.stop(), 5)   # returns although the first stop() still holds the lock
+        assert not stop.done()
+    finally:
+        backend.go.set()
+    await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped"
+
+
+async def test_a_stream_not_drained_within_stop_timeout_is_logged_and_stop_still_ends(engine_log):
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
+    await eng.start()
+    backend.hold = True
+    try:
+        stream = await eng.open_stream("hello", max_tokens=200)
+        assert await asyncio.to_thread(backend.inside.wait, 10)
+        stop = asyncio.create_task(eng.stop())
+        assert await asyncio.to_thread(engine_log.got.wait, 10), "the overrun was not logged"
+        assert [r.getMessage() for r in engine_log.records] == ["stop: 1 stream job(s) did not drain within 0.2s"]
+        assert not stop.done()   # still waiting for the worker: the lock outlives the worker step
+    finally:
+        backend.go.set()
+    await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped" and [d async for d in stream][-1].finish_reason == "cancelled"
+
+
+async def test_an_exit_hook_overrunning_stop_timeout_is_logged_and_stop_returns_stopped(engine_log):
+    backend = GatedBackend()
+    closing = threading.Event()
+    real_close = backend.close
+
+    def close():
+        closing.set()
+        assert backend.go.wait(10), "test never released the exit hook"
+        real_close()
+
+    backend.close = close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
+    await eng.start()
+    try:
+        await asyncio.wait_for(eng.stop(), 5)   # bounded by stop_timeout_s although the hook is still running
+        assert closing.is_set() and not backend.closed and eng.status()["state"] == "stopped"
+        assert [r.getMessage() for r in engine_log.records] == ["stop: MLX worker did not end within 0.2s"]
+        await asyncio.wait_for(eng.stop(), 5)   # once stopped, stop() returns at once: no second wait, no log
+        assert len(engine_log.records) == 1 and not backend.closed
+    finally:
+        backend.go.set()
+    assert await asyncio.to_thread(eng._worker.join, 10)
