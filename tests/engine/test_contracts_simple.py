@@ -700,3 +700,143 @@ async def test_an_exit_hook_overrunning_stop_timeout_is_logged_and_stop_returns_
     finally:
         backend.go.set()
     assert await asyncio.to_thread(eng._worker.join, 10)
+
+
+# -- start(): its states, a failed load, a second start ------------------------------------------------------------
+class LoadGatedBackend(GatedBackend):
+    """GatedBackend whose load waits for `load_go` (then fails if `load_error` is set)."""
+
+    def __init__(self, load_error: Exception | None = None):
+        super().__init__()
+        self.loading, self.load_go = threading.Event(), threading.Event()
+        self.load_error = load_error
+
+    def load(self):
+        self.loading.set()
+        assert self.load_go.wait(10), "test never released the load"
+        if self.load_error is not None:
+            raise self.load_error
+        super().load()
+
+
+async def test_while_loading_the_engine_says_starting_and_the_load_holds_the_lock_as_engine():
+    backend = LoadGatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    start = asyncio.create_task(eng.start())
+    try:
+        assert await asyncio.to_thread(backend.loading.wait, 10)
+        st = eng.status()
+        assert st["state"] == "starting" and st["generation_lock"]["holder"] == "engine"
+        assert eng.health() == {"status": "unhealthy", "reason": "engine is starting"}
+        with pytest.raises(EngineStopped) as ei:
+            await eng.generate("hello", max_tokens=1)
+        assert str(ei.value) == "engine is starting; not accepting requests"
+    finally:
+        backend.load_go.set()
+    await asyncio.wait_for(start, 10)
+    assert eng.status()["state"] == "running" and eng.health() == {"status": "ok"}
+    with pytest.raises(RuntimeError) as ei:
+        await eng.start()
+    assert str(ei.value) == "engine cannot start from state 'running'"
+    await eng.stop()
+    with pytest.raises(RuntimeError) as ei:
+        await eng.start()
+    assert str(ei.value) == "engine cannot start from state 'stopped'"
+    with pytest.raises(EngineStopped) as ei:
+        await eng.generate("hello", max_tokens=1)
+    assert str(ei.value) == "engine is stopped; not accepting requests"
+
+
+async def test_a_failed_load_raises_ends_stopped_and_the_engine_cannot_start_again():
+    backend = LoadGatedBackend(load_error=RuntimeError("weights unreadable"))
+    backend.load_go.set()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    with pytest.raises(RuntimeError, match="weights unreadable"):
+        await eng.start()
+    assert eng.status()["state"] == "stopped" and eng.health()["reason"] == "engine is stopped"
+    assert not eng._worker.is_alive() and backend.closed
+    with pytest.raises(RuntimeError, match="cannot start from state 'stopped'"):
+        await eng.start()
+
+
+async def test_a_failed_load_waits_for_the_exit_hook_at_most_stop_timeout():
+    """start() ends the worker after a failed load, bounded by stop_timeout_s: a slow exit hook is left running."""
+    backend = LoadGatedBackend(load_error=RuntimeError("weights unreadable"))
+    backend.load_go.set()
+    closing, real_close = threading.Event(), backend.close
+
+    def slow_close():
+        closing.set()
+        backend.go.wait(5)   # released by the test once start() has returned
+        real_close()
+
+    backend.close = slow_close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
+    try:
+        with pytest.raises(RuntimeError, match="weights unreadable"):
+            await eng.start()
+        assert closing.is_set() and not backend.closed and eng.status()["state"] == "stopped"
+    finally:
+        backend.go.set()
+    assert await asyncio.to_thread(eng._worker.join, 10)
+
+
+# -- progress and totals ---------------------------------------------------------------------------------------
+async def test_an_active_request_counts_its_tokens_as_they_are_produced(engine):
+    at_three, go = threading.Event(), threading.Event()
+
+    def pin_at_three(job, produced):
+        if produced == 3:
+            at_three.set()
+            assert go.wait(10), "test never released the worker"
+
+    engine._backend.on_step = pin_at_three
+    task = asyncio.create_task(engine.generate("hello", max_tokens=5, request_id="counted"))
+    try:
+        assert await asyncio.to_thread(at_three.wait, 10)
+        st = engine.status()
+        assert [a["completion_tokens"] for a in st["active"]] == [3]
+        assert st["slot_holder"]["completion_tokens"] == 3 and st["slot_holder"]["max_tokens"] == 5
+        assert engine.health() == {"status": "ok"}
+        assert engine.health(stall_after_s=3600.0, now=engine._active["counted"].progress_at + 3601.0)["status"] \
+            == "unhealthy"
+    finally:
+        go.set()
+    assert (await asyncio.wait_for(task, 10)).completion_tokens == 5
+
+
+async def test_totals_count_each_request_once_by_its_outcome(engine):
+    for _ in range(2):
+        await engine.generate("hello", max_tokens=1)
+    stream = await engine.open_stream("hello", max_tokens=1)
+    [d async for d in stream]
+    assert engine.status()["totals"] == {"admitted": 3, "completed": 3, "cancelled": 0, "failed": 0}
+    assert engine.status()["active"] == [] and engine.status()["slot_holder"] is None
+
+
+async def test_a_worker_failure_while_a_cancelled_request_drains_is_logged_with_its_request_id(engine, engine_log):
+    """The drain never swallows the worker's error: it is logged (with the exception) under the request's id,
+    and the caller still gets its CancelledError once the worker has returned."""
+    inside, go = threading.Event(), threading.Event()
+
+    def fail_after_release(job, produced):
+        inside.set()
+        assert go.wait(10), "test never released the worker"
+        raise RuntimeError("worker failed mid-step")
+
+    engine._backend.on_step = fail_after_release
+    task = asyncio.create_task(engine.generate("hello", max_tokens=5, request_id="drained-1"))
+    try:
+        assert await asyncio.to_thread(inside.wait, 10)
+        abort = engine._active["drained-1"].abort
+        task.cancel()
+        assert await asyncio.to_thread(abort.wait, 10)   # the cancel reached the runner, which now drains
+        assert not task.done() and engine.status()["generation_lock"]["holder"] == "drained-1"
+    finally:
+        go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    (record,) = engine_log.records
+    assert record.getMessage() == "request drained-1: MLX worker failed while draining a cancelled request"
+    assert repr(record.exc_info[1]) == "RuntimeError('worker failed mid-step')"
+    assert engine.status()["totals"]["cancelled"] == 1 and engine.status()["slot_holder"] is None
