@@ -840,3 +840,9 @@ async def test_a_worker_failure_while_a_cancelled_request_drains_is_logged_with_
     assert record.getMessage() == "request drained-1: MLX worker failed while draining a cancelled request"
     assert repr(record.exc_info[1]) == "RuntimeError('worker failed mid-step')"
     assert engine.status()["totals"]["cancelled"] == 1 and engine.status()["slot_holder"] is None
+
+
+def test_an_engine_needs_a_model_path_or_a_backend():
+    with pytest.raises(InvalidRequest) as ei:
+        SimpleEngine()
+    assert ei.value.field == "model" and str(ei.value) == "model_path is required when no backend is given"
