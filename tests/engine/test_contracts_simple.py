@@ -846,3 +846,22 @@ def test_an_engine_needs_a_model_path_or_a_backend():
     with pytest.raises(InvalidRequest) as ei:
         SimpleEngine()
     assert ei.value.field == "model" and str(ei.value) == "model_path is required when no backend is given"
+
+
+async def test_a_cancelled_start_drains_the_load_and_logs_its_failure_as_the_engines(engine_log):
+    """start() cancelled during the load: the load still finishes on the worker (drained under the lock); its
+    failure is logged under "engine" (no request exists yet), the cancel is raised and the engine is stopped."""
+    backend = LoadGatedBackend(load_error=RuntimeError("weights unreadable"))
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    start = asyncio.create_task(eng.start())
+    try:
+        assert await asyncio.to_thread(backend.loading.wait, 10)
+        start.cancel()
+    finally:
+        backend.load_go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(start, 10)
+    (record,) = engine_log.records
+    assert record.getMessage() == "request engine: MLX worker failed while draining a cancelled request"
+    assert repr(record.exc_info[1]) == "RuntimeError('weights unreadable')"
+    assert eng.status()["state"] == "stopped" and not eng._worker.is_alive()
