@@ -865,3 +865,28 @@ async def test_a_cancelled_start_drains_the_load_and_logs_its_failure_as_the_eng
     assert record.getMessage() == "request engine: MLX worker failed while draining a cancelled request"
     assert repr(record.exc_info[1]) == "RuntimeError('weights unreadable')"
     assert eng.status()["state"] == "stopped" and not eng._worker.is_alive()
+
+
+async def test_wait_mode_a_waiter_handed_the_slot_while_stop_drains_is_refused_as_stopping():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, admission="wait", max_wait_s=2.0, stop_timeout_s=5.0)
+    await eng.start()
+    try:
+        holder = await _held(eng)
+        waiter = asyncio.create_task(eng.generate("next", max_tokens=1, request_id="waiter"))
+        for _ in range(50):   # loop turns only (no time passes): until the waiter queues for the slot
+            if eng.status()["waiters"] == 1:
+                break
+            await asyncio.sleep(0)
+        assert eng.status()["waiters"] == 1
+        stop = asyncio.create_task(eng.stop())
+        assert await asyncio.to_thread(eng._active["holder"].abort.wait, 10)   # stop() aborted the holder
+    finally:
+        backend.go.set()
+    with pytest.raises(EngineStopped) as ei:
+        await asyncio.wait_for(waiter, 10)
+    assert str(ei.value) == "engine is stopping; not accepting requests"
+    assert (await asyncio.wait_for(holder, 10)).finish_reason == "cancelled"
+    await asyncio.wait_for(stop, 10)
+    st = eng.status()
+    assert st["slot_holder"] is None and st["totals"]["admitted"] == 1 and st["state"] == "stopped"
