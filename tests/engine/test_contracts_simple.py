@@ -890,3 +890,24 @@ async def test_wait_mode_a_waiter_handed_the_slot_while_stop_drains_is_refused_a
     await asyncio.wait_for(stop, 10)
     st = eng.status()
     assert st["slot_holder"] is None and st["totals"]["admitted"] == 1 and st["state"] == "stopped"
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat", "open_stream"])
+async def test_a_busy_long_prompt_is_refused_before_it_is_tokenized(engine, kind):
+    """Busy answers stay cheap: a long prompt (one that would go to the tokenizer pool) is refused as busy before
+    anything tokenizes it."""
+    from tripwire.engine import EngineBusy
+
+    name = "encode_chat" if kind == "chat" else "encode"
+    long_text = "q" * (2 * INLINE_BELOW_CHARS)
+    task = await _held(engine)
+    calls = _record_encodes(engine._backend, name)
+    try:
+        with pytest.raises(EngineBusy):
+            if kind == "chat":
+                await engine.chat([{"role": "user", "content": long_text}], max_tokens=1)
+            else:
+                await getattr(engine, kind)(long_text, max_tokens=1)
+        assert calls == [] and engine.status()["tokenizer"]["pending"] == 0
+    finally:
+        await _release(engine, task)
