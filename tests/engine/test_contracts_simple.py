@@ -911,3 +911,9 @@ async def test_a_busy_long_prompt_is_refused_before_it_is_tokenized(engine, kind
         assert calls == [] and engine.status()["tokenizer"]["pending"] == 0
     finally:
         await _release(engine, task)
+
+
+def test_the_admission_mode_and_its_wait_bound_are_the_ones_given():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, admission="wait", max_wait_s=0.5)
+    assert eng.status()["admission"] == {"mode": "wait", "max_wait_s": 0.5}
