@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--shutdown-timeout", type=_positive, default=5.0, metavar="S",
                      help="on SIGTERM, cancel requests still running after S seconds; the engine then drains "
                           "within its own bound (default 5)")
+    lim.add_argument("--busy-pause-max", type=_non_negative, default=1.0, metavar="S",
+                     help="after a busy 503 on a kept-alive connection, read nothing more from it until the "
+                          "generation slot frees or retry_after elapses, at most S seconds (default 1; 0 = off)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     s.add_argument("--gil-switch-ms", type=_positive_ms, default=DEFAULT_GIL_SWITCH_MS,
                    help=f"GIL switch interval of the server process in ms (default {DEFAULT_GIL_SWITCH_MS}; "
@@ -105,6 +108,16 @@ def _positive(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
     if not f > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return f
+
+
+def _non_negative(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not (f >= 0 and f != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
     return f
 
 
@@ -153,7 +166,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         limits = ClientLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                               max_connections=args.max_connections, keep_alive_s=args.keep_alive,
-                              graceful_shutdown_s=args.shutdown_timeout)
+                              graceful_shutdown_s=args.shutdown_timeout, busy_pause_max_s=args.busy_pause_max)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

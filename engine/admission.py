@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .errors import EngineBusy, InvalidRequest
+
+log = logging.getLogger(__name__)
 
 MODES = ("fail_fast", "wait")
 MAX_WAIT_LIMIT_S = 2.0
@@ -58,6 +61,7 @@ class AdmissionController:
         self._waiters: collections.deque[tuple[asyncio.Future, SlotHolder]] = collections.deque()
         self.seconds_per_token = 0.01  # refined from finished requests; only feeds Retry-After
         self.drain_s = 0.02  # abort -> release, refined from aborted requests; feeds Retry-After while draining
+        self._when_free: list[Callable[[], None]] = []  # one-shot, see call_when_free
 
     @property
     def waiters(self) -> int:
@@ -167,6 +171,24 @@ class AdmissionController:
                 self._take(nxt)
                 wake.set_result(None)
                 break
+        if self.holder is None and self._when_free:
+            self._notify_free()
+
+    def call_when_free(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once, from the next `release()` that leaves the slot free (not from one that hands
+        it to a waiter), after the slot is free. Registered while the slot is already free, it still waits for
+        the next such release: the caller checks the slot itself. Callbacks run on the loop inside `release()`,
+        so they must be cheap (schedule work, do not do it); one that raises is logged and dropped, the others
+        still run. Never raises."""
+        self._when_free.append(callback)
+
+    def _notify_free(self) -> None:
+        callbacks, self._when_free = self._when_free, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # release() never raises: a listener's failure is its own, reported here
+                log.exception("admission: a call_when_free callback failed; it is dropped")
 
     def holder_summary(self) -> dict[str, Any] | None:
         """The holder's request_id, elapsed_s, completion_tokens and max_tokens, or None when the slot is free."""

@@ -354,6 +354,12 @@ class SimpleEngine:
         counts nothing, never raises (the server's busy fast path probes it on every generation request)."""
         return self._state == "running" and self._admission.would_reject()
 
+    def call_when_free(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once on the loop when the generation slot is next freed (see
+        `AdmissionController.call_when_free`: cheap callbacks only; never raises). The server uses it to resume
+        connections it stopped reading after a busy answer."""
+        self._admission.call_when_free(callback)
+
     def reject_if_busy(self) -> None:
         """Raise EngineBusy now if a fail_fast request would be rejected (e.g. before a server tokenizes).
 

@@ -3,6 +3,7 @@ external events; see CONTRIBUTING.md ("Fuzz targets") and ``python -m tripwire.f
 
 Module map (each one job; imports only go down this list):
   memfs                           an in-memory filesystem a target swaps in (``ctx.filesystem()``)
+  baton                           how a turn passes between OS threads (POSIX semaphore, raw-lock fallback)
   sched, strategies, prims        the baton scheduler, decision strategies, instrumented primitives
   target                          the Target type and the built-in registry (``@target``)
   context                         what a target body sees (``Context``)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ class Context:
         self._cleanup: list[Callable[[], Any]] = []
         self.state: dict[str, Any] = {}
         self._isolated: set[str] = set()
+        self._request_ids: Callable[..., str] | None = None
 
     # instrumentation
     def instrument(self, module, **kw) -> None:
@@ -48,6 +50,20 @@ class Context:
         ``fs.files()`` / ``fs.os``. No disk I/O; nothing of it outlives the schedule."""
         from .memfs import MemFS
         return MemFS()
+
+    def request_ids(self) -> Callable[..., str]:
+        """A stand-in for ``engine.ids.new_request_id`` numbered per schedule (``<prefix>-fuzz<n>``; one counter per
+        schedule, shared by every module given it): swap it in with ``ctx.instrument(mod, extra={"new_request_id":
+        ctx.request_ids()})``. Why: the engine's ids carry a random per-process prefix and a process-global counter,
+        and they reach the trace (temp file names, request ids in switch points), so a trace differed between
+        processes (a replayed artifact never matched its hash) and depended on the schedules run before it."""
+        if self._request_ids is None:
+            counter = itertools.count(1)
+
+            def new_request_id(prefix: str = "req") -> str:
+                return f"{prefix}-fuzz{next(counter):x}"
+            self._request_ids = new_request_id
+        return self._request_ids
 
     def at_quiescence(self, fn: Callable[[], Any]) -> None:
         self._quiescence.append(fn)

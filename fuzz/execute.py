@@ -31,6 +31,7 @@ class RunResult:
     sched: Scheduler | None = None
     leaked: list[str] = dataclasses.field(default_factory=list)
     run_seed: int = 0
+    switches: int = 0  # baton hand-offs between OS threads (Scheduler.switches)
 
 
 def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
@@ -136,4 +137,5 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
     preempt = sum(1 for opts, d, c, cur in sched.decisions if c != d and cur in opts)
     dev = sum(1 for opts, d, c, cur in sched.decisions if c != d)
     return RunResult(sched.failure, list(sched.choices), sched.trace_hash, sched.steps, len(sched.decisions),
-                     preempt, dev, sched, ctx.state.get("_leaked", []), run_seed)
+                     preempt, dev, sched, ctx.state.get("_leaked", []), run_seed,
+                     sched.switches)

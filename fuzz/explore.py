@@ -29,6 +29,7 @@ class Report:
     pruned: int = 0  # bounded: schedules skipped as equivalent to one already run (partial-order reduction)
     decisions: int = 0  # scheduling decisions (>= 2 runnable options) over every schedule run
     steps: int = 0  # switch points over every schedule run
+    switches: int = 0  # baton hand-offs between OS threads over every schedule run (see Scheduler.switches)
     cpu: float = 0.0  # process CPU seconds (every thread) over the run; less sensitive than elapsed to other load
 
     @property
@@ -58,6 +59,11 @@ class Report:
         return self.cpu / self.decisions * 1e6 if self.decisions else 0.0
 
     @property
+    def cpu_rate(self) -> float:
+        """Schedules per second of process CPU time: the rate with a core to itself (others' load changes it least)."""
+        return self.schedules / self.cpu if self.cpu > 0 else 0.0
+
+    @property
     def first_found(self) -> int | None:
         return self.failures[0][0] if self.failures else None
 
@@ -85,6 +91,7 @@ def run(tgt: Target | str, *, strategy: str = "random", budget: int = 100, seed:
         rep.max_decisions = max(rep.max_decisions, res.decisions)
         rep.decisions += res.decisions
         rep.steps += res.steps
+        rep.switches += res.switches
         if res.failure is not None:
             path = None
             if artifacts:

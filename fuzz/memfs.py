@@ -165,6 +165,10 @@ class MemFS:
     ``EINVAL``). ``fs.os``, ``fs.shutil`` and ``fs.open`` are module-like views to swap into code under test.
     """
 
+    # What ``fs.os.getpid()`` returns: code under test names files after its process id (block_store's temp
+    # files), and the real one made a trace differ between processes (a replayed artifact missed its hash).
+    PID = 4242
+
     def __init__(self, root: str = "/fuzz-memfs"):
         self._now = 1_000_000_000
         self._top = _Dir(self._now)
@@ -524,6 +528,7 @@ class MemFS:
         mod = types.ModuleType("fuzz.memfs.os")
         mod.__dict__.update(_BASE_OS)
         mod.__dict__.update({n: getattr(self, n) for n in self._OS_FUNCS})
+        mod.getpid = lambda: self.PID
         mod.path = path
         mod.__fuzz_memfs__ = self
         return mod

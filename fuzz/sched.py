@@ -25,12 +25,12 @@ import heapq
 import os
 import selectors
 import sys
-import _thread
 import threading as _rt
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .baton import LockBaton, make_baton
 from .hb import HappensBefore
 
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -78,19 +78,23 @@ def _short(path: str) -> str:
     return os.path.basename(path)
 
 
-# Per code object: (skipped by user_location, skipped by light_stack, short file name, function name).
-# Computed once per code object: the path tests ran on every switch point and frame.
+# Per code object, keyed by its id: (skipped by user_location, skipped by light_stack, short file name, function
+# name, the code object). Computed once per code object: the path tests ran on every switch point and frame.
+# Keyed by identity, not equality: code objects compare (and hash) equal across files - a shaped engine copy's
+# unchanged functions equal the real engine's - so an equality key reported whichever file the process saw first
+# (and hashing a code object on every frame was the slower lookup). The entry keeps its code object alive, so the
+# id is never reused while the entry exists.
 _CODE_INFO: dict = {}
 
 
-def _code_info(code) -> tuple[bool, bool, str, str]:
-    info = _CODE_INFO.get(code)
+def _code_info(code) -> tuple:
+    info = _CODE_INFO.get(id(code))
     if info is None:
         fn = code.co_filename
         fuzz_own = fn.startswith(_FUZZ_DIR) and "/targets/" not in fn
-        info = _CODE_INFO[code] = (
+        info = _CODE_INFO[id(code)] = (
             (fuzz_own and not fn.endswith("fake_backend.py")) or fn.startswith(_STDLIB_DIRS),
-            fuzz_own, _short(fn), code.co_name)
+            fuzz_own, _short(fn), code.co_name, code)
     return info
 
 
@@ -107,7 +111,7 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
     cache = _CODE_INFO
     while f is not None:
         code = f.f_code
-        info = cache.get(code) or _code_info(code)
+        info = cache.get(id(code)) or _code_info(code)
         if not info[0]:
             return f"{info[2]}:{f.f_lineno} ({info[3]})"
         f = f.f_back
@@ -115,23 +119,34 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
 
 
 def raw_stack(depth: int = 2, limit: int = 12) -> list[tuple]:
-    """The caller's stack as (code, line) pairs outside fuzz/ (cheap: nothing formatted); see ``format_stack``."""
+    """The caller's stack as (code, instruction offset) pairs outside fuzz/ (cheap: no line numbers, nothing
+    formatted; it runs on every lock acquire); ``format_stack`` turns it into lines."""
     out = []
     f = sys._getframe(depth)
     walked = 0
     cache = _CODE_INFO
     while f is not None and len(out) < limit and walked < 2 * limit:  # bounded: runs on every lock acquire
         code = f.f_code
-        if not (cache.get(code) or _code_info(code))[1]:
-            out.append((code, f.f_lineno))
+        if not (cache.get(id(code)) or _code_info(code))[1]:
+            out.append((code, f.f_lasti))
         f = f.f_back
         walked += 1
     return out
 
 
+def _line_at(code, offset: int) -> int | None:
+    """The source line of the instruction at byte ``offset`` in ``code`` (what ``frame.f_lineno`` reports there)."""
+    if offset < 0:
+        return code.co_firstlineno
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line
+    return None
+
+
 def format_stack(raw: list[tuple] | None) -> list[str]:
     """``raw_stack`` output as ``file:line in function`` lines (what ``light_stack`` returns)."""
-    return [f"{_code_info(code)[2]}:{line} in {code.co_name}" for code, line in raw or ()]
+    return [f"{_code_info(code)[2]}:{_line_at(code, offset)} in {code.co_name}" for code, offset in raw or ()]
 
 
 def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
@@ -139,23 +154,14 @@ def light_stack(limit: int = 12, depth: int = 2) -> list[str]:
 
 
 def _baton():
-    """A task's baton: a raw lock held while the task must wait; releasing it lets the task run.
-
-    A raw lock, not a ``threading.Semaphore``: a hand-off costs one futex wake instead of a Condition round trip
-    (measured ~5x cheaper per switch here). It is binary: a second release before the task waited again is a
-    no-op (see ``_pass``), which only the abort paths can do.
-    """
-    lock = _thread.allocate_lock()
-    lock.acquire()
-    return lock
+    """A task's baton (``baton.make_baton``): held while the task must wait; releasing it lets the task run. Binary:
+    a second release before the task waited again is a no-op, which only the abort paths do."""
+    return make_baton()
 
 
 def _pass(baton) -> None:
     """Hand ``baton`` to its task (idempotent: abort paths may hand it twice)."""
-    try:
-        baton.release()
-    except RuntimeError:  # already released and not yet waited on
-        pass
+    baton.release()
 
 
 class _Worker:
@@ -281,9 +287,14 @@ class Scheduler:
         self.decisions: list[tuple[tuple[int, ...], int, int, int]] = []  # (options, default, chosen, current)
         self.trace: list[Event] = []
         self._hash = hashlib.sha256()
+        self._keys: list[str] = []  # event keys not hashed yet (hashed in one call when trace_hash is read)
         self.failure: Failure | None = None
         self.aborting = False
         self.progress = 0
+        # Baton hand-offs between OS threads (a switch point choosing another thread, a thread ending): each one is
+        # a futex wake plus a GIL hand-over, and on a loaded machine the woken thread waits for a core - where a
+        # schedule's wall time beyond its CPU time goes (measured: no timed wait, poll or join is involved).
+        self.switches = 0
         self.unwatched = 0  # > 0 while a one-time load runs (Context.load): the watchdog does not count it
         self.quiesce_waiters: list[asyncio.Future] = []
         self.async_waits: dict[Any, tuple[str, Callable[[], Any]]] = {}
@@ -314,7 +325,7 @@ class Scheduler:
     def record(self, task_name: str, kind: str, detail: str = "", where: str | None = None) -> None:
         if where is None:
             where = user_location(depth=3)
-        self._hash.update(f"{task_name}|{kind}|{detail}|{where}\n".encode())  # Event.key() + newline
+        self._keys.append(f"{task_name}|{kind}|{detail}|{where}\n")  # Event.key() + newline
         if self.hb is not None:
             self.hb.add(task_name, kind, detail, where)
         if self.record_trace:
@@ -325,6 +336,10 @@ class Scheduler:
 
     @property
     def trace_hash(self) -> str:
+        """sha256 over every event key so far, one per line (keys are hashed in one batch: cheaper per event)."""
+        if self._keys:
+            self._hash.update("".join(self._keys).encode())
+            self._keys.clear()
         return self._hash.hexdigest()
 
     # ----------------------------------------------------------------- tasks
@@ -375,7 +390,7 @@ class Scheduler:
                 self._on_exit(t)
 
         if self.reuse_threads:
-            t.exited = _baton()
+            t.exited = LockBaton()  # a lock: finish_threads waits on it with a timeout
 
             def job():
                 try:
@@ -465,9 +480,20 @@ class Scheduler:
         while True:
             options = []
             for t in self.tasks:  # _runnable() inlined for the common cases: this runs at every switch point
-                if t.state == "done" or (t.kind == "event" and t.fired):
+                if t.state == "done":
                     continue
-                if (t.wait is None and t.kind == "thread") or self._runnable(t):
+                kind = t.kind
+                if t.wait is None:
+                    if kind == "thread":
+                        options.append(t)
+                        continue
+                    if kind == "loop":
+                        if t.busy or self._loop_has_work():
+                            options.append(t)
+                        continue
+                if kind == "event" and t.fired:
+                    continue
+                if self._runnable(t):
                     options.append(t)
             if not options:
                 dl = self.next_deadline()
@@ -532,6 +558,7 @@ class Scheduler:
         if nxt is me:
             return
         self.current = nxt
+        self.switches += 1
         _pass(nxt.sem)
         me.sem.acquire()
         if self.aborting:
@@ -579,6 +606,7 @@ class Scheduler:
             nxt.fired = True
             nxt = self.loop_task
         self.current = nxt
+        self.switches += 1
         _pass(nxt.sem)
 
     def choose_callback(self, ready) -> int:

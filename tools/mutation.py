@@ -64,7 +64,7 @@ def _config(modules: list[str], tests: list[str]) -> str:
             f"only_mutate = {q(['tripwire/' + m for m in modules])}\n"
             f"pytest_add_cli_args_test_selection = {q(tests)}\n"
             'pytest_add_cli_args = ["-p", "no:tripwire", "-p", "no:cacheprovider", "-p", '
-            '"tripwire.tools.mutation_order", "-q", "-x"]\n'
+            '"tripwire.tools.mutation_order", "-p", "tripwire.tools.mutation_fixture_stats", "-q", "-x"]\n'
             'process_isolation = "forkserver"\n'
             'forkserver_warmup = "collect"\n')
 
@@ -153,7 +153,12 @@ def stage(dst: Path, modules: list[str], tests: list[str]) -> Path:
 
 
 def sync(src: Path, dst: Path) -> list[str]:
-    """Make DST's files (outside DST/mutants) equal SRC's; returns the relative paths written or removed."""
+    """Make DST's files (outside DST/mutants) equal SRC's; returns the relative paths written or removed.
+
+    A changed pyproject.toml (the group's mutmut and pytest configuration: plugins, test selection) also drops
+    mutmut's stats (which tests reach which function), so its next run collects them again under that
+    configuration; mutmut itself re-collects only for tests it has not seen.
+    """
     dst.mkdir(parents=True, exist_ok=True)
     mirror = dst / "mutants"
     seen: set[Path] = set()
@@ -177,6 +182,8 @@ def sync(src: Path, dst: Path) -> list[str]:
             t.unlink()
             (mirror / rel).unlink(missing_ok=True)
             changed.append(rel.as_posix())
+    if "pyproject.toml" in changed:
+        (mirror / "mutmut-stats.json").unlink(missing_ok=True)
     return changed
 
 

@@ -38,7 +38,9 @@ class Tensor:
     __slots__ = ("array", "dtype")
 
     def __init__(self, array: np.ndarray, dtype: str | None = None):
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array)
+        if not array.flags.c_contiguous:  # np.ascontiguousarray alone would turn a 0-d array into shape (1,)
+            array = np.ascontiguousarray(array)
         if dtype is None:
             try:
                 dtype = _NP_TO_ST[array.dtype]

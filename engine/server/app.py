@@ -194,7 +194,8 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     app.enable_busy_fast_path(is_busy=engine_is_busy(engine), stats=st.stats, prechecks=prechecks)
     # Earlier still, under `serving.server_config`'s protocol: a complete busy request answered before h11.
     app.early_busy_answer = EarlyBusyAnswer(is_busy=engine_is_busy(engine), prechecks=prechecks, stats=st.stats,
-                                            counted_in=app.busy_fast_path)
+                                            counted_in=app.busy_fast_path,
+                                            call_when_free=getattr(engine, "call_when_free", None))
 
     # -- error handlers: one body shape everywhere ------------------------------------------------
     @app.exception_handler(ApiError)

@@ -20,6 +20,10 @@ Server-Timing measured from this chunk's arrival) on the kept-alive connection, 
 and logged as the request log would (`ServerStats`, the access-log line). If the engine became free
 meanwhile (``NotBusy``) or anything unexpected happens, the chunk goes to h11 exactly as it arrived.
 
+After a busy 503 on a connection with nothing pipelined behind it, the connection is not read again until the
+slot frees or the answer's retry_after (bounded) elapses (`engine.server.backoff.BusyBackoff`, when the server
+has one).
+
 Guarantees: the answer is the one the app alone would give; bytes arriving on the connection while a taken
 request is pending wait for its answer, then go the usual way (nothing overtakes it); nothing here calls into
 MLX or takes an engine lock.
@@ -162,8 +166,9 @@ class EarlyBusyAnswer:
     `answered` counts its answers (and so does the ASGI fast path's counter, `counted_in`, if given)."""
 
     def __init__(self, *, is_busy: Callable[[], bool], prechecks: Prechecks, stats: Any = None,
-                 counted_in: Any = None) -> None:
+                 counted_in: Any = None, call_when_free: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.is_busy = is_busy
+        self.call_when_free = call_when_free  # the engine's one-shot "slot freed" hook (busy back-off uses it)
         self.prechecks = prechecks
         self.stats = stats
         self.counted_in = counted_in
@@ -262,9 +267,14 @@ class _PendingAnswer:
             if owner.counted_in is not None:
                 owner.counted_in.answered += 1
             proto.server_state.total_requests += 1
+            # Paused before the write: once the client reads this answer, its connection is already paused.
+            backoff = getattr(getattr(proto, "guard", None), "backoff", None)  # None: a server without one
+            paused = (ctx.busy and not self.later and backoff is not None  # nothing pipelined behind it
+                      and backoff.pause(proto, err.retry_after))
             proto.transport.write(response_bytes(resp.status_code, headers, resp.body))
-            proto.timeout_keep_alive_task = proto.loop.call_later(proto.timeout_keep_alive,
-                                                                  proto.timeout_keep_alive_handler)
+            if not paused:  # a paused connection gets its keep-alive timer when it is resumed
+                proto.timeout_keep_alive_task = proto.loop.call_later(proto.timeout_keep_alive,
+                                                                      proto.timeout_keep_alive_handler)
         if owner.stats is not None:
             owner.stats.record(ctx)
         access_log.info(json.dumps(ctx.line(), separators=(",", ":")))

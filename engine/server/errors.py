@@ -71,7 +71,8 @@ def error_body(code: str, message: str, *, param: str | None = None, retry_after
 
 
 def api_error_from_exception(exc: BaseException) -> ApiError:
-    """Map any exception to an ApiError (engine errors by their attributes, others to a generic 500)."""
+    """Map any exception to an ApiError (engine errors by their attributes, others to a generic 500). A busy or
+    stopped engine's error, and any 503, carries a retry_after (the exception's `retry_after_s`, else 1 s)."""
     if isinstance(exc, ApiError):
         return exc
     code = getattr(exc, "code", None)

@@ -176,7 +176,8 @@ _SUFFIXES = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, 
 
 
 def parse_bytes(text: str) -> int:
-    """'4096', '512MiB', '2G', '1.5 GiB' -> bytes. Raises ValueError on anything else."""
+    """'4096', '512MiB', '2G', '1.5 GiB' -> bytes; spaces and underscores anywhere are ignored ('1 000 000',
+    '512_MiB'). Raises ValueError on anything else, and on a size that is not positive and finite."""
     t = str(text).strip().lower().replace(" ", "").replace("_", "")
     num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
     suffix = t[len(num):]

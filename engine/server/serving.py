@@ -9,6 +9,8 @@ the file descriptors (the server then stops answering, /health included). `Guard
   connection is closed;
 - a **connection cap** (`max_connections`): a connection beyond it is answered at once with `503` +
   `Retry-After: 1` and closed, so the descriptor is released immediately (fast refusal, no parsing);
+- **busy back-off** (`busy_pause_max_s`): a kept-alive connection answered busy is not read again until the
+  generation slot frees or the answer's retry_after (at most this) has passed (`engine.server.backoff`);
 - **logging once, not per event**: timeouts and refusals are counted; the first of a burst is logged, then at
   most one summary line per `LOG_INTERVAL_S`.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import sys
 import time
@@ -31,6 +34,9 @@ from typing import Any
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tripwire.engine.server.backoff import BusyBackoff
+from tripwire.engine.server.fastpath import GENERATION_ROUTES
 
 log = logging.getLogger("tripwire.server")
 
@@ -42,7 +48,8 @@ class ClientLimits:
     """Deadlines and limits for clients. Every field is a bound the server keeps whatever clients do.
 
     Raises:
-        ValueError: a timeout <= 0 or `max_connections` < 1 (checked on construction).
+        ValueError: a timeout <= 0, `max_connections` < 1 or `busy_pause_max_s` negative or not finite (checked
+            on construction).
     """
 
     header_timeout_s: float = 10.0  # request line + headers must arrive within this (else 408 + close)
@@ -50,11 +57,14 @@ class ClientLimits:
     max_connections: int = 512  # open connections; beyond: immediate 503 + close
     keep_alive_s: float = 5.0  # idle keep-alive connection closed after this
     graceful_shutdown_s: float = 5.0  # after SIGTERM, requests still running then are cancelled
+    busy_pause_max_s: float = 1.0  # a connection answered busy is not read for up to this (0: never paused)
 
     def __post_init__(self) -> None:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "graceful_shutdown_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.busy_pause_max_s) and self.busy_pause_max_s >= 0):
+            raise ValueError(f"busy_pause_max_s must be a finite number >= 0, got {self.busy_pause_max_s!r}")
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections!r}")
 
@@ -85,6 +95,7 @@ class ConnectionGuard:
     def __init__(self, limits: ClientLimits) -> None:
         self.limits = limits
         self.early: Any = None  # the app's EarlyBusyAnswer (set by `server_config` when the app has one)
+        self.backoff: Any = None  # its BusyBackoff (set by `server_config` when busy answers may pause)
         # When a connection was last lost mid-response (a dropped stream: its abort is still on its way
         # through the loop, so the early busy answer must let it land, see `earlybusy.peers_quiet`).
         self.inflight_lost_at: float | None = None
@@ -92,8 +103,12 @@ class ConnectionGuard:
         self.refusals = _BurstLog("connection limit")
 
     def stats(self) -> dict[str, int]:
-        """Totals of header-deadline closes and refused connections since start."""
-        return {"header_timeouts": self.header_timeouts.total, "refused_connections": self.refusals.total}
+        """Totals of header-deadline closes and refused connections since start, plus the busy back-off's
+        counters (`BusyBackoff.stats`) when the server has one."""
+        out = {"header_timeouts": self.header_timeouts.total, "refused_connections": self.refusals.total}
+        if self.backoff is not None:
+            out.update(self.backoff.stats())
+        return out
 
 
 def _raw_response(status: int, reason: str, code: str, message: str, extra: str = "") -> bytes:
@@ -142,10 +157,24 @@ class GuardedH11Protocol(H11Protocol):
         else:
             self._cancel_header_timer()
 
+    def on_response_complete(self) -> None:
+        """uvicorn's bookkeeping, then tell the busy back-off a response finished (see `BusyBackoff`)."""
+        scope = self.cycle.scope if self.cycle is not None else None
+        super().on_response_complete()
+        backoff = self.guard.backoff
+        if backoff is None or scope is None:
+            return
+        generation = scope.get("method") == "POST" and scope.get("path") in GENERATION_ROUTES
+        idle = (not self.transport.is_closing() and self.conn.their_state is h11.IDLE
+                and not self.conn.trailing_data[0] and (self.cycle is None or self.cycle.response_complete))
+        backoff.after_response(self, generation=generation, idle=idle)
+
     def connection_lost(self, exc: Exception | None) -> None:
         """Disarm the header deadline, note a loss in the middle of a response (see `ConnectionGuard`), then let
         uvicorn clean up."""
         self._cancel_header_timer()
+        if self.guard.backoff is not None:
+            self.guard.backoff.forget(self)
         if self.cycle is not None and not self.cycle.response_complete:
             self.guard.inflight_lost_at = time.monotonic()
         super().connection_lost(exc)
@@ -183,11 +212,17 @@ def server_config(app: Any, *, host: str = "127.0.0.1", port: int = 8000, limits
     shutdown bounds.
 
     The app's `state.connection_guard` receives the guard (its counters show in /v1/status); an app with an
-    `early_busy_answer` (see `FastPathApp`) has busy generation requests answered before h11 parses them.
+    `early_busy_answer` (see `FastPathApp`) has busy generation requests answered before h11 parses them, and,
+    when its engine can say when the slot frees and `limits.busy_pause_max_s` > 0, their connections paused
+    (`engine.server.backoff`).
     """
     limits = limits or ClientLimits()
     guard = ConnectionGuard(limits)
     guard.early = getattr(app, "early_busy_answer", None)
+    when_free = getattr(guard.early, "call_when_free", None)
+    if when_free is not None and limits.busy_pause_max_s > 0:
+        guard.backoff = BusyBackoff(is_busy=guard.early.is_busy, call_when_free=when_free,
+                                    max_pause_s=limits.busy_pause_max_s)
     try:
         app.state.connection_guard = guard
     except AttributeError:

@@ -10,7 +10,6 @@ Registration: `fuzz/targets/__init__.py` must import this module (`from . import
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import threading as _rt
@@ -47,21 +46,11 @@ def _modules(ctx: Context):
     if ctx.variant in SHAPE_MODULE:
         mods[SHAPE_MODULE[ctx.variant]] = ctx.load(load_module, ctx.variant, SHAPE_MODULE[ctx.variant])
     fs = ctx.filesystem()
-    ids = _request_ids()
+    ids = ctx.request_ids()
     for mod in (mods[SNAP], mods[BLOCK], safetensors_io):
         ctx.isolate(mod)  # module state (block_store._LIVE_TEMPS, ...) never outlives the schedule
         ctx.instrument(mod, fs=fs, extra={"new_request_id": ids} if hasattr(mod, "new_request_id") else None)
     return mods[SNAP], mods[BLOCK], fs
-
-
-def _request_ids():
-    """`new_request_id` with a per-schedule counter: engine.ids' counter is process-global, and its values name
-    the stores' temp files (so they are in the trace), which made a schedule's trace depend on earlier ones."""
-    counter = itertools.count(1)
-
-    def new_request_id(prefix: str = "req") -> str:
-        return f"{prefix}-fuzz{next(counter):x}"
-    return new_request_id
 
 
 def _tensors(i: int) -> dict:

@@ -2,7 +2,7 @@
 
 All five use ``fuzz.fake_backend.FakeBackend`` (each token: MLX entry guard held, a switch point, 10 ms of
 virtual time), so thousands of schedules run per minute. Instrumented by swapping names in
-engine.simple, engine.worker, engine.admission and engine.guard only.
+engine.simple, engine.worker, engine.admission, engine.guard and engine.channel only.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ async def make_engine(ctx: Context, *, admission: str = "fail_fast", max_wait_s:
                       stop_timeout_s: float = 1.0, slot_check: bool = True):
     """Instrument the engine modules, build a SimpleEngine on the fake backend, start it."""
     pkg = ctx.engine()
-    for mod in (pkg.simple, pkg.worker, pkg.admission, pkg.guard):
-        ctx.instrument(mod)
+    # channel too: TokenChannel.put decides whether to wake the loop from the time since its last wakeup, and on the
+    # real clock the same seed gave another schedule on a slower (or busier) machine
+    for mod in (pkg.simple, pkg.worker, pkg.admission, pkg.guard, pkg.channel):
+        # generated request ids (requests without an explicit id) are numbered per schedule, like the cache targets'
+        ctx.instrument(mod, extra={"new_request_id": ctx.request_ids()} if hasattr(mod, "new_request_id") else None)
     guard = pkg.guard.MLXEntryGuard(enabled=True)
     backend = FakeBackend(guard, step_s=STEP_S)
     eng = pkg.simple.SimpleEngine(backend=backend, guard=guard, admission=admission, max_wait_s=max_wait_s,

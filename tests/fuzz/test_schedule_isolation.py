@@ -63,9 +63,10 @@ def test_shaped_engine_package_state_is_reset_between_schedules():
     assert seen[0] == seen[1] == (None, 2.0)
 
 
-@pytest.mark.parametrize("name", ["writer-vs-cleanup-request", "eviction-under-saturation"])
+@pytest.mark.parametrize("name", ["writer-vs-cleanup-request", "eviction-under-saturation", "nested-lock"])
 def test_same_run_seed_same_trace_in_one_process(name):
-    """A schedule's trace (hash over every event, file names included) does not depend on earlier schedules."""
+    """A schedule's trace (hash over every event, file names and engine request ids included) does not depend on
+    earlier schedules (nested-lock: requests without an explicit id get the engine's generated one)."""
     from tripwire.fuzz import registry
     tgt = registry.load_targets()[name]
     ex = make_explorer("random", 7, 1)
@@ -92,3 +93,42 @@ def test_a_slow_one_time_load_is_not_a_blocking_call():
     assert not run(Target("slow-load", "", loads, watchdog_s=0.1), budget=1, artifacts=False).failures
     rep = run(Target("blocking", "", blocks, watchdog_s=0.1), budget=1, artifacts=False)
     assert rep.failures and rep.failures[0][1].failure.kind == "blocking-call"
+
+
+@pytest.mark.parametrize("name,variant", [("nested-lock", "stream-holds-lock-around-runner"),
+                                          ("eviction-under-saturation", "queued-unlinks")])
+def test_an_artifact_replays_with_its_trace_hash_in_a_fresh_interpreter(tmp_path, name, variant):
+    """Nothing process-dependent reaches an engine or cache target's trace (the engine's generated request ids
+    carry a random per-process prefix; block temp file names carry the process id): `replay` in a new
+    interpreter reproduces the recorded trace hash, not only the failure."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    rep = run(name, strategy="random", budget=100, seed=0, variant=variant, artifacts=tmp_path)
+    assert rep.failures, f"{name}@{variant} not found"
+    path = rep.failures[0][2]
+    p = subprocess.run([sys.executable, "-m", "tripwire.fuzz", "replay", str(path), "--repeat", "3"],
+                       cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "failure reproduced 3/3, same trace hash 3/3" in p.stdout, p.stdout
+
+
+def test_an_engine_schedule_does_not_read_the_real_clock(monkeypatch):
+    """engine.channel wakes the loop only if min_wake_interval_s passed since its last wakeup: read on the real clock,
+    a schedule depended on the machine's speed (a loaded machine woke the loop more often, so the same seed gave
+    another trace). Two real clocks, one frozen and one a second further at every read, give one trace."""
+    import itertools
+    import time
+    from tripwire.fuzz import registry
+    tgt = registry.load_targets()["nested-lock"]
+
+    def once(clock):
+        monkeypatch.setattr(time, "monotonic", clock)
+        (run_seed, chooser), = list(make_explorer("random", 7, 1).runs())
+        r = execute(tgt, chooser, run_seed, watchdog_s=3600.0)  # the watchdog reads the same (fake) clock
+        assert r.failure is None, r.failure
+        return r
+
+    frozen = once(lambda: 1000.0)
+    racing = once(itertools.count(1000.0, 1.0).__next__)
+    assert racing.trace_hash == frozen.trace_hash and racing.steps == frozen.steps

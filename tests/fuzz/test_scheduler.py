@@ -230,3 +230,19 @@ def test_hypothesis_as_choice_source():
 
     check()
     assert len(set(seen)) > 1
+
+
+def test_locations_of_equal_code_in_two_files_name_each_file():
+    """Code objects compare equal across files (a shaped engine copy's unchanged functions equal the real engine's):
+    a location cache keyed by code equality reported the first file seen for both, so a trace depended on what
+    the process had run before."""
+    from tripwire.fuzz.sched import format_stack, raw_stack, user_location
+    src = "def where(fn):\n    return fn(depth=1)\n"
+    a, b = {}, {}
+    exec(compile(src, "/elsewhere/real/worker.py", "exec"), a)
+    exec(compile(src, "/elsewhere/shaped/worker_copy.py", "exec"), b)
+    assert a["where"].__code__ == b["where"].__code__  # the premise: equal code, different files
+    assert a["where"](user_location) == "worker.py:2 (where)"
+    assert b["where"](user_location) == "worker_copy.py:2 (where)"
+    assert format_stack(a["where"](raw_stack))[0] == "worker.py:2 in where"
+    assert format_stack(b["where"](raw_stack))[0] == "worker_copy.py:2 in where"

@@ -96,6 +96,22 @@ def test_a_503_without_its_own_retry_after_gets_one_second():
     assert (err.status, err.code, err.retry_after, err.message) == (503, "warming_up", 1.0, "warming up")
 
 
+@pytest.mark.parametrize("code,status", [("text_generation_busy", 429), ("engine_stopped", 500)])
+def test_busy_and_stopped_errors_are_retryable_whatever_their_status(code, status):
+    """A busy or stopping engine always says when to come back (its own retry_after_s, else 1 s), even when an
+    engine maps it to another status than 503."""
+    class Err(Exception):
+        pass
+
+    e = Err("x")
+    e.code, e.http_status = code, status
+    assert api_error_from_exception(e).retry_after == 1.0
+    e.retry_after_s = 0.25
+    assert api_error_from_exception(e).retry_after == 0.25
+    e.code = "other_error"   # neither busy, stopped nor a 503: not retryable
+    assert api_error_from_exception(e).retry_after is None
+
+
 def test_an_engine_error_names_its_field_and_is_not_retryable():
     err = api_error_from_exception(InvalidRequest("bad temperature", field="temperature"))
     assert (err.status, err.code, err.param, err.retry_after) == (400, "invalid_request", "temperature", None)
@@ -649,7 +665,8 @@ def test_human_bytes_units_and_sign():
 
 @pytest.mark.parametrize("text,n", [("1k", 1000), ("1kb", 1000), ("1K", 1000), ("2m", 2 * 10**6), ("2MB", 2 * 10**6),
                                     ("3gb", 3 * 10**9), ("1t", 10**12), ("1tb", 10**12), ("1kib", 1024),
-                                    ("1TiB", 1024**4), ("1_000", 1000), (" 7b ", 7), ("0.5k", 500)])
+                                    ("1TiB", 1024**4), ("1_000", 1000), (" 7b ", 7), ("0.5k", 500),
+                                    ("1 000 000", 10**6), ("512_MiB", 512 * 1024**2), ("1", 1), ("1 b", 1)])
 def test_parse_bytes_suffixes(text, n):
     assert preflight.parse_bytes(text) == n
 

@@ -75,7 +75,7 @@ def test_every_serve_option_has_its_documented_default(monkeypatch):
         "max_wait_s": 1.0, "max_memory": "auto", "max_body_bytes": 1 << 20, "api_key": None,
         "allow_unauthenticated": False, "cache_dir": None, "no_cache": False, "header_timeout": 10.0,
         "body_timeout": 30.0, "max_connections": 512, "keep_alive": 5.0, "shutdown_timeout": 5.0,
-        "log_level": "info", "gil_switch_ms": 5.0}
+        "busy_pause_max": 1.0, "log_level": "info", "gil_switch_ms": 5.0}
 
 
 def test_api_key_defaults_to_the_environment_variable(monkeypatch):
@@ -89,14 +89,15 @@ def test_every_serve_option_parses_to_its_type():
         "serve", "--model", "/m", "--host", "::1", "--port", "9001", "--admission", "wait", "--max-wait-s", "1.5",
         "--max-memory", "2GiB", "--max-body-bytes", "4096", "--api-key", "k", "--allow-unauthenticated",
         "--cache-dir", "/c", "--header-timeout", "0.5", "--body-timeout", "2", "--max-connections", "7",
-        "--keep-alive", "3", "--shutdown-timeout", "4", "--log-level", "debug", "--gil-switch-ms", "0.5"])
+        "--keep-alive", "3", "--shutdown-timeout", "4", "--log-level", "debug", "--gil-switch-ms", "0.5",
+        "--busy-pause-max", "0"])
     assert (a.model, a.host, a.port, a.admission, a.max_wait_s, a.max_memory, a.max_body_bytes) == \
         ("/m", "::1", 9001, "wait", 1.5, "2GiB", 4096)
     assert (a.api_key, a.allow_unauthenticated, a.cache_dir) == ("k", True, "/c")
     assert (a.header_timeout, a.body_timeout, a.max_connections, a.keep_alive, a.shutdown_timeout) == \
         (0.5, 2.0, 7, 3.0, 4.0)
-    assert (a.log_level, a.gil_switch_ms) == ("debug", 0.5)
-    for v in (a.header_timeout, a.body_timeout, a.keep_alive, a.shutdown_timeout, a.gil_switch_ms):
+    assert (a.log_level, a.gil_switch_ms, a.busy_pause_max) == ("debug", 0.5, 0.0)
+    for v in (a.header_timeout, a.body_timeout, a.keep_alive, a.shutdown_timeout, a.gil_switch_ms, a.busy_pause_max):
         assert type(v) is float
 
 
@@ -108,9 +109,19 @@ def test_serve_help_names_every_option_and_its_default(capsys):
     for opt in ("--model", "--host", "--port", "--admission", "--max-wait-s", "--max-memory", "--max-body-bytes",
                 "--api-key", "--allow-unauthenticated", "--cache-dir", "--no-cache", "--header-timeout",
                 "--body-timeout", "--max-connections", "--keep-alive", "--shutdown-timeout", "--log-level",
-                "--gil-switch-ms", "TRIPWIRE_API_KEY", "fail_fast", "75% of RAM", "(default 127.0.0.1)",
+                "--gil-switch-ms", "--busy-pause-max", "TRIPWIRE_API_KEY", "fail_fast", "75% of RAM", "(default 127.0.0.1)",
                 "(default 1 MiB)", "(default 10)", "(default 30)", "(default 512)", "(default 5)", "(default 5.0;"):
         assert opt in out, opt
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", "inf"])
+def test_busy_pause_max_must_be_a_finite_number_of_seconds_zero_allowed(capsys, value):
+    assert build_parser().parse_args(["serve", "--busy-pause-max", "0"]).busy_pause_max == 0.0
+    with pytest.raises(SystemExit) as ei:
+        build_parser().parse_args(["serve", "--busy-pause-max", value])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "--busy-pause-max" in err and ("must be a finite number >= 0" in err or "expected a number" in err)
 
 
 @pytest.mark.parametrize("flag", ["--header-timeout", "--body-timeout", "--keep-alive", "--shutdown-timeout"])
@@ -219,7 +230,7 @@ def test_serve_passes_every_flag_to_the_engine_app_limits_and_server(monkeypatch
                  "--max-wait-s", "1.5", "--max-memory", "off", "--max-body-bytes", "4096", "--api-key", "k3y",
                  "--cache-dir", str(tmp_path), "--header-timeout", "0.5", "--body-timeout", "2",
                  "--max-connections", "7", "--keep-alive", "3", "--shutdown-timeout", "4", "--log-level", "warning",
-                 "--gil-switch-ms", "0.5"]) == 0
+                 "--gil-switch-ms", "0.5", "--busy-pause-max", "0.25"]) == 0
     c = rec.calls
     assert c["engine"] == ("/m", "wait", 1.5, str(tmp_path))
     assert c["app"] == {"api_key": "k3y", "max_memory": "off", "max_body_bytes": 4096, "body_timeout_s": 2.0}
@@ -227,7 +238,7 @@ def test_serve_passes_every_flag_to_the_engine_app_limits_and_server(monkeypatch
     limits = kw.pop("limits")
     assert app == "APP" and kw == {"host": "localhost", "port": 9001, "log_level": "warning"}
     assert (limits.header_timeout_s, limits.body_timeout_s, limits.max_connections, limits.keep_alive_s,
-            limits.graceful_shutdown_s) == (0.5, 2.0, 7, 3.0, 4.0)
+            limits.graceful_shutdown_s, limits.busy_pause_max_s) == (0.5, 2.0, 7, 3.0, 4.0, 0.25)
     assert c["server"] == "CONFIG" and c["ran"] is True
     assert c["switch"] == pytest.approx(0.0005)
     assert c["logging"] == {"level": logging.WARNING, "format": "%(asctime)s %(name)s %(message)s"}
@@ -337,6 +348,8 @@ SERVE_OPTIONS = [
     (["--keep-alive"], "S", "close an idle keep-alive connection after S seconds (default 5)", None),
     (["--shutdown-timeout"], "S", "on SIGTERM, cancel requests still running after S seconds; the engine then drains "
      "within its own bound (default 5)", None),
+    (["--busy-pause-max"], "S", "after a busy 503 on a kept-alive connection, read nothing more from it until the "
+     "generation slot frees or retry_after elapses, at most S seconds (default 1; 0 = off)", None),
     (["--log-level"], None, None, ("debug", "info", "warning", "error")),
     (["--gil-switch-ms"], None, "GIL switch interval of the server process in ms (default 5.0; Python's is 5): how "
      "long the MLX worker may wait for the event loop to let it run", None),

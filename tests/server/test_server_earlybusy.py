@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -96,22 +97,58 @@ def test_busy_requests_on_one_keep_alive_connection_are_answered_early_with_the_
 
 
 def test_the_early_answer_is_byte_for_byte_the_apps_answer_but_for_the_varying_parts(srv):
-    conn = Conn(srv)
+    conn, other = Conn(srv), Conn(srv)  # `conn` is paused after its busy answer (engine/server/backoff.py)
     try:
+        # `other` is accepted and idle before the split request, so its first part is read on its own
+        assert other.request(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")[0] == 200
         with holding_stream(srv):
             early = early_of(srv).answered
             a = conn.request(chat_bytes(4, b"x-request-id: req-same"))
             assert early_of(srv).answered == early + 1
-            b = conn.request(chat_bytes(4, b"x-request-id: req-same"), split_at=20)  # split: h11 + ASGI path
+            b = other.request(chat_bytes(4, b"x-request-id: req-same"), split_at=20)  # split: h11 + ASGI path
             assert early_of(srv).answered == early + 1
     finally:
         conn.close()
+        other.close()
     assert a[0] == b[0] == 503
     varying = ("date", "server-timing", "retry-after", "content-length")  # retry_after in the body varies
     assert list(a[1]) == list(b[1])  # same headers in the same order
     assert {k: v for k, v in a[1].items() if k not in varying} == {k: v for k, v in b[1].items() if k not in varying}
     ea, eb = json.loads(a[2])["error"], json.loads(b[2])["error"]
     assert {**ea, "retry_after": 0} == {**eb, "retry_after": 0}
+
+
+def test_the_checks_see_the_early_request_as_the_app_would(srv, monkeypatch):
+    """The route's checks get, from the early path, the request scope uvicorn gives the app for the same bytes
+    (method, path, headers, scheme, versions, addresses, the request log), so auth, limits and logging decide alike."""
+    seen = []
+    early, fp = early_of(srv), srv.app.busy_fast_path
+    for owner in (early, fp):
+        def recording(request, chat, _orig=owner.prechecks):
+            seen.append(dict(request.scope))
+            return _orig(request, chat)
+        monkeypatch.setattr(owner, "prechecks", recording)
+    conn, other = Conn(srv), Conn(srv)
+    try:
+        assert other.request(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")[0] == 200
+        with holding_stream(srv):
+            before = early.answered
+            assert conn.request(chat_bytes(4, b"x-request-id: req-scope-a"))[0] == 503
+            assert early.answered == before + 1
+            assert other.request(chat_bytes(4, b"x-request-id: req-scope-a"), split_at=20)[0] == 503  # h11 + ASGI
+            assert early.answered == before + 1
+    finally:
+        conn.close()
+        other.close()
+    assert len(seen) == 2
+    a, b = seen
+    same = ("type", "http_version", "method", "scheme", "path", "raw_path", "query_string", "root_path", "server",
+            "headers")
+    assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    assert a["asgi"]["version"] == b["asgi"]["version"] == "3.0"
+    assert a["client"][0] == b["client"][0] == "127.0.0.1"
+    la, lb = a["state"]["reqlog"], b["state"]["reqlog"]
+    assert (la.id, la.method, la.route) == (lb.id, lb.method, lb.route) == ("req-scope-a", "POST", "/v1/chat/completions")
 
 
 @pytest.mark.parametrize("what, data, status, code", [
@@ -166,6 +203,18 @@ def test_parse_takes_one_complete_plain_post():
     assert req.body == b'{"prompt": "x"}' and (b"x-request-id", b"r1") in req.headers
 
 
+def test_parse_takes_a_plain_post_exactly_as_sent():
+    """Header values keep what is theirs (a port after a colon, letters at their edges); the head ends at the
+    FIRST blank line (JSON may hold one); the first header counts like the others."""
+    body = b'{"prompt":\r\n\r\n"x"}'
+    data = (b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: %d\r\nhost: localhost:8000\r\n"
+            b"x-request-id: XrX\r\n\r\n" % len(body)) + body
+    req = parse_plain_post(data)
+    assert req is not None and req.chat is True and req.body == body
+    assert req.headers == [(b"content-length", str(len(body)).encode()), (b"host", b"localhost:8000"),
+                           (b"x-request-id", b"XrX")]
+
+
 @pytest.mark.parametrize("data", [
     raw_post("/v1/chat/completions", b"{}")[:-1],  # body incomplete
     raw_post("/v1/chat/completions", b"{}") + b"P",  # bytes of a next request
@@ -181,6 +230,10 @@ def test_parse_takes_one_complete_plain_post():
     raw_post("/v1/chat/completions", b"{}", b"bad header"),
     raw_post("/v1/chat/completions", b"{}", b"x-a: \x01"),
     b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\n\r\n{}",  # no Content-Length
+    raw_post("/v1/chat/completions", b"{}").replace(b" HTTP/1.1", b"\tHTTP/1.1"),  # not single spaces: h11 says 400
+    raw_post("/v1/chat/completions", b"{}", b"noColonHere"),  # a header line without a colon
+    raw_post("/v1/chat/completions", b"{}").replace(b"completions", b"completions\xff"),  # not ASCII: never raises
+    raw_post("/v1/chat/completions", b"{}", b"x-a: v\x0c"),  # a control byte at the edge is not trimmed away
 ])
 def test_parse_leaves_everything_else_to_h11(data):
     assert parse_plain_post(data) is None
@@ -357,3 +410,140 @@ def test_the_eof_probe_on_a_non_tcp_socket_peeks():
         assert peer_may_be_gone(a) is True  # EOF waiting to be read
     finally:
         a.close()
+
+
+def test_the_non_tcp_probe_consumes_nothing_and_never_blocks():
+    """The peek leaves unread bytes for the loop (the next request must arrive whole) and returns at once on a
+    blocking socket with nothing to read; unread bytes count as "may be gone" there (it cannot tell)."""
+    from tripwire.engine.server.earlybusy import peer_may_be_gone
+
+    a, b = socket.socketpair()
+    try:
+        assert a.getblocking()
+        answer, done = [], threading.Event()   # a probe that waits would hang here: bound it, then close to free it
+
+        def probe():
+            answer.append(peer_may_be_gone(a))
+            done.set()
+
+        threading.Thread(target=probe, name="probe", daemon=True).start()
+        assert done.wait(5), "the probe blocked on a silent socket"
+        assert answer == [False]
+        b.sendall(b"POST / HTTP/1.1\r\n")
+        assert peer_may_be_gone(a) is True
+        assert a.recv(64) == b"POST / HTTP/1.1\r\n"   # MSG_PEEK: every byte still there
+    finally:
+        a.close()
+        b.close()
+    assert peer_may_be_gone(a) is True               # a broken socket (here: closed) may be gone; never raises
+
+
+def test_on_linux_tcp_unread_bytes_are_not_a_disconnect(tcp_pair):
+    """TCP on Linux is probed by its state (TCP_INFO): a pipelined next request waiting unread is no sign of a
+    disconnect; only the peer's FIN or a reset is."""
+    client, server_side = tcp_pair
+    client.sendall(b"POST / HTTP/1.1\r\n")
+    from tripwire.engine.server.earlybusy import peer_may_be_gone
+
+    linux = hasattr(socket, "TCP_INFO")   # elsewhere the peek cannot tell unread bytes from a disconnect
+    assert peer_may_be_gone(server_side) is (not linux)
+    server_side.settimeout(5)
+    assert server_side.recv(64) == b"POST / HTTP/1.1\r\n"
+
+
+# -- peers_quiet: when a busy answer may skip the settle iterations (a unit, with stand-in connections) -----------
+class _Cycle:
+    def __init__(self, *, complete=False, disconnected=False):
+        self.response_complete, self.disconnected = complete, disconnected
+
+
+class _Transport:
+    def __init__(self, raw=None, *, closing=False, wrapped=True):
+        self.closing, self.raw, self.wrapped = closing, raw, wrapped
+
+    def is_closing(self):
+        return self.closing
+
+    def get_extra_info(self, name):
+        if name != "socket":
+            return None
+        return type("TransportSocket", (), {"_sock": self.raw})() if self.wrapped else self.raw
+
+
+class _Proto:
+    def __init__(self, guard=None, cycle=None, transport=None):
+        self.guard = guard if guard is not None else type("Guard", (), {"inflight_lost_at": None})()
+        self.cycle, self.transport, self.connections = cycle, transport, []
+
+
+@pytest.fixture
+def tcp_pair():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server_side, _ = listener.accept()
+        server_side.setblocking(False)
+        try:
+            yield client, server_side
+        finally:
+            client.close()
+            server_side.close()
+
+
+def _quiet(proto, *others):
+    from tripwire.engine.server.earlybusy import peers_quiet
+
+    proto.connections = [proto, *others]
+    return peers_quiet(proto)
+
+
+def test_peers_are_quiet_when_every_other_response_in_flight_is_on_an_open_silent_connection(tcp_pair):
+    _, server_side = tcp_pair
+    me = _Proto()
+    assert _quiet(me) is True                                                      # alone
+    done = _Proto(cycle=_Cycle(complete=True), transport=_Transport(closing=True))  # finished: never looked at
+    idle = _Proto(cycle=None, transport=_Transport(closing=True))                   # no request yet
+    streaming = _Proto(cycle=_Cycle(), transport=_Transport(server_side))           # healthy, in flight
+    assert _quiet(me, done, idle, streaming) is True
+
+
+@pytest.mark.parametrize("what", ["uvicorn-saw-it", "closing", "no-socket", "eof-unread"])
+def test_a_response_in_flight_on_a_connection_that_may_be_going_means_not_quiet(tcp_pair, what):
+    client, server_side = tcp_pair
+    transport = _Transport(server_side)
+    cycle = _Cycle()
+    if what == "uvicorn-saw-it":
+        cycle.disconnected = True
+    elif what == "closing":
+        transport.closing = True
+    elif what == "no-socket":
+        transport.wrapped = False          # get_extra_info("socket") without the raw socket inside
+    else:
+        client.close()                     # the FIN is in the kernel; the loop has not read it
+        deadline = time.monotonic() + 5
+        from tripwire.engine.server.earlybusy import peer_may_be_gone
+        while not peer_may_be_gone(server_side):   # loopback delivers it at once; bounded anyway
+            assert time.monotonic() < deadline
+    me = _Proto()
+    # the skipped ones come first: a scan that stops at them would miss the one that matters
+    skipped = [_Proto(cycle=_Cycle(complete=True), transport=_Transport(closing=True)), _Proto()]
+    assert _quiet(me, *skipped, _Proto(cycle=cycle, transport=transport)) is False
+
+
+def test_a_connection_lost_mid_response_keeps_peers_unquiet_for_the_recent_window(monkeypatch):
+    from tripwire.engine.server import earlybusy
+
+    now = 1000.0
+    monkeypatch.setattr(earlybusy.time, "monotonic", lambda: now)
+    me = _Proto()
+    me.guard.inflight_lost_at = now - earlybusy.RECENT_DISCONNECT_S / 2
+    assert _quiet(me) is False
+    me.guard.inflight_lost_at = now - earlybusy.RECENT_DISCONNECT_S      # the window is over at its end
+    assert _quiet(me) is True
+    me.guard.inflight_lost_at = None
+    assert _quiet(me) is True
+
+
+def test_peers_quiet_never_raises_and_says_not_quiet_when_unsure():
+    from tripwire.engine.server.earlybusy import peers_quiet
+
+    assert peers_quiet(object()) is False        # no guard, no connections: unexpected, so not quiet

@@ -168,3 +168,94 @@ def test_not_busy_passes_straight_through_without_reading_the_body():
     mw = BusyFastPath(app, is_busy=lambda: False, prechecks=prechecks)
     sent = _asgi_call(mw, [b"{}"])
     assert calls == [b"{}"] and sent[0]["status"] == 204
+
+
+# -- what the middleware takes: only POSTs to a generation route while busy; everything else passes untouched -------
+def _passes_through(scope, *, busy=True):
+    """Run `scope` through BusyFastPath; True when the app got exactly that scope and the checks never ran."""
+    got = []
+
+    async def app(s, receive, send):
+        got.append(s)
+
+    async def prechecks(request, chat):
+        raise AssertionError(f"the checks ran for {scope}")
+
+    async def receive():  # pragma: no cover - nothing reads the body on the way through
+        return {"type": "http.disconnect"}
+
+    async def send(m):  # pragma: no cover
+        raise AssertionError("the middleware answered itself")
+
+    asyncio.run(BusyFastPath(app, is_busy=lambda: busy, prechecks=prechecks)(scope, receive, send))
+    return len(got) == 1 and got[0] is scope
+
+
+@pytest.mark.parametrize("scope", [
+    {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": []},      # not a generation route
+    {"type": "http", "method": "GET", "path": "/v1/chat/completions", "headers": []},  # not a POST
+    {"type": "websocket", "path": "/v1/chat/completions", "headers": []},
+    {"type": "lifespan"},
+], ids=["other-route", "get", "websocket", "lifespan"])
+def test_only_generation_posts_are_checked_the_rest_reaches_the_app_as_it_came(scope):
+    assert _passes_through(scope)
+
+
+def test_a_generation_post_while_not_busy_reaches_the_app_as_it_came():
+    assert _passes_through({"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}, busy=False)
+
+
+class _Ctx:
+    id = "req-ctx"
+    error_code = None
+    busy = False
+
+
+@pytest.mark.parametrize("err,busy", [
+    (ApiError(503, "text_generation_busy", "busy", retry_after=1.0), True),
+    (ApiError(401, "invalid_api_key", "no"), False),
+], ids=["busy", "auth"])
+def test_an_answer_from_the_checks_is_recorded_in_the_request_log(err, busy):
+    """The access log line of a request answered here says which error it got and whether it was a busy 503."""
+    async def app(scope, receive, send):  # pragma: no cover - must not be reached
+        raise AssertionError("the app was called")
+
+    async def prechecks(request, chat):
+        raise err
+
+    ctx, sent = _Ctx(), []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(m):
+        sent.append(m)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b"",
+             "state": {"reqlog": ctx}}
+    asyncio.run(BusyFastPath(app, is_busy=lambda: True, prechecks=prechecks)(scope, receive, send))
+    assert sent[0]["status"] == err.status
+    assert (ctx.error_code, ctx.busy) == (err.code, busy)
+    assert (b"x-request-id", b"req-ctx") in sent[0]["headers"]
+
+
+def test_a_scope_without_request_state_is_still_answered():
+    """ASGI servers need not provide `state`: the answer must not depend on it."""
+    async def app(scope, receive, send):  # pragma: no cover - must not be reached
+        raise AssertionError("the app was called")
+
+    async def prechecks(request, chat):
+        raise ApiError(503, "text_generation_busy", "busy", retry_after=1.0)
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(m):
+        sent.append(m)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": [], "query_string": b""}
+    mw = BusyFastPath(app, is_busy=lambda: True, prechecks=prechecks)
+    asyncio.run(mw(scope, receive, send))
+    assert sent[0]["status"] == 503 and mw.answered == 1

@@ -60,7 +60,7 @@ async def scripted_server(responses: list[bytes]):
 
 def args(url: str, **kw) -> argparse.Namespace:
     base = dict(url=url, stream=False, max_tokens=4, disconnect_rate=0.0, disconnect_after_max_s=0.1,
-                honor_retry_after=False, timeout=5.0, seed=0)
+                honor_retry_after=False, timeout=5.0, seed=0, no_keep_alive=False)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -103,6 +103,25 @@ def test_a_connection_closed_by_the_server_is_a_transport_error_then_reopened():
     stats, _, conns = asyncio.run(drive([b"", ok_response()], 2))
     assert stats.status == {"transport error": 1, "200": 1} and conns == 2
     assert stats.errors == {"IncompleteReadError": 1}
+
+
+@pytest.mark.timeout(30)
+def test_without_keep_alive_every_request_opens_its_own_connection():
+    stats, _, conns = asyncio.run(drive([busy_response(), busy_response(), ok_response()], 3, no_keep_alive=True))
+    assert stats.status == {"503": 2, "200": 1} and conns == 3 and stats.errors == {}
+
+
+def test_slow_busy_answers_are_counted_over_the_threshold_not_at_it():
+    assert load.count_over([0.001, 0.010, 0.0101, 0.5], 0.010) == 2
+    assert load.count_over([], 0.010) == 0
+
+
+def test_the_back_off_counters_are_reported_as_a_delta_when_the_server_has_them():
+    before = {"server": {"busy_pauses": 3, "busy_resumed_on_free": 1, "busy_resumed_on_timer": 2, "x": 9}}
+    after = {"server": {"busy_pauses": 10, "busy_resumed_on_free": 4, "busy_resumed_on_timer": 5, "x": 10}}
+    assert load.backoff_delta(before, after) == {"busy_pauses": 7, "busy_resumed_on_free": 3,
+                                                 "busy_resumed_on_timer": 3}
+    assert load.backoff_delta({"server": {}}, {"server": {}}) is None  # a server without the back-off
 
 
 def test_a_malformed_503_body_is_counted():

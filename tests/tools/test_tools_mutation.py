@@ -156,6 +156,29 @@ def test_staging_keeps_unchanged_files_and_refreshes_changed_ones_for_mutmut(tmp
     assert not (dst / "tests" / "test_gone.py").exists() and not (dst / "mutants" / "tests" / "test_gone.py").exists()
 
 
+def test_a_changed_configuration_makes_mutmut_collect_its_stats_again(tmp_path):
+    """Which tests reach which function depends on the configuration (e.g. the fixture-stats plugin): stats
+    collected under another one would keep sending mutants to too few tests."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "pyproject.toml").write_text("[tool.mutmut]\n")
+    mutation.sync(src, dst)
+    (dst / "mutants").mkdir()
+    stats = dst / "mutants" / "mutmut-stats.json"
+    stats.write_text("{}")
+    (src / "other.txt").write_text("x")
+    mutation.sync(src, dst)
+    assert stats.exists()                                                 # the configuration is unchanged
+    (src / "pyproject.toml").write_text("[tool.mutmut]\npytest_add_cli_args = ['-p', 'plugin']\n")
+    assert "pyproject.toml" in mutation.sync(src, dst)
+    assert not stats.exists()
+    assert "plugin" in (dst / "mutants" / "pyproject.toml").read_text()
+
+
+def test_mutation_runs_load_the_fixture_stats_plugin():
+    assert '"-p", "tripwire.tools.mutation_fixture_stats"' in mutation._config(["engine/ids.py"], ["tests/engine"])
+
+
 def test_combine_with_no_results_says_what_to_run(tmp_path, capsys):
     assert mutation.main(["--combine", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

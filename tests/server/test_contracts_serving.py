@@ -1,0 +1,197 @@
+"""The guarded protocol's contracts, in-process (engine/server/serving.py): the header-read deadline answers an
+idle or half-sent request with exactly one 408 and closes, never early, also on a kept-alive connection after a
+complete exchange, and counts and logs it once per burst; connections beyond the cap are refused with 503
+`too_many_connections` and `Retry-After: 1` at once. tests/server/test_server_limits.py proves the same bounds on a
+real `serve` process with the engine; these run the protocol inside the test process around a trivial app (tight
+limits, no model) so that every branch is exercised where coverage and mutation testing see it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Iterator
+
+import pytest
+
+from server_helpers import _Server
+from tripwire.engine.server import serving
+
+HEADER_TIMEOUT_S = 0.5
+MAX_CONNECTIONS = 3
+
+
+class App:
+    """A trivial ASGI3 app: every request gets 200 `ok` (keep-alive)."""
+
+    class state:
+        pass
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+class Guarded:
+    def __init__(self, port: int, guard: serving.ConnectionGuard) -> None:
+        self.port, self.guard = port, guard
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[Guarded]:
+    app = App()
+    limits = serving.ClientLimits(header_timeout_s=HEADER_TIMEOUT_S, max_connections=MAX_CONNECTIONS,
+                                  graceful_shutdown_s=2.0)
+    server = _Server(serving.server_config(app, limits=limits, log_level="warning"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="guarded-uvicorn", daemon=True)
+    thread.start()
+    assert server.ready.wait(30), "uvicorn did not start"
+    try:
+        yield Guarded(sock.getsockname()[1], app.state.connection_guard)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        assert not thread.is_alive()
+        sock.close()
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def split(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("ascii").split("\r\n")
+    return lines[0], {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}, body
+
+
+def assert_one_408(raw: bytes) -> None:
+    status, headers, body = split(raw)
+    assert status == "HTTP/1.1 408 Request Timeout"
+    assert headers == {"content-type": "application/json", "content-length": str(len(body)), "connection": "close"}
+    assert json.loads(body) == {"error": {"message": "request headers were not received in time",
+                                          "type": "invalid_request_error", "param": None,
+                                          "code": "request_timeout"}}
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET / HT", b"GET / HTTP/1.1\r\nHost: t\r\n"],
+                         ids=["nothing", "half-a-request-line", "headers-without-their-end"])
+def test_a_request_whose_headers_do_not_arrive_in_time_gets_one_408_and_is_closed(guarded, sent):
+    before = guarded.guard.stats()["header_timeouts"]
+    t0 = time.monotonic()
+    with guarded.connect() as s:
+        if sent:
+            s.sendall(sent)
+        raw = read_until_closed(s)
+    waited = time.monotonic() - t0
+    assert_one_408(raw)
+    assert waited >= HEADER_TIMEOUT_S, "the deadline fired early"
+    assert guarded.guard.stats()["header_timeouts"] == before + 1
+
+
+def test_a_kept_alive_connection_gets_the_deadline_again_for_its_next_request(guarded):
+    with guarded.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        first = b""
+        while not first.endswith(b"ok"):
+            first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        s.sendall(b"GET / HTTP/1.1\r\nHo")    # the next request stalls half-way through its headers
+        assert_one_408(read_until_closed(s))
+
+
+def test_complete_requests_are_not_cut_by_the_deadline(guarded):
+    before = guarded.guard.stats()["header_timeouts"]
+    with guarded.connect() as s:
+        s.sendall(b"GET / HT")
+        s.sendall(b"TP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")   # completes well inside the deadline
+        status, _, body = split(read_until_closed(s))
+    assert (status, body) == ("HTTP/1.1 200 OK", b"ok")
+    assert guarded.guard.stats()["header_timeouts"] == before
+
+
+def test_header_deadlines_are_logged_once_per_burst_with_what_happened(guarded, caplog, monkeypatch):
+    monkeypatch.setattr(guarded.guard.header_timeouts, "_last", -1e18)   # a new burst starts with this test
+    monkeypatch.setattr(guarded.guard.header_timeouts, "_unlogged", 0)
+    with caplog.at_level(logging.WARNING, logger="tripwire.server"):
+        socks = [guarded.connect() for _ in range(2)]
+        try:
+            for s in socks:
+                assert_one_408(read_until_closed(s))
+        finally:
+            for s in socks:
+                s.close()
+    lines = [r.getMessage() for r in caplog.records if "client header deadline" in r.getMessage()]
+    total = guarded.guard.stats()["header_timeouts"]
+    assert lines == [f"client header deadline: no complete request headers within {HEADER_TIMEOUT_S:g}s; "
+                     f"answering 408 and closing; {total - 1} in total"]
+
+
+def test_a_connection_beyond_the_cap_is_refused_at_once_with_503(guarded):
+    before = guarded.guard.stats()["refused_connections"]
+    held = [guarded.connect() for _ in range(MAX_CONNECTIONS)]
+    try:
+        for s in held:   # each is accepted (it answers) before the next one is opened
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"ok"):
+                reply += s.recv(65536)
+        t0 = time.monotonic()
+        with guarded.connect() as extra:
+            raw = read_until_closed(extra)
+        refused_in = time.monotonic() - t0
+    finally:
+        for s in held:
+            s.close()
+    status, headers, body = split(raw)
+    assert status == "HTTP/1.1 503 Service Unavailable"
+    assert headers["retry-after"] == "1" and headers["connection"] == "close"
+    assert json.loads(body)["error"] == {"message": "too many open connections; retry shortly",
+                                         "type": "server_busy", "param": None, "code": "too_many_connections"}
+    assert refused_in < HEADER_TIMEOUT_S, "refused by its header deadline, not at once"
+    assert guarded.guard.stats()["refused_connections"] == before + 1
+
+
+class _ReadyAnnouncing(serving.AnnouncingServer):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+
+@pytest.mark.parametrize("host,shown", [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")], ids=["ipv4", "ipv6"])
+def test_the_server_announces_the_address_it_listens_on_once(host, shown, capsys):
+    """`serve` prints `serving on http://HOST:PORT` on stderr once it listens, with the bound port (so `--port 0`
+    tells its caller which port it got) and an IPv6 host in brackets, as in a URL."""
+    server = _ReadyAnnouncing(serving.server_config(App(), host=host, port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="announcing-uvicorn", daemon=True)
+    thread.start()
+    try:
+        assert server.ready.wait(30), "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    assert not thread.is_alive()
+    assert port != 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("serving on")]
+    assert lines == [f"serving on http://{shown}:{port}"]
