@@ -79,3 +79,45 @@ def test_enable_prefix_cache_passes_its_options_to_the_cache(tiny_model_path, tm
         assert b.prefix_cache.block_size == 8 and b.prefix_cache.cache_dir == tmp_path / "cache"
     finally:
         b.prefix_cache.close()
+
+
+def test_encode_never_adds_special_tokens_even_when_the_tokenizer_would(tokenizer_only_backend, tiny_model_path):
+    """Prompt ids are the text's own: a tokenizer whose post-processor prepends BOS by default (as many real
+    models' do) must not get it into `encode` (the chat template decides special tokens for chats)."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_file(str(tiny_model_path / "tokenizer.json"))
+    bos = tok.token_to_id("<|bos|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
+    b = tokenizer_only_backend
+    b.tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert b.tokenizer.encode("hello world")[0] == bos   # the tokenizer's own default adds it
+    ids = b.encode("hello world")
+    assert ids == tok.encode("hello world", add_special_tokens=False).ids and bos not in ids
+
+
+class _FailingPrefixCache:
+    def close(self):
+        raise OSError("cache disk gone")
+
+
+@pytest.mark.parametrize("cache", [None, "failing"])
+def test_the_exit_hook_closes_a_prefix_cache_and_logs_only_its_failure(tiny_model_path, caplog, cache):
+    """The worker's exit hook never raises: a prefix cache whose close fails is logged (with the error), and
+    without a prefix cache nothing is logged at all."""
+    import logging
+
+    from tripwire.engine.worker import MLXWorker
+
+    b = MlxLmBackend(tiny_model_path, MLXEntryGuard())
+    b.prefix_cache = _FailingPrefixCache() if cache else None
+    worker = MLXWorker(name="test-exit-hook-worker", on_exit=b.close)
+    worker.start()
+    with caplog.at_level(logging.ERROR):
+        assert worker.stop(30)
+    got = [(r.name, r.getMessage(), repr(r.exc_info[1]) if r.exc_info else None) for r in caplog.records]
+    if cache:
+        assert got == [("tripwire.engine.backend", "prefix cache: close failed", "OSError('cache disk gone')")]
+    else:
+        assert got == []

@@ -10,11 +10,12 @@ MLX) with a gate so a test can hold the worker inside a step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import pytest
 
-from tripwire.engine import InvalidRequest, MLXEntryGuard, SimpleEngine
+from tripwire.engine import EngineStopped, InvalidRequest, MLXEntryGuard, SimpleEngine
 from tripwire.engine.simple import _AbortFlag
 from tripwire.engine.tokenizing import INLINE_BELOW_CHARS
 from tripwire.fuzz.fake_backend import FakeBackend
@@ -384,3 +385,535 @@ async def test_a_stop_cancelled_twice_during_the_exit_hook_still_ends_stopped():
         await asyncio.wait_for(stop, 10)
     assert eng.status()["state"] == "stopped" and not eng._worker.is_alive() and backend.closed
     assert eng.health()["reason"] == "engine is stopped"
+
+
+# -- generate(): defaults, result, a stop() during it, busy decided before validation ------------------------
+async def test_generate_defaults_to_16_tokens_at_temperature_zero_and_returns_the_text_and_ids(engine):
+    r = await engine.generate("hello")
+    job = engine._backend.jobs[-1]
+    assert (job.max_tokens, job.temperature) == (16, 0.0) and r.finish_reason == "length"
+    assert len(r.token_ids) == r.completion_tokens == 16 and r.prompt_tokens == 5
+    assert r.text == engine._backend.decode(r.token_ids) and len(r.text) == 16
+
+
+async def test_a_generate_aborted_by_stop_returns_cancelled_and_counts_as_cancelled(engine):
+    """stop() aborts an active non-streaming request: it returns normally (no exception) with finish_reason
+    "cancelled" and the tokens it got, and is counted as cancelled, not completed."""
+    engine._backend.hold = True
+    task = asyncio.create_task(engine.generate("hello", max_tokens=50, request_id="gen-1"))
+    assert await asyncio.to_thread(engine._backend.inside.wait, 10)
+    abort = engine._active["gen-1"].abort
+    stop = asyncio.create_task(engine.stop())
+    assert await asyncio.to_thread(abort.wait, 10)  # stop() flags every active request before it drains
+    engine._backend.go.set()
+    r = await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(stop, 10)
+    assert r.finish_reason == "cancelled" and r.completion_tokens < 50
+    assert engine.status()["totals"] == {"admitted": 1, "completed": 0, "cancelled": 1, "failed": 0}
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat"])
+async def test_busy_is_decided_before_validation_also_when_the_slot_is_taken_while_a_long_prompt_is_tokenized(
+        engine, kind):
+    """A request that is busy and invalid is refused as busy (503, retry later), never as invalid: with a short
+    prompt the busy check comes first; with a long one the slot may be taken while the prompt is tokenized off
+    the loop, and the busy check is made again before the request's parameters are validated."""
+    from tripwire.engine import EngineBusy
+
+    backend = engine._backend
+    tokenizing, tokenize_go = threading.Event(), threading.Event()
+    real = backend.encode_chat if kind == "chat" else backend.encode
+
+    def gated(arg):
+        if len(str(arg)) < INLINE_BELOW_CHARS:   # the holder's short prompt: tokenized inline, never held
+            return real(arg)
+        tokenizing.set()
+        assert tokenize_go.wait(10), "test never released the tokenizer"
+        return real(arg)
+
+    setattr(backend, "encode_chat" if kind == "chat" else "encode", gated)
+    long_text = "x" * INLINE_BELOW_CHARS
+    if kind == "chat":
+        request = engine.chat([{"role": "user", "content": long_text}], max_tokens=0)
+    else:
+        request = engine.generate(long_text, max_tokens=0)
+    invalid = asyncio.create_task(request)
+    try:
+        assert await asyncio.to_thread(tokenizing.wait, 10)   # prechecked (slot free), now on the tokenizer pool
+        holder = await _held(engine)
+    finally:
+        tokenize_go.set()
+    try:
+        with pytest.raises(EngineBusy):
+            await asyncio.wait_for(invalid, 10)
+    finally:
+        await _release(engine, holder)
+
+
+# -- request validation: the exact 400 messages and every boundary (the FakeBackend's context is 256 tokens) -------
+async def _invalid(call) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as ei:
+        await call
+    return ei.value
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, 257, True, 2.0, "4", None])
+async def test_max_tokens_outside_1_to_the_context_is_refused_with_the_range(engine, max_tokens):
+    err = await _invalid(engine.generate("ab", max_tokens=max_tokens))
+    assert err.field == "max_tokens" and type(err) is InvalidRequest
+    assert str(err) == f"max_tokens must be an integer in [1, 256], got {max_tokens!r}"
+
+
+@pytest.mark.parametrize("temperature", [-0.01, 2.01, True, "1", None])
+async def test_temperature_outside_0_to_2_is_refused_with_the_range(engine, temperature):
+    err = await _invalid(engine.generate("ab", max_tokens=1, temperature=temperature))
+    assert err.field == "temperature" and str(err) == f"temperature must be a number in [0, 2], got {temperature!r}"
+
+
+async def test_the_bounds_themselves_are_accepted_and_temperature_reaches_the_worker_as_a_float(engine):
+    await engine.generate("ab", max_tokens=1, temperature=0)
+    await engine.generate("ab", max_tokens=1, temperature=2)
+    r = await engine.generate("ab", max_tokens=254, temperature=1)   # 2 prompt tokens + 254 = the whole context
+    temps = [j.temperature for j in engine._backend.jobs]
+    assert temps == [0.0, 2.0, 1.0] and all(type(t) is float for t in temps)
+    assert r.completion_tokens == 254 and engine._backend.jobs[-1].max_tokens == 254
+
+
+async def test_prompt_plus_max_tokens_over_the_context_names_max_tokens_and_both_sizes(engine):
+    from tripwire.engine import ContextLengthExceeded
+
+    err = await _invalid(engine.generate("ab", max_tokens=255))
+    assert isinstance(err, ContextLengthExceeded) and err.field == "max_tokens"
+    assert str(err) == "prompt (2 tokens) plus max_tokens (255) exceeds the model's context of 256 tokens"
+    assert (err.details["prompt_tokens"], err.details["context_length"]) == (2, 256)
+    # max_tokens equal to the context is a valid max_tokens: the error is the context's (its code tells clients)
+    err = await _invalid(engine.generate("ab", max_tokens=256))
+    assert isinstance(err, ContextLengthExceeded) and err.to_dict()["code"] == "context_length_exceeded"
+
+
+async def test_a_prompt_that_alone_fills_the_context_names_the_prompt(engine):
+    from tripwire.engine import ContextLengthExceeded
+
+    engine._backend.info["context_length"] = 8
+    err = await _invalid(engine.generate("x" * 8, max_tokens=1))
+    assert isinstance(err, ContextLengthExceeded) and err.field == "prompt"
+    assert (err.details["prompt_tokens"], err.details["context_length"]) == (8, 8)
+    err = await _invalid(engine.generate("x" * 7, max_tokens=2))
+    assert err.field == "max_tokens"
+    assert (await engine.generate("x" * 7, max_tokens=1)).completion_tokens == 1
+
+
+async def test_a_prompt_that_encodes_to_nothing_is_refused(engine):
+    engine._backend.encode = lambda text: []
+    err = await _invalid(engine.generate("ab", max_tokens=1))
+    assert err.field == "prompt" and str(err) == "prompt encodes to zero tokens"
+
+
+@pytest.mark.parametrize("prompt", ["", None, 5, ["ab"]])
+async def test_a_prompt_that_is_not_a_non_empty_string_is_refused(engine, prompt):
+    err = await _invalid(engine.generate(prompt, max_tokens=1))
+    assert err.field == "prompt" and str(err) == "prompt must be a non-empty string"
+
+
+@pytest.mark.parametrize("request_id", ["", "x" * 129, "a\nb", 5])
+async def test_a_request_id_must_be_1_to_128_printable_characters(engine, request_id):
+    err = await _invalid(engine.generate("ab", max_tokens=1, request_id=request_id))
+    assert err.field == "request_id" and str(err) == "request_id must be 1..128 printable characters"
+
+
+async def test_a_128_character_request_id_is_used_as_given_and_a_missing_one_is_generated(engine):
+    r = await engine.generate("ab", max_tokens=1, request_id="x" * 128)
+    assert r.request_id == "x" * 128 and engine._backend.jobs[-1].request_id == "x" * 128
+    a, b = await engine.generate("ab", max_tokens=1), await engine.generate("ab", max_tokens=1)
+    assert a.request_id.startswith("req-") and b.request_id.startswith("req-") and a.request_id != b.request_id
+
+
+async def test_a_request_id_already_active_is_refused_and_the_active_request_is_untouched():
+    """Only reachable in wait mode (fail_fast refuses any second request as busy before validating it)."""
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, admission="wait", max_wait_s=2.0, stop_timeout_s=5.0)
+    await eng.start()
+    try:
+        task = await _held(eng)
+        try:
+            err = await _invalid(eng.generate("ab", max_tokens=1, request_id="holder"))
+            assert err.field == "request_id" and str(err) == "request_id 'holder' is already active"
+            assert [a["id"] for a in eng.status()["active"]] == ["holder"] and eng.status()["waiters"] == 0
+        finally:
+            await _release(eng, task)
+        assert (await task).finish_reason == "length"
+    finally:
+        backend.go.set()
+        await eng.stop()
+
+
+# -- tokenizing: inline below INLINE_BELOW_CHARS, else on the tokenizer pool; each prompt encoded once (memo) ----
+def _record_encodes(backend, name: str = "encode") -> list[tuple[str, str]]:
+    """Wrap the backend's encoder NAME (the FakeBackend's encode_chat calls its encode: wrap one of them only):
+    each call appends (name, thread name)."""
+    calls: list[tuple[str, str]] = []
+    real = getattr(backend, name)
+
+    def wrapped(arg):
+        calls.append((name, threading.current_thread().name))
+        return real(arg)
+
+    setattr(backend, name, wrapped)
+    return calls
+
+
+def _on_pool(calls) -> list[bool]:
+    return [thread.startswith("tripwire-tokenizer") for _, thread in calls]
+
+
+async def test_a_prompt_is_tokenized_inline_below_the_threshold_and_on_the_pool_from_it(engine):
+    calls = _record_encodes(engine._backend)
+    await engine.generate("x" * (INLINE_BELOW_CHARS - 1), max_tokens=1)
+    await engine.generate("y" * INLINE_BELOW_CHARS, max_tokens=1)
+    assert [c[0] for c in calls] == ["encode", "encode"] and _on_pool(calls) == [False, True]
+
+
+async def test_a_chats_size_is_the_sum_of_its_contents(engine):
+    calls = _record_encodes(engine._backend, "encode_chat")
+    half = INLINE_BELOW_CHARS // 2
+    await engine.chat([{"role": "user", "content": "a" * half}], max_tokens=1)
+    await engine.chat([{"role": "system", "content": "b" * half}, {"role": "user", "content": "c" * half}],
+                      max_tokens=1)
+    assert [c[0] for c in calls] == ["encode_chat", "encode_chat"] and _on_pool(calls) == [False, True]
+
+
+@pytest.mark.parametrize("kind", ["prompt", "messages"])
+async def test_a_long_prompt_counted_first_is_not_tokenized_again_by_its_request(engine, kind):
+    calls = _record_encodes(engine._backend, "encode" if kind == "prompt" else "encode_chat")
+    if kind == "prompt":
+        arg = "z" * INLINE_BELOW_CHARS
+        n = await engine.count_prompt_tokens_async(prompt=arg)
+        r = await engine.generate(arg, max_tokens=1)
+    else:
+        arg = [{"role": "user", "content": "z" * INLINE_BELOW_CHARS}]
+        n = await engine.count_prompt_tokens_async(messages=arg)
+        r = await engine.chat(arg, max_tokens=1)
+    assert len(calls) == 1 and _on_pool(calls) == [True] and r.prompt_tokens == n
+
+
+async def test_the_encode_memo_keeps_the_16_most_recently_used_prompts(engine):
+    calls = _record_encodes(engine._backend)
+    prompts = [f"p{i}" for i in range(17)]
+    for p in prompts[:16]:
+        engine.count_prompt_tokens(p)
+    engine.count_prompt_tokens(prompts[0])    # all 16 still memoized; p0 becomes the most recently used
+    assert len(calls) == 16
+    engine.count_prompt_tokens(prompts[16])   # a 17th prompt evicts the least recently used: p1
+    engine.count_prompt_tokens(prompts[0])
+    assert len(calls) == 17
+    engine.count_prompt_tokens(prompts[1])
+    assert len(calls) == 18
+
+
+async def test_a_backend_changing_its_jobs_prompt_ids_cannot_change_the_next_identical_prompt(engine):
+    """The memo hands out copies: a request's ids are its own."""
+    r1 = await engine.generate("same", max_tokens=1)
+    engine._backend.jobs[-1].prompt_ids.append(999)
+    r2 = await engine.generate("same", max_tokens=1)
+    assert r1.prompt_tokens == r2.prompt_tokens == 4 and engine._backend.jobs[-1].prompt_ids == list(b"same")
+
+
+# -- stop(): while stopping, and its two documented overruns (logged, never raised) --------------------------------
+class _LogRecords(logging.Handler):
+    """Collects the engine's log records; `got` is set at the first one."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+        self.got = threading.Event()
+
+    def emit(self, record):
+        self.records.append(record)
+        self.got.set()
+
+
+@pytest.fixture
+def engine_log():
+    handler = _LogRecords()
+    logger = logging.getLogger("tripwire.engine.simple")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+async def test_while_stop_runs_the_engine_says_stopping_and_a_second_stop_returns_at_once():
+    eng, backend, stop = await _stopping_in_a_held_exit_hook()
+    try:
+        st = eng.status()
+        assert st["state"] == "stopping" and st["generation_lock"]["holder"] == "engine-stop"
+        assert eng.health() == {"status": "unhealthy", "reason": "engine is stopping"}
+        with pytest.raises(EngineStopped) as ei:
+            await eng.generate("hello", max_tokens=1)
+        assert str(ei.value) == "engine is stopping; not accepting requests"
+        await asyncio.wait_for(eng.stop(), 5)   # returns although the first stop() still holds the lock
+        assert not stop.done()
+    finally:
+        backend.go.set()
+    await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped"
+
+
+async def test_a_stream_not_drained_within_stop_timeout_is_logged_and_stop_still_ends(engine_log):
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
+    await eng.start()
+    backend.hold = True
+    try:
+        stream = await eng.open_stream("hello", max_tokens=200)
+        assert await asyncio.to_thread(backend.inside.wait, 10)
+        stop = asyncio.create_task(eng.stop())
+        assert await asyncio.to_thread(engine_log.got.wait, 10), "the overrun was not logged"
+        assert [r.getMessage() for r in engine_log.records] == ["stop: 1 stream job(s) did not drain within 0.2s"]
+        assert not stop.done()   # still waiting for the worker: the lock outlives the worker step
+    finally:
+        backend.go.set()
+    await asyncio.wait_for(stop, 10)
+    assert eng.status()["state"] == "stopped" and [d async for d in stream][-1].finish_reason == "cancelled"
+
+
+async def test_an_exit_hook_overrunning_stop_timeout_is_logged_and_stop_returns_stopped(engine_log):
+    backend = GatedBackend()
+    closing = threading.Event()
+    real_close = backend.close
+
+    def close():
+        closing.set()
+        assert backend.go.wait(10), "test never released the exit hook"
+        real_close()
+
+    backend.close = close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
+    await eng.start()
+    try:
+        await asyncio.wait_for(eng.stop(), 5)   # bounded by stop_timeout_s although the hook is still running
+        assert closing.is_set() and not backend.closed and eng.status()["state"] == "stopped"
+        assert [r.getMessage() for r in engine_log.records] == ["stop: MLX worker did not end within 0.2s"]
+        await asyncio.wait_for(eng.stop(), 5)   # once stopped, stop() returns at once: no second wait, no log
+        assert len(engine_log.records) == 1 and not backend.closed
+    finally:
+        backend.go.set()
+    assert await asyncio.to_thread(eng._worker.join, 10)
+
+
+# -- start(): its states, a failed load, a second start ------------------------------------------------------------
+class LoadGatedBackend(GatedBackend):
+    """GatedBackend whose load waits for `load_go` (then fails if `load_error` is set)."""
+
+    def __init__(self, load_error: Exception | None = None):
+        super().__init__()
+        self.loading, self.load_go = threading.Event(), threading.Event()
+        self.load_error = load_error
+
+    def load(self):
+        self.loading.set()
+        assert self.load_go.wait(10), "test never released the load"
+        if self.load_error is not None:
+            raise self.load_error
+        super().load()
+
+
+async def test_while_loading_the_engine_says_starting_and_the_load_holds_the_lock_as_engine():
+    backend = LoadGatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    start = asyncio.create_task(eng.start())
+    try:
+        assert await asyncio.to_thread(backend.loading.wait, 10)
+        st = eng.status()
+        assert st["state"] == "starting" and st["generation_lock"]["holder"] == "engine"
+        assert eng.health() == {"status": "unhealthy", "reason": "engine is starting"}
+        with pytest.raises(EngineStopped) as ei:
+            await eng.generate("hello", max_tokens=1)
+        assert str(ei.value) == "engine is starting; not accepting requests"
+    finally:
+        backend.load_go.set()
+    await asyncio.wait_for(start, 10)
+    assert eng.status()["state"] == "running" and eng.health() == {"status": "ok"}
+    with pytest.raises(RuntimeError) as ei:
+        await eng.start()
+    assert str(ei.value) == "engine cannot start from state 'running'"
+    await eng.stop()
+    with pytest.raises(RuntimeError) as ei:
+        await eng.start()
+    assert str(ei.value) == "engine cannot start from state 'stopped'"
+    with pytest.raises(EngineStopped) as ei:
+        await eng.generate("hello", max_tokens=1)
+    assert str(ei.value) == "engine is stopped; not accepting requests"
+
+
+async def test_a_failed_load_raises_ends_stopped_and_the_engine_cannot_start_again():
+    backend = LoadGatedBackend(load_error=RuntimeError("weights unreadable"))
+    backend.load_go.set()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    with pytest.raises(RuntimeError, match="weights unreadable"):
+        await eng.start()
+    assert eng.status()["state"] == "stopped" and eng.health()["reason"] == "engine is stopped"
+    assert not eng._worker.is_alive() and backend.closed
+    with pytest.raises(RuntimeError, match="cannot start from state 'stopped'"):
+        await eng.start()
+
+
+async def test_a_failed_load_waits_for_the_exit_hook_at_most_stop_timeout():
+    """start() ends the worker after a failed load, bounded by stop_timeout_s: a slow exit hook is left running."""
+    backend = LoadGatedBackend(load_error=RuntimeError("weights unreadable"))
+    backend.load_go.set()
+    closing, real_close = threading.Event(), backend.close
+
+    def slow_close():
+        closing.set()
+        backend.go.wait(5)   # released by the test once start() has returned
+        real_close()
+
+    backend.close = slow_close
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
+    try:
+        with pytest.raises(RuntimeError, match="weights unreadable"):
+            await eng.start()
+        assert closing.is_set() and not backend.closed and eng.status()["state"] == "stopped"
+    finally:
+        backend.go.set()
+    assert await asyncio.to_thread(eng._worker.join, 10)
+
+
+# -- progress and totals ---------------------------------------------------------------------------------------
+async def test_an_active_request_counts_its_tokens_as_they_are_produced(engine):
+    at_three, go = threading.Event(), threading.Event()
+
+    def pin_at_three(job, produced):
+        if produced == 3:
+            at_three.set()
+            assert go.wait(10), "test never released the worker"
+
+    engine._backend.on_step = pin_at_three
+    task = asyncio.create_task(engine.generate("hello", max_tokens=5, request_id="counted"))
+    try:
+        assert await asyncio.to_thread(at_three.wait, 10)
+        st = engine.status()
+        assert [a["completion_tokens"] for a in st["active"]] == [3]
+        assert st["slot_holder"]["completion_tokens"] == 3 and st["slot_holder"]["max_tokens"] == 5
+        assert engine.health() == {"status": "ok"}
+        assert engine.health(stall_after_s=3600.0, now=engine._active["counted"].progress_at + 3601.0)["status"] \
+            == "unhealthy"
+    finally:
+        go.set()
+    assert (await asyncio.wait_for(task, 10)).completion_tokens == 5
+
+
+async def test_totals_count_each_request_once_by_its_outcome(engine):
+    for _ in range(2):
+        await engine.generate("hello", max_tokens=1)
+    stream = await engine.open_stream("hello", max_tokens=1)
+    [d async for d in stream]
+    assert engine.status()["totals"] == {"admitted": 3, "completed": 3, "cancelled": 0, "failed": 0}
+    assert engine.status()["active"] == [] and engine.status()["slot_holder"] is None
+
+
+async def test_a_worker_failure_while_a_cancelled_request_drains_is_logged_with_its_request_id(engine, engine_log):
+    """The drain never swallows the worker's error: it is logged (with the exception) under the request's id,
+    and the caller still gets its CancelledError once the worker has returned."""
+    inside, go = threading.Event(), threading.Event()
+
+    def fail_after_release(job, produced):
+        inside.set()
+        assert go.wait(10), "test never released the worker"
+        raise RuntimeError("worker failed mid-step")
+
+    engine._backend.on_step = fail_after_release
+    task = asyncio.create_task(engine.generate("hello", max_tokens=5, request_id="drained-1"))
+    try:
+        assert await asyncio.to_thread(inside.wait, 10)
+        abort = engine._active["drained-1"].abort
+        task.cancel()
+        assert await asyncio.to_thread(abort.wait, 10)   # the cancel reached the runner, which now drains
+        assert not task.done() and engine.status()["generation_lock"]["holder"] == "drained-1"
+    finally:
+        go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    (record,) = engine_log.records
+    assert record.getMessage() == "request drained-1: MLX worker failed while draining a cancelled request"
+    assert repr(record.exc_info[1]) == "RuntimeError('worker failed mid-step')"
+    assert engine.status()["totals"]["cancelled"] == 1 and engine.status()["slot_holder"] is None
+
+
+def test_an_engine_needs_a_model_path_or_a_backend():
+    with pytest.raises(InvalidRequest) as ei:
+        SimpleEngine()
+    assert ei.value.field == "model" and str(ei.value) == "model_path is required when no backend is given"
+
+
+async def test_a_cancelled_start_drains_the_load_and_logs_its_failure_as_the_engines(engine_log):
+    """start() cancelled during the load: the load still finishes on the worker (drained under the lock); its
+    failure is logged under "engine" (no request exists yet), the cancel is raised and the engine is stopped."""
+    backend = LoadGatedBackend(load_error=RuntimeError("weights unreadable"))
+    eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
+    start = asyncio.create_task(eng.start())
+    try:
+        assert await asyncio.to_thread(backend.loading.wait, 10)
+        start.cancel()
+    finally:
+        backend.load_go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(start, 10)
+    (record,) = engine_log.records
+    assert record.getMessage() == "request engine: MLX worker failed while draining a cancelled request"
+    assert repr(record.exc_info[1]) == "RuntimeError('weights unreadable')"
+    assert eng.status()["state"] == "stopped" and not eng._worker.is_alive()
+
+
+async def test_wait_mode_a_waiter_handed_the_slot_while_stop_drains_is_refused_as_stopping():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, admission="wait", max_wait_s=2.0, stop_timeout_s=5.0)
+    await eng.start()
+    try:
+        holder = await _held(eng)
+        waiter = asyncio.create_task(eng.generate("next", max_tokens=1, request_id="waiter"))
+        for _ in range(50):   # loop turns only (no time passes): until the waiter queues for the slot
+            if eng.status()["waiters"] == 1:
+                break
+            await asyncio.sleep(0)
+        assert eng.status()["waiters"] == 1
+        stop = asyncio.create_task(eng.stop())
+        assert await asyncio.to_thread(eng._active["holder"].abort.wait, 10)   # stop() aborted the holder
+    finally:
+        backend.go.set()
+    with pytest.raises(EngineStopped) as ei:
+        await asyncio.wait_for(waiter, 10)
+    assert str(ei.value) == "engine is stopping; not accepting requests"
+    assert (await asyncio.wait_for(holder, 10)).finish_reason == "cancelled"
+    await asyncio.wait_for(stop, 10)
+    st = eng.status()
+    assert st["slot_holder"] is None and st["totals"]["admitted"] == 1 and st["state"] == "stopped"
+
+
+@pytest.mark.parametrize("kind", ["generate", "chat", "open_stream"])
+async def test_a_busy_long_prompt_is_refused_before_it_is_tokenized(engine, kind):
+    """Busy answers stay cheap: a long prompt (one that would go to the tokenizer pool) is refused as busy before
+    anything tokenizes it."""
+    from tripwire.engine import EngineBusy
+
+    name = "encode_chat" if kind == "chat" else "encode"
+    long_text = "q" * (2 * INLINE_BELOW_CHARS)
+    task = await _held(engine)
+    calls = _record_encodes(engine._backend, name)
+    try:
+        with pytest.raises(EngineBusy):
+            if kind == "chat":
+                await engine.chat([{"role": "user", "content": long_text}], max_tokens=1)
+            else:
+                await getattr(engine, kind)(long_text, max_tokens=1)
+        assert calls == [] and engine.status()["tokenizer"]["pending"] == 0
+    finally:
+        await _release(engine, task)
+
+
+def test_the_admission_mode_and_its_wait_bound_are_the_ones_given():
+    backend = GatedBackend()
+    eng = SimpleEngine(backend=backend, guard=backend.guard, admission="wait", max_wait_s=0.5)
+    assert eng.status()["admission"] == {"mode": "wait", "max_wait_s": 0.5}
