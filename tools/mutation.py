@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modules", nargs="+", help="ad hoc: modules to mutate (with --tests); not saved as a group")
     ap.add_argument("--tests", nargs="+", help="ad hoc: tests for --modules")
     ap.add_argument("--rerun-survivors", action="store_true",
-                    help="rerun only the mutants the group's last result did not kill (after new tests)")
+                    help="rerun only the mutants the group's last result left alive (survived or no tests) "
+                         "after new tests; a bounded run's unreached ones are for a normal run")
     ap.add_argument("--fresh", action="store_true",
                     help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
     ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")
@@ -435,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no saved result for group {name}: run it once without --rerun-survivors", file=sys.stderr)
                 return 2
             prev = json.loads(f.read_text())
-            names = [n for n, st in prev["statuses"].items() if st not in KILLED]
+            # the alive ones only: what a bounded run never reached is for a normal run, which continues it
+            names = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
         try:
             if args.rerun_survivors:
                 g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,

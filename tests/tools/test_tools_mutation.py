@@ -200,3 +200,23 @@ def test_a_group_whose_mutmut_run_fails_is_an_error_and_keeps_its_last_result(tm
     assert mutation.main(["--groups", "cli", "--out", str(tmp_path)]) == 1
     assert "error: group cli: mutmut exited with 1" in capsys.readouterr().err
     assert (tmp_path / "mutation" / "cli.json").read_text() == previous
+
+
+def test_rerun_survivors_reruns_the_alive_not_what_a_bounded_run_never_reached(tmp_path, monkeypatch, capsys):
+    """After new tests, the rerun is about the mutants that survived or had no test; the ones a bounded run never
+    reached are for a normal run (which continues from the kept state), not for a rerun that would spend its
+    bound on them."""
+    asked = []
+
+    def fake_run(modules, tests, minutes, jobs, only=None, workdir=None):
+        asked.extend(only)
+        return _group({n: "killed" for n in only})
+
+    monkeypatch.setattr(mutation, "run", fake_run)
+    monkeypatch.setattr(mutation.shutil, "which", lambda name: "/usr/bin/mutmut")
+    (tmp_path / "mutation").mkdir()
+    prev = _group({"tripwire.engine.ids.x_a__mutmut_1": "killed", "tripwire.engine.ids.x_a__mutmut_2": "survived",
+                   "tripwire.engine.ids.x_a__mutmut_3": "no tests", "tripwire.engine.ids.x_a__mutmut_4": "not checked"})
+    (tmp_path / "mutation" / "core.json").write_text(json.dumps(prev))
+    assert mutation.main(["--groups", "core", "--rerun-survivors", "--out", str(tmp_path)]) == 0
+    assert sorted(asked) == ["tripwire.engine.ids.x_a__mutmut_2", "tripwire.engine.ids.x_a__mutmut_3"]
