@@ -247,8 +247,8 @@ async def test_a_failed_stream_raises_to_its_consumer_and_counts_as_failed(engin
     assert st["totals"]["failed"] == 1 and st["slot_holder"] is None and st["active"] == []
 
 
-async def _stopping_in_a_held_exit_hook():
-    """A started engine whose stop() task is inside the worker's exit hook, held until `backend.go` is set."""
+def _backend_with_a_held_exit_hook() -> tuple[GatedBackend, threading.Event]:
+    """A GatedBackend whose close() (the worker's exit hook) sets the returned event, then waits for `backend.go`."""
     backend = GatedBackend()
     closing = threading.Event()
     real_close = backend.close
@@ -259,6 +259,12 @@ async def _stopping_in_a_held_exit_hook():
         real_close()
 
     backend.close = close
+    return backend, closing
+
+
+async def _stopping_in_a_held_exit_hook():
+    """A started engine whose stop() task is inside the worker's exit hook, held until `backend.go` is set."""
+    backend, closing = _backend_with_a_held_exit_hook()
     eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=5.0)
     await eng.start()
     stop = asyncio.create_task(eng.stop())
@@ -679,16 +685,7 @@ async def test_a_stream_not_drained_within_stop_timeout_is_logged_and_stop_still
 
 
 async def test_an_exit_hook_overrunning_stop_timeout_is_logged_and_stop_returns_stopped(engine_log):
-    backend = GatedBackend()
-    closing = threading.Event()
-    real_close = backend.close
-
-    def close():
-        closing.set()
-        assert backend.go.wait(10), "test never released the exit hook"
-        real_close()
-
-    backend.close = close
+    backend, closing = _backend_with_a_held_exit_hook()
     eng = SimpleEngine(backend=backend, guard=backend.guard, stop_timeout_s=0.2)
     await eng.start()
     try:
