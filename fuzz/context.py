@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import sys
 from typing import Any, Callable
 
 from .prims import instrument, isolate
@@ -94,16 +95,18 @@ class Context:
             self.sched.unwatched -= 1
 
     def engine(self):
-        """The engine package under test: the real one, or the shaped copy named by the variant (loaded once per
-        process); its modules' state is isolated to this schedule (``isolate``)."""
-        from tripwire.catalogue.loader import ENGINE_SUBMODULES, load_engine
-        if self.variant:
-            pkg = self.load(load_engine, self.variant)
-        else:
-            from tripwire import engine as pkg
-        for mod in [pkg, *(getattr(pkg, sub, None) for sub in ENGINE_SUBMODULES)]:
-            if mod is not None and mod.__name__ not in self._isolated:
-                self._isolated.add(mod.__name__)
+        """The engine package under test: a private copy of the correct code, or of the shaped code the variant
+        names (``tripwire.catalogue.loader.load_engine``, loaded once per process; never the real modules, which a
+        live engine in the same process may be using); its modules' state is isolated to this schedule."""
+        from tripwire.catalogue.loader import load_engine
+        return self.isolated_engine(self.load(load_engine, self.variant))
+
+    def isolated_engine(self, pkg):
+        """``pkg`` (a package ``load_engine`` returned), its loaded submodules' state isolated to this schedule."""
+        prefix = pkg.__spec__.name + "."
+        for mod in [pkg, *(m for n, m in list(sys.modules.items()) if n.startswith(prefix))]:
+            if mod.__spec__.name not in self._isolated:
+                self._isolated.add(mod.__spec__.name)
                 self.isolate(mod)
         return pkg
 

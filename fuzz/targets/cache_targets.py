@@ -21,11 +21,12 @@ from .. import prims
 from ..context import Context
 from ..target import target
 from tripwire.catalogue import describe
-from tripwire.catalogue.loader import load_module
+from tripwire.catalogue.loader import engine_module, load_engine
 
 
 SNAP = "tripwire.engine.cache.snapshot_store"
 BLOCK = "tripwire.engine.cache.block_store"
+STIO = "tripwire.engine.cache.safetensors_io"
 # regression shapes of tools/regressions/cache_shapes.py, fuzzed through the catalogue's own codemod
 SHAPE_MODULE = {
     "cache-cleanup-all-skips-barrier": SNAP,
@@ -38,16 +39,14 @@ NO_RECHECK = {"no-recheck": "writer takes _writer_busy after queue.get() without
 
 
 def _modules(ctx: Context):
-    """(snapshot_store, block_store, filesystem): the modules (the variant's shaped copy where it has one),
-    instrumented over a fresh filesystem whose empty ``root`` the stores live in."""
-    from tripwire.engine.cache import block_store, safetensors_io, snapshot_store
-
-    mods = {SNAP: snapshot_store, BLOCK: block_store}
-    if ctx.variant in SHAPE_MODULE:
-        mods[SHAPE_MODULE[ctx.variant]] = ctx.load(load_module, ctx.variant, SHAPE_MODULE[ctx.variant])
+    """(snapshot_store, block_store, filesystem): the modules of a private engine copy (the variant's shaped one
+    where it has one; never the real modules, which a live engine in the process may use), instrumented over a
+    fresh filesystem whose empty ``root`` the stores live in."""
+    pkg = ctx.load(load_engine, ctx.variant if ctx.variant in SHAPE_MODULE else None)
+    mods = {m: engine_module(pkg, m.removeprefix("tripwire.engine.")) for m in (SNAP, BLOCK, STIO)}
     fs = ctx.filesystem()
     ids = ctx.request_ids()
-    for mod in (mods[SNAP], mods[BLOCK], safetensors_io):
+    for mod in mods.values():
         ctx.isolate(mod)  # module state (block_store._LIVE_TEMPS, ...) never outlives the schedule
         ctx.instrument(mod, fs=fs, extra={"new_request_id": ids} if hasattr(mod, "new_request_id") else None)
     return mods[SNAP], mods[BLOCK], fs
@@ -305,9 +304,7 @@ async def writer_vs_cleanup_request_ordered(ctx: Context) -> None:
 async def eviction_under_saturation(ctx: Context) -> None:
     _ss, bs, fs = _modules(ctx)
     root = fs.root
-    from tripwire.engine.cache import safetensors_io as stio
-
-    size = stio.serialized_size(_tensors(0), dict(format=bs.FORMAT, version=bs.FORMAT_VERSION, model="fz",
+    size = bs.stio.serialized_size(_tensors(0), dict(format=bs.FORMAT, version=bs.FORMAT_VERSION, model="fz",
                                                   hash="0" * 32))
     cls = bs.BlockStore
     if ctx.variant == "queued-unlinks":

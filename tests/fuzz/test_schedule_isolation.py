@@ -132,3 +132,47 @@ def test_an_engine_schedule_does_not_read_the_real_clock(monkeypatch):
     frozen = once(lambda: 1000.0)
     racing = once(itertools.count(1000.0, 1.0).__next__)
     assert racing.trace_hash == frozen.trace_hash and racing.steps == frozen.steps
+
+
+def _globals(mod) -> dict:
+    return {k: v for k, v in vars(mod).items() if not k.startswith("__")}
+
+
+@pytest.mark.parametrize("variant", [None, "cache-put-nowait-drop"])
+def test_fuzz_targets_never_touch_the_modules_a_live_engine_uses(variant):
+    """A process running fuzz targets may also run a real engine (a pytest worker's session server, a user's app):
+    instrumenting the real `tripwire.engine` modules swapped fake threading/time/os into that engine's threads while
+    a schedule ran (a server's stop then hung on a scheduler primitive). Correct-code and shaped targets alike run a
+    private copy: while a schedule runs, every global of the real modules is the one it was before."""
+    import importlib
+    from tripwire.catalogue.loader import ENGINE_SUBMODULES
+    from tripwire.fuzz.targets import engine_targets
+    names = ["tripwire.engine", *(f"tripwire.engine.{s}" for s in ENGINE_SUBMODULES), "tripwire.engine.channel",
+             "tripwire.engine.cache.snapshot_store", "tripwire.engine.cache.block_store",
+             "tripwire.engine.cache.safetensors_io"]
+    real = {n: importlib.import_module(n) for n in names}
+    before = {n: _globals(m) for n, m in real.items()}
+    changed: list[str] = []
+    used: list = []
+
+    def compare():
+        for n, m in real.items():
+            now = _globals(m)
+            changed.extend(f"{n}.{k}" for k in before[n].keys() | now.keys() if before[n].get(k) is not now.get(k))
+
+    async def body(ctx):
+        ss, bs, _fs = cache_targets._modules(ctx)
+        pkg, eng, backend = await engine_targets.make_engine(ctx)
+        used.extend([ss, bs, pkg.simple])
+        compare()
+        await engine_targets.finish(ctx, eng, backend)
+
+    tgt = Target("private-copies", "", body, variants={variant: ""} if variant else {})
+    rep = run(tgt, strategy="random", budget=2, seed=0, variant=variant, artifacts=False)
+    assert rep.schedules == 2 and not rep.failures, rep.failures
+    assert not changed, f"real engine globals swapped while a schedule ran: {sorted(set(changed))}"
+    assert not any(m is real.get(m.__spec__.name) for m in used)
+    if variant is None:  # the correct-code copy counts as the engine for coverage, log names, mutation testing
+        simple = used[2]
+        assert simple.SimpleEngine.__module__ == "tripwire.engine.simple"
+        assert simple.SimpleEngine.start.__code__.co_filename == real["tripwire.engine.simple"].__file__

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+import traceback
 from typing import Iterator
 
 import pytest
@@ -31,8 +33,15 @@ def live_server(tiny_model_path) -> Iterator[LiveServer]:
     finally:
         server.should_exit = True
         thread.join(30)
-        assert not thread.is_alive(), "uvicorn thread did not stop"
+        assert not thread.is_alive(), "uvicorn thread did not stop; every thread's stack:\n" + _stacks()
         sock.close()
+
+
+def _stacks() -> str:
+    """Where each live thread is (what a hung shutdown waits on)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+                     for ident, frame in sys._current_frames().items())
 
 
 @pytest.fixture
