@@ -3,7 +3,7 @@
 The engine is split into groups (GROUPS below: modules + the test folders that specify them); each group runs in
 its own copy of the project, kept in .tripwire_cache/mutation/GROUP (mutmut rewrites sources there; the working
 tree is never touched). The copy persists: mutmut keeps every mutant's result in it and re-tests only what
-changed, so a run cut short by its bound (or a new session) continues where it stopped (`--fresh` starts over).
+changed, so a run cut short by its bound or by Ctrl-C (both still report what was checked) continues where it stopped (`--fresh` starts over).
 mutmut runs with its fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
 Each group's result lands in reports/mutation/<group>.json, stamped with the content hash of its modules and
 tests; reports/mutation.{json,md} combine every group's latest result and mark a group whose inputs changed
@@ -103,7 +103,8 @@ class MutmutFailed(RuntimeError):
 
 
 def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
-    """Run `mutmut ARGS` in COPY, bounded; True when the bound cut it short.
+    """Run `mutmut ARGS` in COPY, bounded; True when the bound (or Ctrl-C) cut it short: what mutmut saved so far
+    still makes the report.
 
     Raises:
         MutmutFailed: mutmut exited non-zero on its own (its output, above, says why).
@@ -114,7 +115,9 @@ def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
         if rc != 0:
             raise MutmutFailed(f"mutmut exited with {rc} before testing every mutant")
         return False
-    except subprocess.TimeoutExpired:
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:
+        if isinstance(stop, KeyboardInterrupt):
+            print("\ninterrupted: stopping mutmut, then reporting what it checked so far", flush=True)
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)

@@ -220,3 +220,37 @@ def test_rerun_survivors_reruns_the_alive_not_what_a_bounded_run_never_reached(t
     (tmp_path / "mutation" / "core.json").write_text(json.dumps(prev))
     assert mutation.main(["--groups", "core", "--rerun-survivors", "--out", str(tmp_path)]) == 0
     assert sorted(asked) == ["tripwire.engine.ids.x_a__mutmut_2", "tripwire.engine.ids.x_a__mutmut_3"]
+
+
+def test_ctrl_c_stops_mutmut_and_keeps_the_run(tmp_path):
+    """Ctrl-C (SIGINT) during a long group run stops mutmut (its whole process group) and returns as a bound would:
+    the results mutmut saved so far still make the group's report, instead of a traceback and nothing written."""
+    import _thread
+    import os
+    import sys
+    import threading
+    stub = tmp_path / "stub" / "mutmut"
+    stub.mkdir(parents=True)
+    fifo = tmp_path / "up"
+    os.mkfifo(fifo)
+    (stub / "__init__.py").write_text("")
+    (stub / "__main__.py").write_text("import os, signal\n"
+                                      "with open(os.environ['STUB_FIFO'], 'w') as f:\n"
+                                      "    f.write(str(os.getpid()))\n"
+                                      "signal.pause()\n")
+    env = dict(os.environ, PYTHONPATH=str(stub.parent), STUB_FIFO=str(fifo))
+    pid: list[int] = []
+
+    def interrupt_once_up():
+        with open(fifo) as f:  # blocks until the stub runs
+            pid.append(int(f.read()))
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=interrupt_once_up, daemon=True)
+    t.start()
+    assert mutation._mutmut(tmp_path, env, ["run"], minutes=5) is True
+    t.join(5)
+    assert pid, "the stub never ran"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid[0], 0)
+    assert sys.exc_info() == (None, None, None)
