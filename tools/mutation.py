@@ -3,7 +3,8 @@
 The engine is split into groups (GROUPS below: modules + the test folders that specify them); each group runs in
 its own copy of the project, kept in .tripwire_cache/mutation/GROUP (mutmut rewrites sources there; the working
 tree is never touched). The copy persists: mutmut keeps every mutant's result in it and re-tests only what
-changed, so a run cut short by its bound or by Ctrl-C (both still report what was checked) continues where it stopped (`--fresh` starts over).
+changed, so a run cut short by its bound or by Ctrl-C (both still report what was checked) continues where it
+stopped (`--fresh` starts over).
 mutmut runs with its fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
 Each group's result lands in reports/mutation/<group>.json, stamped with the content hash of its modules and
 tests; reports/mutation.{json,md} combine every group's latest result and mark a group whose inputs changed
