@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import sys
 from typing import Any, Callable
 
 from .prims import instrument, isolate
@@ -102,9 +101,10 @@ class Context:
         return self.isolated_engine(self.load(load_engine, self.variant))
 
     def isolated_engine(self, pkg):
-        """``pkg`` (a package ``load_engine`` returned), its loaded submodules' state isolated to this schedule."""
-        prefix = pkg.__spec__.name + "."
-        for mod in [pkg, *(m for n, m in list(sys.modules.items()) if n.startswith(prefix))]:
+        """``pkg`` (a package ``load_engine`` returned), it and its ``ENGINE_SUBMODULES`` isolated to this schedule
+        (other submodules, e.g. the cache's, are isolated by the targets that use them: ``isolate``)."""
+        from tripwire.catalogue.loader import ENGINE_SUBMODULES
+        for mod in [pkg, *(getattr(pkg, sub) for sub in ENGINE_SUBMODULES)]:
             if mod.__spec__.name not in self._isolated:
                 self._isolated.add(mod.__spec__.name)
                 self.isolate(mod)
