@@ -32,8 +32,8 @@ def pytest_configure(config):
 # toy targets and ad-hoc programs (tests/fuzz/test_engine_targets.py, test_cache_targets.py and test_plugin.py
 # drive engine code and stay measured). Tracing them adds nothing to the engine's coverage (`source = ["engine"]`)
 # but doubles their CPU time (libcst, the checker and the scheduler make millions of calls, each still a tracer
-# callback), so their call phase runs with coverage paused (pytest-cov's `no_cover`). Engine modules imported at
-# a test module's top level are recorded at collection, which stays measured.
+# callback), so they run with coverage paused (pytest-cov's `no_cover` pauses the call; the hooks below, setup and
+# teardown). Engine modules imported at a test module's top level are recorded at collection, which stays measured.
 NO_ENGINE_CODE = ("invariants/", "tools/", *(f"fuzz/test_{name}.py" for name in (
     "asyncio_control", "campaigns", "cli", "explain", "exploration", "instrument", "race_suite", "scheduler",
     "structure", "user_targets")))
@@ -76,6 +76,41 @@ def stop_stray_worker_coverage(config) -> bool:
         stray.stop()
     own.start()
     return stray is not None and stray is not own
+
+
+def _paused_for(item):
+    """pytest-cov's controller when ``item`` runs with coverage paused (``no_cover``), else None."""
+    if not item.get_closest_marker("no_cover"):
+        return None
+    plugin = item.config.pluginmanager.getplugin("_cov")
+    ctl = getattr(plugin, "cov_controller", None)
+    return ctl if ctl is not None and getattr(ctl, "started", True) else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    """pytest-cov pauses a `no_cover` test's call only; its fixtures' setup ran traced (a module-scoped search
+    in tests/fuzz/test_exploration.py: 2.4x its CPU time), which measures no engine code either."""
+    ctl = _paused_for(item)
+    if ctl is not None:
+        ctl.pause()
+    try:
+        yield
+    finally:
+        if ctl is not None:
+            ctl.resume()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    ctl = _paused_for(item)
+    if ctl is not None:
+        ctl.pause()
+    try:
+        yield
+    finally:
+        if ctl is not None:
+            ctl.resume()
 
 
 def pytest_collection_modifyitems(session, config, items):

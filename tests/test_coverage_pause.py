@@ -1,7 +1,8 @@
 """`no_cover` really pauses coverage inside pytest-xdist workers (tests/conftest.py stops pytest-cov's stray tracer).
 
 Run for real: a pytest with `-n 1 --cov` on a small project whose conftest uses the suite's hook; its `no_cover`
-test must see no trace function in its own thread nor in a thread it starts, and a measured test must still be
+test must see no trace function in its own thread nor in a thread it starts (in its fixtures' setup and
+teardown too), and a measured test must still be
 traced (the fix must not switch coverage off)."""
 
 from __future__ import annotations
@@ -29,8 +30,16 @@ def _traces():
     return sys.gettrace() is not None, box[0]
 
 
+@pytest.fixture
+def setup_traces():
+    seen = _traces()  # a fixture's setup (e.g. a costly module-scoped search) is paused too
+    yield seen
+    assert _traces() == (False, False)  # and its teardown
+
+
 @pytest.mark.no_cover
-def test_paused():
+def test_paused(setup_traces):
+    assert setup_traces == (False, False)
     assert _traces() == (False, False)
 
 
@@ -55,6 +64,10 @@ def test_no_cover_pauses_every_tracer_in_an_xdist_worker(tmp_path):
         @pytest.hookimpl(trylast=True)
         def pytest_sessionstart(session):
             _suite.stop_stray_worker_coverage(session.config)
+
+
+        pytest_runtest_setup = _suite.pytest_runtest_setup
+        pytest_runtest_teardown = _suite.pytest_runtest_teardown
     '''))
     (tmp_path / "test_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
