@@ -13,6 +13,7 @@ since it ran as stale.
     python -m tripwire.tools.mutation                          # every group, in turn
     python -m tripwire.tools.mutation --groups cache server    # some groups
     python -m tripwire.tools.mutation --groups cache --rerun-survivors   # only last run's survivors (after new tests)
+    python -m tripwire.tools.mutation --groups server --sample 300     # 300 random unreached mutants: an estimate
     python -m tripwire.tools.mutation --combine                # only rewrite the combined report
     python -m tripwire.tools.mutation --modules engine/ids.py --tests tests/engine/test_ids.py  # ad hoc
 
@@ -27,7 +28,9 @@ import argparse
 import glob
 import hashlib
 import json
+import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -287,7 +290,48 @@ def merge_rerun(previous: dict, rerun: dict) -> dict:
     merged = summarize(previous["modules"], previous["tests"], statuses, diffs, previous["bounded_out"],
                        previous["wall_s"] + rerun["wall_s"])
     merged["reruns"] = previous.get("reruns", 0) + 1
+    if "sample" in previous:
+        merged["sample"] = previous["sample"]
     return merged
+
+
+def draw_sample(statuses: dict[str, str], n: int, seed: int) -> list[str]:
+    """N mutants drawn uniformly at random (seeded: the same draw for the same statuses) from the unreached ones.
+
+    Why: mutmut goes through a group file by file, so a bounded run's checked mutants are the first files' ones;
+    a random sample of the rest estimates the rest without bias (random mutant sampling)."""
+    unreached = sorted(name for name, st in statuses.items() if st == "not checked")
+    return random.Random(seed).sample(unreached, min(n, len(unreached)))
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (sound at small n and near 0 or 1, unlike p +- z*se)."""
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def sample_estimate(g: dict, equiv: set[tuple[str, str]]) -> dict | None:
+    """The kill rate of the group's sampled mutants (non-equivalent), with its 95% Wilson interval: an estimate for
+    the mutants still unreached. None when the group has no checked sample."""
+    smp = g.get("sample")
+    if not smp:
+        return None
+    st = g["statuses"]
+    checked = [n for n in smp["names"] if st.get(n, "not checked") != "not checked"]
+    killed = sum(st[n] in KILLED for n in checked)
+    eq = sum(st[n] not in KILLED and _equivalent(n, equiv) for n in checked)
+    non_eq = len(checked) - eq
+    est = {"seed": smp["seed"], "population": smp["population"], "drawn": len(smp["names"]),
+           "checked": len(checked), "killed": killed, "equivalent": eq,
+           "unreached": sum(x == "not checked" for x in st.values()), "kill_rate_pct": None, "ci95_pct": None}
+    if non_eq:
+        lo, hi = _wilson(killed, non_eq)
+        est["kill_rate_pct"] = round(100.0 * killed / non_eq, 1)
+        est["ci95_pct"] = [round(100.0 * lo, 1), round(100.0 * hi, 1)]
+    return est
 
 
 EQUIV_RE = re.compile(r"`(x[_ǁ][^`]*__mutmut_\d+)`[^\n]*\*\*Equivalent\*\*")
@@ -324,6 +368,8 @@ def combine(out: Path, equiv_file: Path | None = None) -> dict:
             g["stale"] = g["inputs"] != inputs_hash(g["modules"], g["tests"])
             groups[name] = g
     equiv = equivalents(equiv_file)
+    for g in groups.values():
+        g["sample_estimate"] = sample_estimate(g, equiv)
     tot = {"mutants": 0, "killed": 0, "survived": 0, "no_tests": 0, "other": 0, "not_checked": 0, "equivalent": 0}
     for g in groups.values():
         for name, st in g["statuses"].items():
@@ -372,6 +418,14 @@ def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
         lines.append(f"| {name} | {g['when']} | {'**stale**' if g['stale'] else 'current'} | {len(st)} | "
                      f"{sum(x in KILLED for x in st)} | {st.count('survived')} | {st.count('no tests')} | "
                      f"{st.count('not checked')} | {g['wall_s']:.0f}s{' (bounded)' if g['bounded_out'] else ''} |")
+    for name, g in s["groups"].items():
+        e = g.get("sample_estimate")
+        if e and e["kill_rate_pct"] is not None:
+            lines += ["", f"Group {name}: {e['drawn']} of the {e['population']} unreached mutants drawn at random "
+                          f"(seed {e['seed']}) and {e['checked']} checked: {e['killed']} killed, {e['equivalent']} "
+                          f"equivalent; kill rate of non-equivalent ones {e['kill_rate_pct']}% (95% CI "
+                          f"{e['ci95_pct'][0]}-{e['ci95_pct'][1]}%), the estimate for the {e['unreached']} still "
+                          f"unreached."]
     lines += ["", "| File | Mutants | Killed | Survived | No tests | Not checked |", "|---|---|---|---|---|---|"]
     for g in s["groups"].values():
         for f, d in sorted(g["by_file"].items()):
@@ -404,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun-survivors", action="store_true",
                     help="rerun only the mutants the group's last result left alive (survived or no tests) "
                          "after new tests; a bounded run's unreached ones are for a normal run")
+    ap.add_argument("--sample", type=int, metavar="N",
+                    help="check N more of the group's unreached mutants, drawn at random (after a bounded run): the "
+                         "report estimates the kill rate of the ones still unreached from them (95%% CI)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     ap.add_argument("--fresh", action="store_true",
                     help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
     ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")
@@ -435,21 +493,29 @@ def main(argv: list[str] | None = None) -> int:
         mods, tests = GROUPS[name]
         f = out / "mutation" / f"{name}.json"
         print(f"[{i}/{len(args.groups or GROUPS)}] group {name}", flush=True)
-        if args.rerun_survivors:
-            if not f.is_file():
-                print(f"no saved result for group {name}: run it once without --rerun-survivors", file=sys.stderr)
+        prev = json.loads(f.read_text()) if f.is_file() else None
+        if args.rerun_survivors or args.sample:
+            if prev is None:
+                print(f"no saved result for group {name}: run it once without --rerun-survivors/--sample",
+                      file=sys.stderr)
                 return 2
-            prev = json.loads(f.read_text())
-            # the alive ones only: what a bounded run never reached is for a normal run, which continues it
-            names = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
+            if args.sample:
+                names = draw_sample(prev["statuses"], args.sample, args.seed)
+                smp = prev.get("sample") or {"seed": args.seed, "names": [], "population": sum(
+                    st == "not checked" for st in prev["statuses"].values())}
+                prev["sample"] = dict(smp, names=smp["names"] + names)
+            else:   # the alive ones only: what a bounded run never reached is for a normal run, which continues it
+                names = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
         try:
-            if args.rerun_survivors:
+            if args.rerun_survivors or args.sample:
                 g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,
                                           workdir=WORK / name)) if names else prev
             else:
                 if args.fresh:
                     shutil.rmtree(WORK / name, ignore_errors=True)
                 g = run(expand(mods), list(tests), args.minutes, args.jobs, workdir=WORK / name)
+                if prev is not None and "sample" in prev and not args.fresh:
+                    g["sample"] = prev["sample"]
         except MutmutFailed as exc:
             print(f"error: group {name}: {exc}; its output above names the failing test (a test that fails under "
                   f"mutmut's stats run must be fixed or left out of the group); nothing saved", file=sys.stderr)
@@ -482,6 +548,12 @@ def _print_totals(s: dict, out: Path) -> None:
     print(f"\nkill rate {t['kill_rate_non_equivalent_pct']}% of non-equivalent mutants ({t['kill_rate_pct']}% of all "
           f"checked): {t['killed']} killed / {t['checked']} checked, {t['equivalent']} equivalent, "
           f"{t['survived']} survived, {t['no_tests']} without tests, {t['not_checked']} not reached")
+    for name, g in s["groups"].items():
+        e = g.get("sample_estimate")
+        if e and e["kill_rate_pct"] is not None:
+            print(f"group {name}: {e['unreached']} mutants still unreached; a random sample of {e['checked']} of them "
+                  f"was killed at {e['kill_rate_pct']}% of non-equivalent ones (95% CI {e['ci95_pct'][0]}-"
+                  f"{e['ci95_pct'][1]}%)")
     stale = [n for n, g in s["groups"].items() if g["stale"]]
     if stale:
         print(f"stale (inputs changed since the run): {', '.join(stale)}")

@@ -254,3 +254,47 @@ def test_ctrl_c_stops_mutmut_and_keeps_the_run(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid[0], 0)
     assert sys.exc_info() == (None, None, None)
+
+
+def _ids(n):
+    return [f"tripwire.engine.ids.x_a__mutmut_{i}" for i in range(1, n + 1)]
+
+
+def test_a_sample_is_drawn_at_random_from_the_unreached_mutants_only_and_is_reproducible():
+    names = _ids(10)
+    statuses = {n: ("not checked" if i % 2 else "killed") for i, n in enumerate(names)}
+    a = mutation.draw_sample(statuses, 3, seed=7)
+    assert a == mutation.draw_sample(dict(reversed(statuses.items())), 3, seed=7)  # order-independent
+    assert len(a) == 3 and len(set(a)) == 3 and all(statuses[n] == "not checked" for n in a)
+    assert sorted(mutation.draw_sample(statuses, 99, seed=7)) == sorted(n for n in names if statuses[n] == "not checked")
+    assert mutation.draw_sample(statuses, 3, seed=8) != a or len({tuple(mutation.draw_sample(statuses, 3, seed=s))
+                                                                  for s in range(5)}) > 1
+
+
+def test_the_unreached_kill_rate_is_estimated_from_the_sample_with_a_wilson_interval():
+    names = _ids(60)
+    statuses = {n: "not checked" for n in names}
+    sample = names[:40]
+    for i, n in enumerate(sample):   # 36 killed, 2 equivalent survivors, 2 real survivors
+        statuses[n] = "killed" if i < 36 else "survived"
+    g = _group(statuses)
+    g["sample"] = {"seed": 0, "names": sample, "population": 60}
+    equiv = {("engine/ids.py", n.rsplit(".", 1)[-1]) for n in sample[36:38]}
+    est = mutation.sample_estimate(g, equiv)
+    assert est["drawn"] == 40 and est["checked"] == 40 and est["killed"] == 36 and est["equivalent"] == 2
+    assert est["kill_rate_pct"] == 94.7                      # 36 / 38 non-equivalent
+    assert est["ci95_pct"] == [82.7, 98.5]                   # Wilson score interval, z = 1.96
+    assert est["unreached"] == 20
+
+
+def test_a_sampled_group_shows_its_estimate_in_the_report(tmp_path):
+    names = _ids(4)
+    g = _group({names[0]: "killed", names[1]: "killed", names[2]: "not checked", names[3]: "not checked"})
+    g["sample"] = {"seed": 3, "names": names[:2], "population": 4}
+    (tmp_path / "mutation").mkdir()
+    (tmp_path / "mutation" / "core.json").write_text(json.dumps(g))
+    s = mutation.combine(tmp_path, equiv_file=tmp_path / "none.md")
+    md = (tmp_path / "mutation.md").read_text()
+    assert s["groups"]["core"]["sample_estimate"]["kill_rate_pct"] == 100.0
+    assert "2 of the 4 unreached mutants drawn at random (seed 3)" in md
+    assert "2 still unreached" in md
