@@ -4,7 +4,7 @@ The engine is split into groups (GROUPS below: modules + the test folders that s
 its own copy of the project, kept in .tripwire_cache/mutation/GROUP (mutmut rewrites sources there; the working
 tree is never touched). The copy persists: mutmut keeps every mutant's result in it and re-tests only what
 changed, so a run cut short by its bound or by Ctrl-C (both still report what was checked) continues where it
-stopped (`--fresh` starts over).
+stopped (`--fresh` starts over); `kill PID` (SIGTERM) stops a background run the same way.
 mutmut runs with its fork-server isolation (MLX + threads are not fork-safe from a process that already ran the tests).
 Each group's result lands in reports/mutation/<group>.json, stamped with the content hash of its modules and
 tests; reports/mutation.{json,md} combine every group's latest result and mark a group whose inputs changed
@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -107,12 +108,17 @@ class MutmutFailed(RuntimeError):
 
 
 def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
-    """Run `mutmut ARGS` in COPY, bounded; True when the bound (or Ctrl-C) cut it short: what mutmut saved so far
-    still makes the report.
+    """Run `mutmut ARGS` in COPY, bounded; True when the bound, Ctrl-C or SIGTERM cut it short: what mutmut saved
+    so far still makes the report.
 
     Raises:
         MutmutFailed: mutmut exited non-zero on its own (its output, above, says why).
     """
+    def stop_on_sigterm(signum, frame):
+        raise KeyboardInterrupt  # `kill PID` of a background run (whose shell ignores SIGINT) stops it like Ctrl-C
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm) if in_main else None
     proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=copy, env=env, start_new_session=True)
     try:
         rc = proc.wait(timeout=minutes * 60)
@@ -129,6 +135,9 @@ def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         return True
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 WORK = ROOT / ".tripwire_cache" / "mutation"

@@ -222,9 +222,12 @@ def test_rerun_survivors_reruns_the_alive_not_what_a_bounded_run_never_reached(t
     assert sorted(asked) == ["tripwire.engine.ids.x_a__mutmut_2", "tripwire.engine.ids.x_a__mutmut_3"]
 
 
-def test_ctrl_c_stops_mutmut_and_keeps_the_run(tmp_path):
-    """Ctrl-C (SIGINT) during a long group run stops mutmut (its whole process group) and returns as a bound would:
-    the results mutmut saved so far still make the group's report, instead of a traceback and nothing written."""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_mutmut_and_keeps_the_run(tmp_path, how):
+    """Ctrl-C (SIGINT) during a long group run, or SIGTERM (`kill PID`: a background run, where the shell ignores
+    SIGINT), stops mutmut (its whole process group) and returns as a bound would: the results mutmut saved so far
+    still make the group's report, instead of a traceback and nothing written."""
+    import signal
     import _thread
     import os
     import sys
@@ -244,8 +247,12 @@ def test_ctrl_c_stops_mutmut_and_keeps_the_run(tmp_path):
     def interrupt_once_up():
         with open(fifo) as f:  # blocks until the stub runs
             pid.append(int(f.read()))
-        _thread.interrupt_main()
+        if how == "ctrl-c":
+            _thread.interrupt_main()
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGTERM)
     t = threading.Thread(target=interrupt_once_up, daemon=True)
     t.start()
     assert mutation._mutmut(tmp_path, env, ["run"], minutes=5) is True
@@ -254,6 +261,7 @@ def test_ctrl_c_stops_mutmut_and_keeps_the_run(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.kill(pid[0], 0)
     assert sys.exc_info() == (None, None, None)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the caller's again
 
 
 def _ids(n):
