@@ -164,16 +164,17 @@ def stage(dst: Path, modules: list[str], tests: list[str]) -> Path:
                 shutil.move(str(fresh / name), str(fresh / "tripwire" / name))
         with open(fresh / "pyproject.toml", "a") as f:
             f.write(_config(modules, tests))
-        sync(fresh, dst)
+        sync(fresh, dst, mutated={f"tripwire/{m}" for m in modules})
     return dst
 
 
-def sync(src: Path, dst: Path) -> list[str]:
+def sync(src: Path, dst: Path, mutated: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Make DST's files (outside DST/mutants) equal SRC's; returns the relative paths written or removed.
 
-    A changed pyproject.toml (the group's mutmut and pytest configuration: plugins, test selection) also drops
-    mutmut's stats (which tests reach which function), so its next run collects them again under that
-    configuration; mutmut itself re-collects only for tests it has not seen.
+    A changed pyproject.toml (the group's mutmut and pytest configuration: plugins, test selection) or a changed
+    module of MUTATED (relative paths: new or rewritten functions) also drops mutmut's stats (which tests reach
+    which function), so its next run collects them again; mutmut itself re-collects only for tests it has not
+    seen, and a function it has no stats for gets "no tests".
     """
     dst.mkdir(parents=True, exist_ok=True)
     mirror = dst / "mutants"
@@ -198,7 +199,7 @@ def sync(src: Path, dst: Path) -> list[str]:
             t.unlink()
             (mirror / rel).unlink(missing_ok=True)
             changed.append(rel.as_posix())
-    if "pyproject.toml" in changed:
+    if "pyproject.toml" in changed or mutated.intersection(changed):
         (mirror / "mutmut-stats.json").unlink(missing_ok=True)
     return changed
 
@@ -311,6 +312,19 @@ def draw_sample(statuses: dict[str, str], n: int, seed: int) -> list[str]:
     a random sample of the rest estimates the rest without bias (random mutant sampling)."""
     unreached = sorted(name for name, st in statuses.items() if st == "not checked")
     return random.Random(seed).sample(unreached, min(n, len(unreached)))
+
+
+def plan_sample(prev: dict, size: int, seed: int) -> tuple[list[str], dict]:
+    """(mutants to run, the group's sample record) for `--sample SIZE`: the sample grows to SIZE mutants drawn at
+    random from the unreached ones; its draws a bounded run never checked run first (they are part of the random
+    sample already), then new draws. The record keeps the first draw's seed and population."""
+    smp = prev.get("sample") or {"seed": seed, "names": [], "population": sum(
+        st == "not checked" for st in prev["statuses"].values())}
+    drawn = set(smp["names"])
+    pending = [n for n in smp["names"] if prev["statuses"].get(n) == "not checked"]
+    rest = {n: st for n, st in prev["statuses"].items() if n not in drawn}
+    new = draw_sample(rest, max(0, size - len(smp["names"])), seed)
+    return pending + new, dict(smp, names=smp["names"] + new)
 
 
 def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -468,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rerun only the mutants the group's last result left alive (survived or no tests) "
                          "after new tests; a bounded run's unreached ones are for a normal run")
     ap.add_argument("--sample", type=int, metavar="N",
-                    help="check N more of the group's unreached mutants, drawn at random (after a bounded run): the "
-                         "report estimates the kill rate of the ones still unreached from them (95%% CI)")
+                    help="grow the group's random sample of unreached mutants to N and check it (after a bounded run; "
+                         "a cut-short sample continues): the report estimates the kill rate of the ones still "
+                         "unreached from it (95%% CI)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     ap.add_argument("--fresh", action="store_true",
                     help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
@@ -509,10 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 2
             if args.sample:
-                names = draw_sample(prev["statuses"], args.sample, args.seed)
-                smp = prev.get("sample") or {"seed": args.seed, "names": [], "population": sum(
-                    st == "not checked" for st in prev["statuses"].values())}
-                prev["sample"] = dict(smp, names=smp["names"] + names)
+                names, prev["sample"] = plan_sample(prev, args.sample, args.seed)
             else:   # the alive ones only: what a bounded run never reached is for a normal run, which continues it
                 names = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
         try:

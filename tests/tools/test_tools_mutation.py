@@ -175,6 +175,26 @@ def test_a_changed_configuration_makes_mutmut_collect_its_stats_again(tmp_path):
     assert "plugin" in (dst / "mutants" / "pyproject.toml").read_text()
 
 
+def test_a_changed_mutated_module_makes_mutmut_collect_its_stats_again(tmp_path):
+    """mutmut collects again only for tests it has not seen: a module's new functions (a new module of the group, a
+    rewritten one) were left with no tests at all ("no tests", counted as not killed: 174 mutants of a new
+    engine/server/backoff.py that tests/server/test_server_backoff.py reaches)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "tripwire" / "engine").mkdir(parents=True)
+    (src / "tripwire" / "engine" / "a.py").write_text("def f(): pass\n")
+    (src / "tripwire" / "engine" / "other.py").write_text("def g(): pass\n")
+    mutation.sync(src, dst, mutated={"tripwire/engine/a.py"})
+    (dst / "mutants").mkdir()
+    stats = dst / "mutants" / "mutmut-stats.json"
+    stats.write_text("{}")
+    (src / "tripwire" / "engine" / "other.py").write_text("def g(): return 1\n")
+    mutation.sync(src, dst, mutated={"tripwire/engine/a.py"})
+    assert stats.exists()                                                 # not a mutated module
+    (src / "tripwire" / "engine" / "a.py").write_text("def f(): pass\n\n\ndef h(): pass\n")
+    mutation.sync(src, dst, mutated={"tripwire/engine/a.py"})
+    assert not stats.exists()
+
+
 def test_mutation_runs_load_the_fixture_stats_plugin():
     assert '"-p", "tripwire.tools.mutation_fixture_stats"' in mutation._config(["engine/ids.py"], ["tests/engine"])
 
@@ -306,3 +326,17 @@ def test_a_sampled_group_shows_its_estimate_in_the_report(tmp_path):
     assert s["groups"]["core"]["sample_estimate"]["kill_rate_pct"] == 100.0
     assert "2 of the 4 unreached mutants drawn at random (seed 3)" in md
     assert "2 still unreached" in md
+
+
+def test_a_sample_continues_to_its_size_its_unchecked_draws_first():
+    names = _ids(20)
+    statuses = {n: "not checked" for n in names}
+    run1, smp = mutation.plan_sample({"statuses": statuses}, 6, seed=2)
+    assert len(run1) == 6 and smp["names"] == run1 and smp["population"] == 20 and smp["seed"] == 2
+    for n in run1[:2]:          # a bounded run checked two of the six
+        statuses[n] = "killed"
+    run2, smp2 = mutation.plan_sample({"statuses": statuses, "sample": smp}, 6, seed=2)
+    assert run2 == run1[2:] and smp2 == smp        # the rest of the same draw, nothing new
+    run3, smp3 = mutation.plan_sample({"statuses": statuses, "sample": smp}, 9, seed=2)
+    assert run3[:4] == run1[2:] and len(run3) == 7 and len(set(run3)) == 7
+    assert smp3["names"][:6] == run1 and len(smp3["names"]) == 9 and set(run3[4:]).isdisjoint(run1)
