@@ -28,8 +28,10 @@ async def test_all_mlx_work_runs_on_the_one_pinned_worker(make_engine):
 async def test_every_public_path_completes_no_nested_lock_acquisition(make_engine):
     """Upstream cancellation PR review (finding 1): a path that holds _generation_lock and calls the serialized runner deadlocks."""
     eng = make_engine()
-    async with asyncio.timeout(30):
-        await eng.start()
+    await eng.start()
+    # Bounded well above the ~0.5 s these six tiny requests take under load: a nested acquisition deadlocks, and the
+    # bound is how long its regression proof waits to see it
+    async with asyncio.timeout(10):
         await eng.generate("a", max_tokens=3)
         await eng.chat([{"role": "user", "content": "b"}], max_tokens=3)
         s = await eng.open_stream("c", max_tokens=3)
@@ -54,7 +56,7 @@ async def test_stop_refuses_new_requests_aborts_active_ones_and_ends_the_worker(
         if eng.status()["generation_lock"]["locked"]:
             break
         await asyncio.sleep(0)
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(5):  # stop aborts at the next token; without the abort it waits out 1,500 tokens
         await eng.stop()
     r = await gen
     assert r.finish_reason == "cancelled" and r.completion_tokens < 1500
@@ -70,7 +72,7 @@ async def test_stop_drains_an_open_stream(make_engine):
     stream = await eng.open_stream("streaming at stop", max_tokens=1500)
     first = await stream.__anext__()
     assert first.token_id is not None
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(5):  # as above: aborted at the next token, not drained to the end
         await eng.stop()
     rest = [d async for d in stream]
     assert rest[-1].finish_reason == "cancelled"
