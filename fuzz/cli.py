@@ -84,7 +84,7 @@ def _run_one(args_tuple):
     spec, instrument, strategy, budget, seed, variant, artifacts = args_tuple
     tgt = _resolve(spec, instrument, variant)
     rep = run(tgt, strategy=strategy, budget=budget, seed=seed, variant=variant,
-              artifacts=Path(artifacts) if artifacts else True)
+              artifacts=False if artifacts is False else Path(artifacts) if artifacts else True)
     return (rep.schedules, rep.elapsed, rep.hashes, rep.max_decisions,
             [(i, r.failure.summary(), str(p) if p else None, r.preemptions) for i, r, p in rep.failures])
 
@@ -94,6 +94,8 @@ def _check_run_args(args) -> Target:
         raise UsageError(f"--budget must be a positive number of schedules (got {args.budget})")
     if args.jobs <= 0:
         raise UsageError(f"--jobs must be >= 1 (got {args.jobs})")
+    if args.no_artifacts and args.artifacts:
+        raise UsageError("--no-artifacts and --artifacts DIR exclude each other: drop one")
     try:
         parse_strategy(args.strategy)
     except StrategyError as e:
@@ -127,23 +129,24 @@ def _save_failures(db, paths) -> None:
 def cmd_run(args) -> int:
     tgt = _check_run_args(args)
     instrument = _instrument_list(args.instrument)
-    artifacts = Path(args.artifacts) if args.artifacts else True
+    artifacts = False if args.no_artifacts else Path(args.artifacts) if args.artifacts else True
     db = _open_db(args.fuzz_db)
     if db is not None:  # failures found anywhere are replayed first
         known = replay_known(tgt, db, args.variant)
         if known is not None:
             data, res = known
-            path = write_artifact(tgt, data.get("strategy", "?"), data["seed"], res, args.variant,
-                                  artifacts if artifacts is not True else None)
             print(f"FAIL replayed from the failure database ({db.url}): {res.failure.summary()}")
             print(explain(res.sched, limit=30))
-            print(f"  artifact: {path}\n  replay:   {replay_command(path)}")
+            if artifacts is not False:
+                path = write_artifact(tgt, data.get("strategy", "?"), data["seed"], res, args.variant,
+                                      artifacts if artifacts is not True else None)
+                print(f"  artifact: {path}\n  replay:   {replay_command(path)}")
             return 1
     if args.jobs > 1:
         # independent seeds per job, each in its own process (module-name swaps are per process)
         per = max(1, args.budget // args.jobs)
         jobs = [(tgt.ref or tgt.name, instrument, args.strategy, per, args.seed + j, args.variant,
-                 args.artifacts) for j in range(args.jobs)]
+                 False if args.no_artifacts else args.artifacts) for j in range(args.jobs)]
         t0 = time.perf_counter()
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             results = pool.map(_run_one, jobs)
@@ -275,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     r.add_argument("--artifacts", default=None, metavar="DIR",
                    help="where failure artifacts go (default <project root>/.fuzz/failures)")
+    r.add_argument("--no-artifacts", action="store_true",
+                   help="only the verdict: no failure artifact, and no traced re-run of the failing schedule "
+                        "(CI checks, regression proofs)")
     r.add_argument("--fuzz-db", default=None, metavar="URL",
                    help="shared failure database, replayed first and fed with new failures: "
                         "redis://HOST[:PORT]/N or a directory")

@@ -63,3 +63,25 @@ def test_exit_0_clean_and_1_found(capsys, tmp_path):
     code, out, _ = _main(capsys, "run", "toy-cancel-drain", "--variant", "release-on-cancel", "--budget", "200",
                          "--artifacts", str(tmp_path))
     assert code == 1 and "FAIL after" in out and str(tmp_path) in out
+
+
+def test_no_artifacts_reports_the_failure_and_writes_nothing(capsys, tmp_path, monkeypatch):
+    """`--no-artifacts` (a CI check or a regression proof that only needs the verdict): the same FAIL line and
+    exit 1, no artifact file and no second, traced run of the failing schedule (for a blocking call that re-run
+    waits out the watchdog again)."""
+    from tripwire.fuzz import explore
+    runs: list[int] = []
+    written: list = []
+    real, real_write = explore.execute, explore.write_artifact
+    monkeypatch.setattr(explore, "execute", lambda *a, **kw: runs.append(1) or real(*a, **kw))
+    monkeypatch.setattr(explore, "write_artifact", lambda *a, **kw: written.append(a) or real_write(*a, **kw))
+    code, out, _ = _main(capsys, "run", "toy-cancel-drain", "--variant", "release-on-cancel", "--budget", "200",
+                         "--seed", "0", "--no-artifacts")
+    assert code == 1 and "FAIL after" in out and "artifact:" not in out and written == []
+    found = len(runs)
+    runs.clear()
+    code, out, _ = _main(capsys, "run", "toy-cancel-drain", "--variant", "release-on-cancel", "--budget", "200",
+                         "--seed", "0", "--artifacts", str(tmp_path / "a"))
+    assert code == 1 and len(runs) == found + 1  # with artifacts: the failing schedule once more, traced
+    code, _, err = _main(capsys, "run", "toy-cancel-drain", "--no-artifacts", "--artifacts", str(tmp_path))
+    assert code == 2 and "--no-artifacts" in err
