@@ -56,7 +56,8 @@ async def test_fail_fast_rejects_while_a_cancelled_request_drains(make_engine):
         for _ in range(20):
             await asyncio.sleep(0)
         with pytest.raises(EngineBusy):  # slot still held: the worker has not finished
-            await eng.generate("too early", max_tokens=2)
+            async with asyncio.timeout(5):  # fail-fast answers at once; admitted, it would wait for the pinned step
+                await eng.generate("too early", max_tokens=2)
         backend.release.set()
         with pytest.raises(asyncio.CancelledError):
             await first
