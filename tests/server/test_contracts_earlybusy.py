@@ -200,6 +200,44 @@ def test_a_client_gone_before_its_early_answer_gets_nothing_and_is_logged_499_ca
     assert (stats.requests, stats.cancelled, dict(stats.by_status)) == (1, 1, {499: 1})
 
 
+def test_the_early_access_log_line_is_in_the_request_logs_compact_format(caplog):
+    """One line per request, the same compact JSON whichever path answered (RequestLogMiddleware writes
+    `separators=(",", ":")`): a grep for `"status":503` finds both."""
+    with caplog.at_level(logging.INFO, logger="tripwire.server.access"):
+        answer_one(busy_checks)
+    [record] = [r for r in caplog.records if r.name == "tripwire.server.access"]
+    line = record.getMessage()
+    assert line == json.dumps(json.loads(line), separators=(",", ":")) and '"status":503' in line
+
+
+def test_an_early_answered_connection_left_idle_gets_its_keep_alive_timeout():
+    """Like any answered keep-alive connection, one answered early is closed by uvicorn's keep-alive timer if the
+    client sends nothing more (the header deadline was disarmed when the request was taken)."""
+    async def main():
+        early = EarlyBusyAnswer(is_busy=lambda: True, prechecks=busy_checks)
+        proto = Proto(early, asyncio.get_running_loop())
+        expired = asyncio.Event()
+        proto.timeout_keep_alive, proto.timeout_keep_alive_handler = 0.01, expired.set
+        proto.data_received(raw_post())
+        assert proto.early_pending is None and len(proto.transport.written) == 1
+        await asyncio.wait_for(expired.wait(), 5)
+
+    asyncio.run(main())
+
+
+def test_a_connection_paused_after_its_busy_answer_gets_no_keep_alive_timer_until_resumed():
+    """The busy back-off pauses the connection (engine/server/backoff.py arms the keep-alive timer when it resumes
+    it): no timer may close it while paused."""
+    paused = []
+
+    def setup(proto):
+        proto.guard.backoff = SimpleNamespace(pause=lambda p, retry_after: paused.append(retry_after) or True)
+
+    proto, _ = answer_one(busy_checks, setup=setup)
+    assert paused == [0.5] and len(proto.transport.written) == 1
+    assert proto.timeout_keep_alive_task is None
+
+
 # -- the checks are told whether they may skip their settle iterations ----------------------------------------------
 @pytest.mark.parametrize("lost_recently", [False, True], ids=["quiet", "a-peer-just-dropped"])
 def test_the_checks_see_whether_peers_are_quiet(lost_recently):
