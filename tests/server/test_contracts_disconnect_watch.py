@@ -60,3 +60,24 @@ def test_a_cancelled_wait_lets_the_work_and_the_watcher_finish_before_it_propaga
         return list(done)  # what had finished when the cancellation reached the caller
 
     assert sorted(asyncio.run(asyncio.wait_for(main(), 5))) == ["watcher stopped", "work drained"]
+
+
+def test_the_result_is_returned_once_the_watcher_has_stopped():
+    """The work finishes first: the watcher is cancelled and its cleanup awaited before the result is returned,
+    so nothing the call started is still reading the connection when the route answers."""
+    done: list[str] = []
+
+    async def main():
+        async def work():
+            return 42
+
+        async def receive():
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await _slow_cleanup(done, "watcher stopped", 6)
+
+        result = await sse.run_unless_disconnected(receive, work())
+        return result, list(done)
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == ((False, 42), ["watcher stopped"])

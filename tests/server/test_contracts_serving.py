@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
@@ -310,3 +311,18 @@ def test_a_header_deadline_on_a_connection_already_closing_answers_nothing_and_i
     else:
         assert len(transport.written) == 1 and counted == 1 and transport.closing
         assert_one_408(transport.written[0])
+
+
+@pytest.mark.parametrize("pause_max_s, on", [(0, False), (0.25, True)], ids=["zero-is-off", "positive-is-on"])
+def test_busy_back_off_runs_only_with_a_positive_maximum_pause(pause_max_s, on):
+    """`busy_pause_max_s=0` means never paused: the server then has no back-off at all (and /v1/status shows only
+    the guard's own counters); any positive maximum turns it on for an engine that says when its slot frees."""
+    class EarlyApp(App):
+        early_busy_answer = SimpleNamespace(is_busy=lambda: False, call_when_free=lambda callback: None)
+
+    app = EarlyApp()
+    serving.server_config(app, limits=serving.ClientLimits(busy_pause_max_s=pause_max_s), log_level="warning")
+    guard = app.state.connection_guard
+    assert (guard.backoff is not None) is on
+    backoff_counters = {"busy_pauses", "busy_paused_now", "busy_resumed_on_free", "busy_resumed_on_timer"}
+    assert set(guard.stats()) == {"header_timeouts", "refused_connections"} | (backoff_counters if on else set())
