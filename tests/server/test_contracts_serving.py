@@ -1,20 +1,26 @@
 """The guarded protocol's contracts, in-process (engine/server/serving.py): the header-read deadline answers an
 idle or half-sent request with exactly one 408 and closes, never early, also on a kept-alive connection after a
 complete exchange, and counts and logs it once per burst; connections beyond the cap are refused with 503
-`too_many_connections` and `Retry-After: 1` at once. tests/server/test_server_limits.py proves the same bounds on a
+`too_many_connections` and `Retry-After: 1` at once; a connection already closing gets no 408; the server serves
+and announces the sockets it is given, and the announcement is flushed at once. tests/server/test_server_limits.py proves the same bounds on a
 real `serve` process with the engine; these run the protocol inside the test process around a trivial app (tight
 limits, no model) so that every branch is exercised where coverage and mutation testing see it."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import socket
+import sys
 import threading
 import time
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
+from uvicorn.server import ServerState
 
 from server_helpers import _Server
 from tripwire.engine.server import serving
@@ -195,3 +201,128 @@ def test_the_server_announces_the_address_it_listens_on_once(host, shown, capsys
     assert port != 0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("serving on")]
     assert lines == [f"serving on http://{shown}:{port}"]
+
+
+def test_the_server_announces_and_serves_the_sockets_it_is_given(capsys):
+    """Run with pre-bound sockets (as the live-server fixtures and a supervisor handing over a socket do), the
+    server listens on those sockets, not on a new one from its host/port, and announces their port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = _ReadyAnnouncing(serving.server_config(App(), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="announcing-uvicorn", daemon=True)
+    thread.start()
+    try:
+        assert server.ready.wait(30), "uvicorn did not start"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            status, _, body = split(read_until_closed(s))
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+    assert not thread.is_alive()
+    assert (status, body) == ("HTTP/1.1 200 OK", b"ok")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("serving on")]
+    assert lines == [f"serving on http://127.0.0.1:{port}"]
+
+
+class _Sink(io.RawIOBase):
+    """The bytes that actually left a buffered stream."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.data += bytes(b)
+        return len(b)
+
+
+def test_the_announcement_is_flushed_at_once_whatever_stderr_buffers(monkeypatch):
+    """Whoever waits on the line must see it while the server runs, also when stderr is a block-buffered stream
+    (an embedding program's, or a wrapper's): the line is flushed, not left in a buffer until exit."""
+    config = serving.server_config(App(), host="127.0.0.1", port=0, log_level="warning")  # its log handlers first
+    sink = _Sink()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BufferedWriter(sink, 1 << 16), encoding="utf-8",
+                                                        line_buffering=False))
+    server = _ReadyAnnouncing(config)
+    thread = threading.Thread(target=server.run, name="announcing-uvicorn", daemon=True)
+    thread.start()
+    try:
+        assert server.ready.wait(30), "uvicorn did not start"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        seen = bytes(sink.data)          # read while the server still runs
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    assert not thread.is_alive()
+    assert f"serving on http://127.0.0.1:{port}\n".encode() in seen
+
+
+class _Transport:
+    """A connection's transport between `close()` and uvicorn's `connection_lost` (which asyncio calls later)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+@pytest.mark.parametrize("closing", [False, True], ids=["open", "already-closing"])
+def test_a_header_deadline_on_a_connection_already_closing_answers_nothing_and_is_not_counted(closing):
+    """The deadline fires on an idle connection: an open one gets its 408, is closed and counted; one that is
+    already closing (closed for another reason, its `connection_lost` not yet delivered) is left alone."""
+    app = App()
+    config = serving.server_config(app, limits=serving.ClientLimits(header_timeout_s=HEADER_TIMEOUT_S),
+                                   log_level="warning")
+    config.load()
+    guard = app.state.connection_guard
+
+    async def main() -> tuple[_Transport, int]:
+        proto = config.http_protocol_class(config=config, server_state=ServerState(), app_state={},
+                                           _loop=asyncio.get_running_loop())
+        transport = _Transport()
+        proto.connection_made(transport)
+        if closing:
+            transport.close()
+        before = guard.header_timeouts.total
+        proto._on_header_timeout()       # the deadline's callback, as the loop runs it
+        counted = guard.header_timeouts.total - before
+        proto.connection_lost(None)
+        return transport, counted
+
+    transport, counted = asyncio.run(main())
+    if closing:
+        assert (transport.written, counted) == ([], 0)
+    else:
+        assert len(transport.written) == 1 and counted == 1 and transport.closing
+        assert_one_408(transport.written[0])
+
+
+@pytest.mark.parametrize("pause_max_s, on", [(0, False), (0.25, True)], ids=["zero-is-off", "positive-is-on"])
+def test_busy_back_off_runs_only_with_a_positive_maximum_pause(pause_max_s, on):
+    """`busy_pause_max_s=0` means never paused: the server then has no back-off at all (and /v1/status shows only
+    the guard's own counters); any positive maximum turns it on for an engine that says when its slot frees."""
+    class EarlyApp(App):
+        early_busy_answer = SimpleNamespace(is_busy=lambda: False, call_when_free=lambda callback: None)
+
+    app = EarlyApp()
+    serving.server_config(app, limits=serving.ClientLimits(busy_pause_max_s=pause_max_s), log_level="warning")
+    guard = app.state.connection_guard
+    assert (guard.backoff is not None) is on
+    backoff_counters = {"busy_pauses", "busy_paused_now", "busy_resumed_on_free", "busy_resumed_on_timer"}
+    assert set(guard.stats()) == {"header_timeouts", "refused_connections"} | (backoff_counters if on else set())

@@ -2,13 +2,15 @@
 as it is produced and ended with an empty final body; `close_stream` runs exactly once, whatever happens; a client
 that leaves mid-stream triggers `abort_now` (before the stream is closed) and `on_disconnect`; a client that
 leaves while the final message is being sent, or after it, is the normal end, not a disconnect; a failing
-`close_stream` is logged, never raised."""
+`close_stream` is logged, never raised; a caller's headers replace the SSE defaults of the same name; the event
+source's own cleanup and `close_stream` run to their end although the response is being cancelled (shielded)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
+import anyio
 import pytest
 
 from tripwire.engine.server.sse import EngineSSEResponse
@@ -115,4 +117,90 @@ def test_a_failing_close_is_logged_and_never_raised(caplog):
     with caplog.at_level(logging.ERROR, logger="tripwire.server"):
         asyncio.run(asyncio.wait_for(resp({"type": "http"}, client.receive, client.send), 5))
     assert bodies(client)[-1] == (b"", False)
-    assert "closing the engine stream failed" in caplog.text
+    [record] = [r for r in caplog.records if r.name == "tripwire.server"]
+    assert record.getMessage() == "closing the engine stream failed" and record.exc_info[0] is RuntimeError
+
+
+def test_headers_given_by_the_caller_replace_the_sse_defaults_of_the_same_name():
+    """One header per name: a caller's Cache-Control / X-Accel-Buffering (as HTTP spells them) wins over the
+    default instead of being sent next to it."""
+    client = Client()
+    run(client, [b"x"], headers={"Cache-Control": "no-store", "X-Accel-Buffering": "yes"})
+    headers = [(k.decode(), v.decode()) for k, v in client.sent[0]["headers"]]
+    assert [v for k, v in headers if k == "cache-control"] == ["no-store"]
+    assert [v for k, v in headers if k == "x-accel-buffering"] == ["yes"]
+
+
+def test_the_event_source_finishes_its_own_cleanup_when_the_client_leaves_during_a_write():
+    """A client that stops reading (its write pending) and then leaves: the event iterator is closed and its
+    cleanup runs to its end although the stream task is being cancelled, before the engine stream is closed."""
+    calls = []
+    gone = asyncio.Event()
+    sends = 0
+
+    async def receive():
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        nonlocal sends
+        sends += 1
+        if sends == 3:                  # the start and one chunk went out; this write never completes
+            gone.set()
+            await asyncio.Event().wait()
+
+    async def events():
+        try:
+            yield b"a"
+            yield b"b"
+            yield b"c"
+        finally:
+            calls.append("cleanup started")
+            await asyncio.sleep(0)      # e.g. the engine stream's own async close
+            calls.append("cleanup finished")
+
+    async def close_stream():
+        calls.append("close")
+
+    resp = EngineSSEResponse(events, close_stream, on_disconnect=lambda: calls.append("on_disconnect"))
+    asyncio.run(asyncio.wait_for(resp({"type": "http"}, receive, send), 5))
+    assert calls == ["cleanup started", "cleanup finished", "close", "on_disconnect"]
+
+
+def test_the_engine_stream_is_closed_to_its_end_when_an_enclosing_scope_cancels_the_response():
+    """A framework or server cancelling the response through an enclosing cancel scope (a deadline, a shutdown)
+    still gets `close_stream` run to its end (shielded): the engine's drain is awaited, not abandoned."""
+    calls = []
+    first_chunk_sent = asyncio.Event()
+
+    async def receive():
+        await asyncio.Event().wait()    # the client stays
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            first_chunk_sent.set()
+
+    async def events():
+        yield b"a"
+        await asyncio.Event().wait()    # the engine has nothing more yet
+
+    async def close_stream():
+        calls.append("close started")
+        for _ in range(3):
+            await asyncio.sleep(0)      # the drain awaits the engine
+        calls.append("close finished")
+
+    async def main():
+        resp = EngineSSEResponse(events, close_stream)
+        with anyio.CancelScope() as scope:
+            async def cancel_when_streaming():
+                await first_chunk_sent.wait()
+                scope.cancel()
+
+            canceller = asyncio.ensure_future(cancel_when_streaming())
+            await resp({"type": "http"}, receive, send)
+        await canceller
+        return scope.cancelled_caught
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) is True
+    assert calls == ["close started", "close finished"]
