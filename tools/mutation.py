@@ -14,6 +14,7 @@ since it ran as stale.
     python -m tripwire.tools.mutation --groups cache server    # some groups
     python -m tripwire.tools.mutation --groups cache --rerun-survivors   # only last run's survivors (after new tests)
     python -m tripwire.tools.mutation --groups server --sample 300     # 300 random unreached mutants: an estimate
+    python -m tripwire.tools.mutation --groups server --mutants x_f__mutmut_3 ...   # just these, after new tests
     python -m tripwire.tools.mutation --combine                # only rewrite the combined report
     python -m tripwire.tools.mutation --modules engine/ids.py --tests tests/engine/test_ids.py  # ad hoc
 
@@ -481,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun-survivors", action="store_true",
                     help="rerun only the mutants the group's last result left alive (survived or no tests) "
                          "after new tests; a bounded run's unreached ones are for a normal run")
+    ap.add_argument("--mutants", nargs="+", metavar="NAME",
+                    help="rerun only these mutants of the one group given (full or short names as in the report, "
+                         "e.g. the ones new tests should kill)")
     ap.add_argument("--sample", type=int, metavar="N",
                     help="grow the group's random sample of unreached mutants to N and check it (after a bounded run; "
                          "a cut-short sample continues): the report estimates the kill rate of the ones still "
@@ -499,11 +503,13 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown group(s) {', '.join(unknown)}; known: {', '.join(GROUPS)}")
     if bool(args.modules) != bool(args.tests):
         ap.error("--modules and --tests go together")
+    if args.mutants and len(args.groups or []) != 1:
+        ap.error("--mutants needs exactly one group (--groups NAME)")
     if args.combine:
         s = combine(out)
         _print_totals(s, out)
         return 0
-    if shutil.which("mutmut") is None and subprocess.run([sys.executable, "-c", "import mutmut"]).returncode != 0:
+    if not _have_mutmut():
         print("mutmut is not installed: pip install -e '.[mutation]'", file=sys.stderr)
         return 2
     if args.modules:
@@ -518,17 +524,25 @@ def main(argv: list[str] | None = None) -> int:
         f = out / "mutation" / f"{name}.json"
         print(f"[{i}/{len(args.groups or GROUPS)}] group {name}", flush=True)
         prev = json.loads(f.read_text()) if f.is_file() else None
-        if args.rerun_survivors or args.sample:
+        if args.rerun_survivors or args.sample or args.mutants:
             if prev is None:
-                print(f"no saved result for group {name}: run it once without --rerun-survivors/--sample",
+                print(f"no saved result for group {name}: run it once without --rerun-survivors/--sample/--mutants",
                       file=sys.stderr)
                 return 2
-            if args.sample:
+            if args.mutants:
+                by_short = {n.rsplit(".", 1)[-1]: n for n in prev["statuses"]}
+                unknown = [m for m in args.mutants if m not in prev["statuses"] and m not in by_short]
+                if unknown:
+                    print(f"not mutants of group {name}: {', '.join(unknown)} (names as in reports/mutation.md)",
+                          file=sys.stderr)
+                    return 2
+                names = [m if m in prev["statuses"] else by_short[m] for m in args.mutants]
+            elif args.sample:
                 names, prev["sample"] = plan_sample(prev, args.sample, args.seed)
             else:   # the alive ones only: what a bounded run never reached is for a normal run, which continues it
                 names = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
         try:
-            if args.rerun_survivors or args.sample:
+            if args.rerun_survivors or args.sample or args.mutants:
                 g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,
                                           workdir=WORK / name)) if names else prev
             else:
@@ -548,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
     s = combine(out)
     _print_totals(s, out)
     return 1 if failed else 0
+
+
+def _have_mutmut() -> bool:
+    return shutil.which("mutmut") is not None or subprocess.run(
+        [sys.executable, "-c", "import mutmut"], capture_output=True).returncode == 0
 
 
 def _print_group(name: str, g: dict) -> None:

@@ -340,3 +340,30 @@ def test_a_sample_continues_to_its_size_its_unchecked_draws_first():
     run3, smp3 = mutation.plan_sample({"statuses": statuses, "sample": smp}, 9, seed=2)
     assert run3[:4] == run1[2:] and len(run3) == 7 and len(set(run3)) == 7
     assert smp3["names"][:6] == run1 and len(smp3["names"]) == 9 and set(run3[4:]).isdisjoint(run1)
+
+
+def test_named_mutants_are_rerun_and_laid_over_the_group(tmp_path, monkeypatch, capsys):
+    """`--mutants NAME...`: after new tests, rerun just the mutants they should kill (hand-picked, e.g. a random
+    sample's survivors) instead of every alive one; unknown names are a usage error that names them."""
+    names = _ids(3)
+    prev = _group({names[0]: "killed", names[1]: "survived", names[2]: "not checked"})
+    prev["modules"], prev["tests"] = ["engine/ids.py"], ["tests/engine/test_ids.py"]
+    (tmp_path / "mutation").mkdir()
+    (tmp_path / "mutation" / "core.json").write_text(json.dumps(prev))
+    asked: list = []
+
+    def fake_run(modules, tests, minutes, jobs, only=None, workdir=None):
+        asked.append(only)
+        return _group({n: "killed" for n in only})
+    monkeypatch.setattr(mutation, "run", fake_run)
+    monkeypatch.setattr(mutation, "_have_mutmut", lambda: True)
+    short = names[1].rsplit(".", 1)[1]
+    assert mutation.main(["--groups", "core", "--mutants", short, "--out", str(tmp_path)]) == 0
+    assert asked == [[names[1]]]
+    saved = json.loads((tmp_path / "mutation" / "core.json").read_text())
+    assert saved["statuses"] == {names[0]: "killed", names[1]: "killed", names[2]: "not checked"}
+    assert mutation.main(["--groups", "core", "--mutants", "x_nope__mutmut_1", "--out", str(tmp_path)]) == 2
+    assert "x_nope__mutmut_1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:   # one group at a time
+        mutation.main(["--groups", "core", "cache", "--mutants", short, "--out", str(tmp_path)])
+    assert e.value.code == 2
