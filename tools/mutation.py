@@ -358,6 +358,7 @@ def sample_estimate(g: dict, equiv: set[tuple[str, str]]) -> dict | None:
     return est
 
 
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.md"
 EQUIV_RE = re.compile(r"`(x[_ǁ][^`]*__mutmut_\d+)`[^\n]*\*\*Equivalent\*\*")
 FILE_HEADING_RE = re.compile(r"^###\s+`([^`]+\.py)`")
 
@@ -367,7 +368,7 @@ def equivalents(path: Path | None = None) -> set[tuple[str, str]]:
 
     A survivor is listed under a `### `engine/....py`` heading, on a line naming the mutant and saying **Equivalent**.
     """
-    p = path or ROOT / "tools" / "mutation_equivalents.md"
+    p = path or EQUIVALENTS
     found: set[tuple[str, str]] = set()
     current = ""
     for line in (p.read_text().splitlines() if p.is_file() else []):
@@ -481,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", nargs="+", help="ad hoc: tests for --modules")
     ap.add_argument("--rerun-survivors", action="store_true",
                     help="rerun only the mutants the group's last result left alive (survived or no tests) "
-                         "after new tests; a bounded run's unreached ones are for a normal run")
+                         "after new tests, except those tools/mutation_equivalents.md explains; a bounded run's "
+                         "unreached ones are for a normal run")
     ap.add_argument("--mutants", nargs="+", metavar="NAME",
                     help="rerun only these mutants of the one group given (full or short names as in the report, "
                          "e.g. the ones new tests should kill)")
@@ -540,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
             elif args.sample:
                 names, prev["sample"] = plan_sample(prev, args.sample, args.seed)
             else:   # the alive ones only: what a bounded run never reached is for a normal run, which continues it
-                names = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
+                alive = [n for n, st in prev["statuses"].items() if st not in KILLED and st != "not checked"]
+                # an equivalent mutant survives every rerun, and survivors cost the most (every test reaching them)
+                equiv = equivalents()
+                names = [n for n in alive if not _equivalent(n, equiv)]
+                if len(names) < len(alive):
+                    print(f"{len(alive) - len(names)} explained as equivalent, not rerun", flush=True)
         try:
             if args.rerun_survivors or args.sample or args.mutants:
                 g = merge_rerun(prev, run(prev["modules"], prev["tests"], args.minutes, args.jobs, only=names,

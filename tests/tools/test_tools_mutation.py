@@ -367,3 +367,26 @@ def test_named_mutants_are_rerun_and_laid_over_the_group(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as e:   # one group at a time
         mutation.main(["--groups", "core", "cache", "--mutants", short, "--out", str(tmp_path)])
     assert e.value.code == 2
+
+
+def test_rerun_survivors_skips_the_mutants_explained_as_equivalent(tmp_path, monkeypatch, capsys):
+    """An equivalent mutant survives every rerun, and a survivor is the costliest mutant to run (every test that
+    reaches it): the rerun after new tests leaves out what tools/mutation_equivalents.md explains."""
+    asked = []
+
+    def fake_run(modules, tests, minutes, jobs, only=None, workdir=None):
+        asked.extend(only)
+        return _group({n: "survived" for n in only})
+
+    monkeypatch.setattr(mutation, "run", fake_run)
+    monkeypatch.setattr(mutation, "_have_mutmut", lambda: True)
+    eq = tmp_path / "equivalents.md"
+    eq.write_text("### `engine/ids.py`\n\n- `x_a__mutmut_2`: a changed default. **Equivalent**: never used.\n")
+    monkeypatch.setattr(mutation, "EQUIVALENTS", eq)
+    (tmp_path / "mutation").mkdir()
+    prev = _group({"tripwire.engine.ids.x_a__mutmut_1": "killed", "tripwire.engine.ids.x_a__mutmut_2": "survived",
+                   "tripwire.engine.ids.x_a__mutmut_3": "survived"})
+    (tmp_path / "mutation" / "core.json").write_text(json.dumps(prev))
+    assert mutation.main(["--groups", "core", "--rerun-survivors", "--out", str(tmp_path)]) == 0
+    assert asked == ["tripwire.engine.ids.x_a__mutmut_3"]
+    assert "1 explained as equivalent, not rerun" in capsys.readouterr().out
