@@ -392,3 +392,44 @@ def test_every_finished_response_is_reported_to_the_busy_back_off(request_bytes,
     transport = asyncio.run(main())
     assert split(b"".join(transport.written))[0] == "HTTP/1.1 200 OK"
     assert heard == [{"generation": generation, "idle": idle}]
+
+
+class _StallingApp(App):
+    """Starts its response and never finishes it (a stream whose client is about to vanish)."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("mid_response", [True, False], ids=["lost-mid-response", "lost-between-requests"])
+def test_a_connection_lost_mid_response_is_noted_for_the_early_busy_answer(mid_response):
+    """Only a connection lost while its response is still being sent (a dropped stream: its abort is on its way
+    through the loop) is noted in `inflight_lost_at`; an idle keep-alive connection closing is not."""
+    app = _StallingApp() if mid_response else App()
+    config, guard, state = _protocol_of(app, serving.ClientLimits())
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        proto = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+        transport = _Transport()
+        proto.connection_made(transport)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(50):  # until the app has written (bounded)
+            if transport.written:
+                break
+            await asyncio.sleep(0)
+        assert transport.written
+        before = time.monotonic()
+        proto.connection_lost(None)
+        return before
+
+    before = asyncio.run(main())
+    if mid_response:
+        assert guard.inflight_lost_at is not None and guard.inflight_lost_at >= before
+    else:
+        assert guard.inflight_lost_at is None
