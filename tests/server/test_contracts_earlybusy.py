@@ -18,6 +18,8 @@ from types import SimpleNamespace
 import h11
 import pytest
 
+from tripwire.engine.errors import EngineBusy
+from tripwire.engine.server import create_app
 from tripwire.engine.server.app import ServerStats
 from tripwire.engine.server.earlybusy import RECENT_DISCONNECT_S, EarlyBusyAnswer, peers_quiet, response_bytes
 from tripwire.engine.server.errors import ApiError
@@ -255,6 +257,45 @@ def test_the_checks_see_whether_peers_are_quiet(lost_recently):
 
     answer_one(checks, setup=setup)
     assert seen == [not lost_recently]
+
+
+class BusyEngine:
+    """A duck-typed engine (no MLX) whose slot is held: the app's own checks answer busy."""
+
+    model_info = {"name": "m", "context_length": 64}
+
+    def is_busy(self) -> bool:
+        return True
+
+    def reject_if_busy(self) -> None:
+        raise EngineBusy("the slot is held", retry_after_s=0.5, holder=None)
+
+    def count_prompt_tokens(self, **prompt) -> int:  # pragma: no cover - busy answers never tokenize
+        return 1
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "a-peer-just-dropped"])
+def test_the_apps_busy_check_answers_a_quiet_server_at_once_and_settles_otherwise(quiet):
+    """With the app's own checks: on a quiet server the busy answer is written within the call that received the
+    request (no settle iterations, no loop round trip); after a peer was lost mid-response it is written only after
+    the settle iterations have let that disconnect land."""
+    app = create_app(BusyEngine(), manage_engine=False, max_memory=None)
+
+    async def main():
+        proto = Proto(app.early_busy_answer, asyncio.get_running_loop())
+        if not quiet:
+            proto.guard.inflight_lost_at = time.monotonic()
+        proto.data_received(raw_post())
+        at_once = list(proto.transport.written)
+        for _ in range(50):
+            if proto.early_pending is None:
+                break
+            await asyncio.sleep(0)
+        return at_once, proto
+
+    at_once, proto = asyncio.run(main())
+    assert [split(w)[0] for w in proto.transport.written] == [b"HTTP/1.1 503 Service Unavailable"]
+    assert bool(at_once) is quiet
 
 
 def test_a_connection_without_an_http_cycle_does_not_make_peers_unquiet():

@@ -326,3 +326,110 @@ def test_busy_back_off_runs_only_with_a_positive_maximum_pause(pause_max_s, on):
     assert (guard.backoff is not None) is on
     backoff_counters = {"busy_pauses", "busy_paused_now", "busy_resumed_on_free", "busy_resumed_on_timer"}
     assert set(guard.stats()) == {"header_timeouts", "refused_connections"} | (backoff_counters if on else set())
+
+
+def _protocol_of(app, limits: serving.ClientLimits):
+    """The server's real protocol class for `app` (uvicorn's config loaded), its guard, and one shared state."""
+    config = serving.server_config(app, limits=limits, log_level="warning")
+    config.load()
+    return config, app.state.connection_guard, ServerState()
+
+
+def test_a_refused_connection_is_logged_with_the_connections_open_and_the_limit(caplog):
+    app = App()
+    config, guard, state = _protocol_of(app, serving.ClientLimits(max_connections=MAX_CONNECTIONS))
+
+    async def main() -> list[_Transport]:
+        loop = asyncio.get_running_loop()
+        protos, transports = [], []
+        for _ in range(MAX_CONNECTIONS + 1):
+            proto = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+            transport = _Transport()
+            proto.connection_made(transport)
+            protos.append(proto)
+            transports.append(transport)
+        for proto in protos:
+            proto.connection_lost(None)
+        return transports
+
+    with caplog.at_level(logging.WARNING, logger="tripwire.server"):
+        transports = asyncio.run(main())
+    assert [bool(t.written) for t in transports] == [False] * MAX_CONNECTIONS + [True]
+    assert split(transports[-1].written[0])[0] == "HTTP/1.1 503 Service Unavailable"
+    assert [r.getMessage() for r in caplog.records if r.name == "tripwire.server"] == [
+        f"connection limit: {MAX_CONNECTIONS} connections open, limit {MAX_CONNECTIONS}; "
+        "refusing new ones with 503; 1 in total"]
+
+
+@pytest.mark.parametrize("request_bytes, generation, idle", [
+    (b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", True, True),
+    (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", True, True),
+    (b"GET /v1/completions HTTP/1.1\r\nHost: t\r\n\r\n", False, True),
+    (b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}", False, True),
+    (b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", True, False),
+], ids=["completion", "chat", "get-on-a-generation-route", "post-elsewhere", "closing-after-it"])
+def test_every_finished_response_is_reported_to_the_busy_back_off(request_bytes, generation, idle):
+    """The back-off hears of each finished response: whether it answered a generation request (a POST to a
+    generation route) and whether the connection now waits idle for its next request (it does not when closing)."""
+    app = App()
+    config, guard, state = _protocol_of(app, serving.ClientLimits())
+    heard = []
+    guard.backoff = SimpleNamespace(after_response=lambda proto, **kw: heard.append(kw), forget=lambda proto: None)
+
+    async def main() -> _Transport:
+        loop = asyncio.get_running_loop()
+        proto = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+        transport = _Transport()
+        proto.connection_made(transport)
+        proto.data_received(request_bytes)
+        for _ in range(50):  # the app runs as a task: a few loop iterations (bounded)
+            if heard:
+                break
+            await asyncio.sleep(0)
+        proto.connection_lost(None)
+        return transport
+
+    transport = asyncio.run(main())
+    assert split(b"".join(transport.written))[0] == "HTTP/1.1 200 OK"
+    assert heard == [{"generation": generation, "idle": idle}]
+
+
+class _StallingApp(App):
+    """Starts its response and never finishes it (a stream whose client is about to vanish)."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("mid_response", [True, False], ids=["lost-mid-response", "lost-between-requests"])
+def test_a_connection_lost_mid_response_is_noted_for_the_early_busy_answer(mid_response):
+    """Only a connection lost while its response is still being sent (a dropped stream: its abort is on its way
+    through the loop) is noted in `inflight_lost_at`; an idle keep-alive connection closing is not."""
+    app = _StallingApp() if mid_response else App()
+    config, guard, state = _protocol_of(app, serving.ClientLimits())
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        proto = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
+        transport = _Transport()
+        proto.connection_made(transport)
+        proto.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(50):  # until the app has written (bounded)
+            if transport.written:
+                break
+            await asyncio.sleep(0)
+        assert transport.written
+        before = time.monotonic()
+        proto.connection_lost(None)
+        return before
+
+    before = asyncio.run(main())
+    if mid_response:
+        assert guard.inflight_lost_at is not None and guard.inflight_lost_at >= before
+    else:
+        assert guard.inflight_lost_at is None
