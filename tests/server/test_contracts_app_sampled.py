@@ -1,6 +1,8 @@
 """The app's limits and counters at their exact values (engine/server/app.py, issue 13 item 6; the server group's
-random mutation sample): `--max-tokens-limit` caps what a request may ask for below the model's context, and
-/v1/status shows that cap and every counter under its documented name.
+random mutation sample): `--max-tokens-limit` caps what a request may ask for below the model's context (the error
+names the field the client used, `max_completion_tokens` or `max_tokens`), /v1/status shows that cap and every
+counter under its documented name, and a chat message's `developer` role reaches the engine as `system`, every
+other role unchanged.
 
 The engine is a duck-typed stand-in (no MLX): these contracts are about the app's own arithmetic and bookkeeping,
 decided before any generation starts; the live-server tests run the real engine."""
@@ -21,12 +23,18 @@ CONTEXT = 64
 
 
 class CountingEngine:
-    """Counts prompt tokens and reports an empty status; generation is never reached by these requests."""
+    """Counts prompt tokens (`tokens` each; the prompts it was given are kept) and reports an empty status;
+    generation is never reached by these requests."""
 
     model_info = {"name": "stand-in", "context_length": CONTEXT}
 
+    def __init__(self, tokens: int = 2) -> None:
+        self.tokens = tokens
+        self.counted: list[dict[str, Any]] = []
+
     def count_prompt_tokens(self, **prompt: Any) -> int:
-        return 2
+        self.counted.append(prompt)
+        return self.tokens
 
     def status(self) -> dict[str, Any]:
         return {}
@@ -79,3 +87,30 @@ def test_status_route_serves_the_counters_under_their_names():
     server = call(app, "GET", "/v1/status").json()["server"]
     assert {"in_flight", "requests", "busy_503", "cancelled", "by_status"} <= set(server)
     assert server["by_status"] == {"400": 1} and server["cancelled"] == 0
+
+
+@pytest.mark.parametrize("field", ["max_completion_tokens", "max_tokens"])
+def test_a_chat_limit_error_names_the_field_the_client_used(field):
+    """Over the cap, and within the cap but over the context left after the prompt: both 400s name `field`."""
+    app = create_app(CountingEngine(tokens=CONTEXT - 4), manage_engine=False, max_memory=None, max_tokens_limit=8)
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    r = call(app, "POST", "/v1/chat/completions", json={**body, field: 9})
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    assert r.json()["error"]["message"] == f"invalid '{field}': must be <= 8, got 9"
+    r = call(app, "POST", "/v1/chat/completions", json={**body, field: 5})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    assert r.json()["error"]["param"] == field
+    assert r.json()["error"]["message"].endswith(f"Please reduce the length of the messages or {field}.")
+
+
+def test_a_developer_message_reaches_the_engine_as_system_and_other_roles_unchanged():
+    engine = CountingEngine(tokens=CONTEXT)  # a full context: answered 400 right after counting, nothing generated
+    app = create_app(engine, manage_engine=False, max_memory=None)
+    sent = [{"role": "system", "content": "s"}, {"role": "developer", "content": "d"},
+            {"role": "user", "content": [{"type": "text", "text": "u1"}, {"type": "text", "text": "u2"}]},
+            {"role": "assistant", "content": "a"}]
+    r = call(app, "POST", "/v1/chat/completions", json={"messages": sent})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded", r.text
+    assert engine.counted == [{"messages": [{"role": "system", "content": "s"}, {"role": "system", "content": "d"},
+                                            {"role": "user", "content": "u1u2"},
+                                            {"role": "assistant", "content": "a"}]}]
