@@ -1,8 +1,11 @@
 """The app's limits and counters at their exact values (engine/server/app.py, issue 13 item 6; the server group's
 random mutation sample): `--max-tokens-limit` caps what a request may ask for below the model's context (the error
 names the field the client used, `max_completion_tokens` or `max_tokens`), /v1/status shows that cap and every
-counter under its documented name, and a chat message's `developer` role reaches the engine as `system`, every
-other role unchanged.
+counter under its documented name, a chat message's `developer` role reaches the engine as `system`, every
+other role unchanged, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
+decision lets the loop settle (a few iterations, so a dropped holder's disconnect can land first) only when the
+engine is busy and the early busy answer has not proved every peer quiet: a free engine, or quiet peers, are
+decided without yielding the loop.
 
 The engine is a duck-typed stand-in (no MLX): these contracts are about the app's own arithmetic and bookkeeping,
 decided before any generation starts; the live-server tests run the real engine."""
@@ -15,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tripwire.engine.errors import EngineBusy
 from tripwire.engine.server import create_app
 from tripwire.engine.server.app import ServerStats
 from tripwire.engine.server.reqlog import RequestLog
@@ -114,3 +118,72 @@ def test_a_developer_message_reaches_the_engine_as_system_and_other_roles_unchan
     assert engine.counted == [{"messages": [{"role": "system", "content": "s"}, {"role": "system", "content": "d"},
                                             {"role": "user", "content": "u1u2"},
                                             {"role": "assistant", "content": "a"}]}]
+
+
+class BusyProbeEngine(CountingEngine):
+    """Has the optional busy hooks; notes the loop iteration (`ticks[0]`) of the last busy check and of admission."""
+
+    def __init__(self, busy: bool, ticks: list[int]) -> None:
+        super().__init__(tokens=CONTEXT)  # a free engine's request ends in a 400 right after counting
+        self.busy, self.ticks = busy, ticks
+        self.checked_at: int | None = None
+        self.admitted_at: int | None = None
+
+    def is_busy(self) -> bool:
+        self.checked_at = self.ticks[0]
+        return self.busy
+
+    def reject_if_busy(self) -> None:
+        self.admitted_at = self.ticks[0]
+        if self.busy:
+            raise EngineBusy("the slot is held", retry_after_s=1.0, holder=None)
+
+
+async def raw_post(app, body: bytes, state: dict[str, Any]) -> int:
+    """One POST /v1/completions through the ASGI app with `state` as the scope's state; returns the status."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
+             "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
+             "client": ("c", 1), "root_path": "", "state": state,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    statuses: list[int] = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # nothing more arrives
+
+    async def send(msg):
+        if msg["type"] == "http.response.start":
+            statuses.append(msg["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+@pytest.mark.parametrize("busy, peers_quiet, settles, status", [
+    (False, None, False, 400), (False, True, False, 400), (True, True, False, 503), (True, None, True, 503)],
+    ids=["free", "free-peers-quiet", "busy-peers-quiet", "busy-peers-unknown"])
+def test_the_busy_decision_yields_the_loop_only_when_busy_and_peers_are_not_known_quiet(busy, peers_quiet, settles,
+                                                                                      status):
+    async def main() -> BusyProbeEngine:
+        ticks = [0]
+
+        async def ticker() -> None:  # one tick per loop iteration
+            while True:
+                await asyncio.sleep(0)
+                ticks[0] += 1
+
+        engine = BusyProbeEngine(busy, ticks)
+        app = create_app(engine, manage_engine=False, max_memory=None)
+        task = asyncio.create_task(ticker())
+        try:
+            state = {} if peers_quiet is None else {"peers_quiet": peers_quiet}
+            assert await asyncio.wait_for(raw_post(app, b'{"prompt": "hi"}', state), 10) == status
+        finally:
+            task.cancel()
+        return engine
+
+    engine = asyncio.run(main())
+    assert engine.checked_at is not None and engine.admitted_at is not None
+    assert (engine.admitted_at > engine.checked_at) is settles
