@@ -2,7 +2,8 @@
 random mutation sample): `--max-tokens-limit` caps what a request may ask for below the model's context (the error
 names the field the client used, `max_completion_tokens` or `max_tokens`), /v1/status shows that cap and every
 counter under its documented name, a chat message's `developer` role reaches the engine as `system`, every
-other role unchanged, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
+other role unchanged, a request without max_tokens gets the default clipped to the cap and to the context the
+prompt leaves, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
 decision lets the loop settle (a few iterations, so a dropped holder's disconnect can land first) only when the
 engine is busy and the early busy answer has not proved every peer quiet: a free engine, or quiet peers, are
 decided without yielding the loop.
@@ -13,6 +14,7 @@ decided before any generation starts; the live-server tests run the real engine.
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -187,3 +189,38 @@ def test_the_busy_decision_yields_the_loop_only_when_busy_and_peers_are_not_know
     engine = asyncio.run(main())
     assert engine.checked_at is not None and engine.admitted_at is not None
     assert (engine.admitted_at > engine.checked_at) is settles
+
+
+class GeneratingEngine(CountingEngine):
+    """Answers every generation at once with one token; keeps the keyword arguments it was called with."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(tokens)
+        self.calls: list[dict[str, Any]] = []
+
+    async def _answer(self, **kw: Any) -> SimpleNamespace:
+        self.calls.append(kw)
+        return SimpleNamespace(text="x", prompt_tokens=self.tokens, completion_tokens=1, finish_reason="length")
+
+    async def generate(self, prompt: str, **kw: Any) -> SimpleNamespace:
+        return await self._answer(**kw)
+
+    async def chat(self, messages: list[dict[str, str]], **kw: Any) -> SimpleNamespace:
+        return await self._answer(**kw)
+
+
+@pytest.mark.parametrize("route, prompt_tokens, limit, expected", [
+    ("/v1/completions", 2, None, 16),  # OpenAI's default for completions
+    ("/v1/completions", 60, None, 4),  # what the context leaves after the prompt
+    ("/v1/completions", 63, None, 1),
+    ("/v1/chat/completions", 2, None, CONTEXT - 2),  # the chat default (256) clipped to the context left
+    ("/v1/chat/completions", 2, 8, 8),  # ... and to --max-tokens-limit
+])
+def test_a_request_without_max_tokens_gets_the_default_clipped_to_the_cap_and_the_context_left(
+        route, prompt_tokens, limit, expected):
+    engine = GeneratingEngine(tokens=prompt_tokens)
+    app = create_app(engine, manage_engine=False, max_memory=None, max_tokens_limit=limit)
+    body = {"prompt": "hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    r = call(app, "POST", route, json=body)
+    assert r.status_code == 200, r.text
+    assert [c["max_tokens"] for c in engine.calls] == [expected]
