@@ -3,7 +3,10 @@ random mutation sample): `--max-tokens-limit` caps what a request may ask for be
 names the field the client used, `max_completion_tokens` or `max_tokens`), /v1/status shows that cap and every
 counter under its documented name, a chat message's `developer` role reaches the engine as `system`, every
 other role unchanged, a request without max_tokens gets the default clipped to the cap and to the context the
-prompt leaves, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
+prompt leaves (a request over it is refused with the exact arithmetic), the completion's `id` carries the request
+id, a stream the engine refuses to open is answered with the engine's refusal, a stream whose client leaves is
+counted and logged as cancelled, a stream without the optional `abort` hook is served, the access log counts a
+non-streaming answer's tokens, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
 decision lets the loop settle (a few iterations, so a dropped holder's disconnect can land first) only when the
 engine is busy and the early busy answer has not proved every peer quiet: a free engine, or quiet peers, are
 decided without yielding the loop.
@@ -14,16 +17,19 @@ decided before any generation starts; the live-server tests run the real engine.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
-from tripwire.engine.errors import EngineBusy
+from tripwire.engine.errors import EngineBusy, EngineStopped
 from tripwire.engine.server import create_app
 from tripwire.engine.server.app import ServerStats
 from tripwire.engine.server.reqlog import RequestLog
+from tripwire.engine.types import Delta
 
 CONTEXT = 64
 
@@ -224,3 +230,129 @@ def test_a_request_without_max_tokens_gets_the_default_clipped_to_the_cap_and_th
     r = call(app, "POST", route, json=body)
     assert r.status_code == 200, r.text
     assert [c["max_tokens"] for c in engine.calls] == [expected]
+
+
+def test_a_request_over_the_context_left_is_refused_with_the_exact_arithmetic():
+    app = create_app(CountingEngine(tokens=60), manage_engine=False, max_memory=None)
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "max_tokens": 9})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {
+        "message": f"This model's maximum context length is {CONTEXT} tokens. However, you requested 69 tokens "
+                   "(60 in the prompt, 9 for the completion). Please reduce the length of the prompt or max_tokens.",
+        "type": "invalid_request_error", "param": "max_tokens", "code": "context_length_exceeded"}
+
+
+@pytest.mark.parametrize("route, prefix", [("/v1/completions", "cmpl-"), ("/v1/chat/completions", "chatcmpl-")])
+@pytest.mark.parametrize("incoming", [None, "req-client42", "trace-7"], ids=["assigned", "req-prefixed", "other"])
+def test_the_completion_id_is_openais_prefix_and_the_request_ids_unique_part(route, prefix, incoming):
+    """`chatcmpl-`/`cmpl-` + the request id without its `req-` prefix: a response is found in the access log."""
+    app = create_app(GeneratingEngine(tokens=2), manage_engine=False, max_memory=None)
+    body = {"prompt": "hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    r = call(app, "POST", route, json=body, headers={"X-Request-Id": incoming} if incoming else {})
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    assert rid == incoming or (incoming is None and rid.startswith("req-"))
+    assert r.json()["id"] == prefix + rid.removeprefix("req-")
+
+
+class StreamEngine(CountingEngine):
+    """Opens scripted streams: refuses with `refuse`, or yields one token then the end (`hold`: one token, then
+    waits until closed, like a long generation); `with_abort` gives the stream the optional `abort` hook."""
+
+    def __init__(self, *, refuse: Exception | None = None, hold: bool = False, with_abort: bool = True) -> None:
+        super().__init__()
+        self.refuse, self.hold, self.with_abort = refuse, hold, with_abort
+        self.closed = self.aborted = 0
+
+    def open_stream(self, prompt: str, **kw: Any) -> Any:
+        if self.refuse is not None:
+            raise self.refuse
+        engine = self
+
+        async def deltas():
+            yield Delta("a", 1)
+            if engine.hold:
+                await asyncio.Event().wait()  # until the stream is closed
+            yield Delta("", None, "length")
+
+        class Stream:
+            def __init__(self) -> None:
+                self._it = deltas()
+
+            def __aiter__(self):
+                return self._it
+
+            async def aclose(self) -> None:
+                engine.closed += 1
+
+        if self.with_abort:
+            Stream.abort = lambda _self: setattr(engine, "aborted", engine.aborted + 1)  # type: ignore[attr-defined]
+        return Stream()
+
+
+@pytest.mark.parametrize("refusal, code", [
+    (EngineBusy("the slot is held", retry_after_s=2.5, holder=None), "text_generation_busy"),
+    (EngineStopped("the engine is stopping"), "engine_stopped")], ids=["busy", "stopped"])
+def test_a_stream_the_engine_refuses_to_open_gets_the_engines_refusal(refusal, code):
+    app = create_app(StreamEngine(refuse=refusal), manage_engine=False, max_memory=None)
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "stream": True})
+    assert r.status_code == 503 and r.json()["error"]["code"] == code, r.text
+    assert r.headers["retry-after"] == ("3" if code == "text_generation_busy" else "1")
+    assert app.state.server.stats.snapshot()["busy_503"] == (1 if code == "text_generation_busy" else 0)
+
+
+def test_a_stream_whose_client_leaves_is_aborted_closed_and_counted_cancelled(caplog):
+    caplog.set_level(logging.INFO, logger="tripwire.server.access")
+    engine = StreamEngine(hold=True)
+    app = create_app(engine, manage_engine=False, max_memory=None)
+
+    async def main() -> list[dict]:
+        body = json.dumps({"prompt": "hi", "stream": True}).encode()
+        first_token = asyncio.Event()
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict] = []
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await first_token.wait()
+            return {"type": "http.disconnect"}  # the client leaves once it has seen the first token
+
+        async def send(msg):
+            sent.append(msg)
+            if msg["type"] == "http.response.body" and b'"text":"a"' in msg.get("body", b""):
+                first_token.set()
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
+                 "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
+                 "client": ("c", 1), "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(asyncio.wait_for(main(), 10))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert (engine.aborted, engine.closed) == (1, 1)
+    assert app.state.server.stats.snapshot()["cancelled"] == 1
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tripwire.server.access"]
+    assert [(ln["status"], ln["stream"], ln["cancelled"], ln.get("error_code")) for ln in lines] == \
+        [(200, True, True, None)]
+
+
+def test_a_stream_without_the_optional_abort_hook_is_served():
+    engine = StreamEngine(with_abort=False)
+    app = create_app(engine, manage_engine=False, max_memory=None)
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "stream": True})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    data = [ln.removeprefix("data: ") for ln in r.text.split("\n\n") if ln]
+    assert [json.loads(d)["choices"][0]["text"] for d in data[:2]] == ["a", ""] and data[2:] == ["[DONE]"]
+    assert engine.closed == 1
+
+
+def test_the_access_log_counts_a_non_streaming_answers_tokens(caplog):
+    caplog.set_level(logging.INFO, logger="tripwire.server.access")
+    app = create_app(GeneratingEngine(tokens=2), manage_engine=False, max_memory=None)
+    assert call(app, "POST", "/v1/completions", json={"prompt": "hi"}).status_code == 200
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tripwire.server.access"]
+    assert [(ln["status"], ln["prompt_tokens"], ln["completion_tokens"], ln["stream"]) for ln in lines] == \
+        [(200, 2, 1, False)]
