@@ -6,7 +6,8 @@ other role unchanged, a request without max_tokens gets the default clipped to t
 prompt leaves (a request over it is refused with the exact arithmetic), the completion's `id` carries the request
 id, a stream the engine refuses to open is answered with the engine's refusal, a stream whose client leaves is
 counted and logged as cancelled, a stream without the optional `abort` hook is served, the access log counts a
-non-streaming answer's tokens, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
+non-streaming answer's tokens (and a generation the engine cancelled as cancelled), a non-streaming answer has
+OpenAI's body shape, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
 decision lets the loop settle (a few iterations, so a dropped holder's disconnect can land first) only when the
 engine is busy and the early busy answer has not proved every peer quiet: a free engine, or quiet peers, are
 decided without yielding the loop.
@@ -200,13 +201,14 @@ def test_the_busy_decision_yields_the_loop_only_when_busy_and_peers_are_not_know
 class GeneratingEngine(CountingEngine):
     """Answers every generation at once with one token; keeps the keyword arguments it was called with."""
 
-    def __init__(self, tokens: int) -> None:
+    def __init__(self, tokens: int, finish: str = "length") -> None:
         super().__init__(tokens)
+        self.finish = finish
         self.calls: list[dict[str, Any]] = []
 
     async def _answer(self, **kw: Any) -> SimpleNamespace:
         self.calls.append(kw)
-        return SimpleNamespace(text="x", prompt_tokens=self.tokens, completion_tokens=1, finish_reason="length")
+        return SimpleNamespace(text="x", prompt_tokens=self.tokens, completion_tokens=1, finish_reason=self.finish)
 
     async def generate(self, prompt: str, **kw: Any) -> SimpleNamespace:
         return await self._answer(**kw)
@@ -356,3 +358,29 @@ def test_the_access_log_counts_a_non_streaming_answers_tokens(caplog):
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tripwire.server.access"]
     assert [(ln["status"], ln["prompt_tokens"], ln["completion_tokens"], ln["stream"]) for ln in lines] == \
         [(200, 2, 1, False)]
+
+
+@pytest.mark.parametrize("finish, cancelled", [("cancelled", True), ("length", False), ("stop", False)])
+def test_a_non_streaming_generation_the_engine_cancelled_is_logged_and_counted_cancelled(finish, cancelled, caplog):
+    caplog.set_level(logging.INFO, logger="tripwire.server.access")
+    app = create_app(GeneratingEngine(tokens=2, finish=finish), manage_engine=False, max_memory=None)
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi"})
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == finish, r.text
+    lines = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "tripwire.server.access"]
+    assert [ln["cancelled"] for ln in lines] == [cancelled]
+    assert app.state.server.stats.snapshot()["cancelled"] == int(cancelled)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completion"])
+def test_a_non_streaming_answer_has_openais_body_shape(chat):
+    app = create_app(GeneratingEngine(tokens=2), manage_engine=False, max_memory=None)
+    route, body = (("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}) if chat
+                   else ("/v1/completions", {"prompt": "hi"}))
+    r = call(app, "POST", route, json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert isinstance(got.pop("created"), int) and got.pop("id").startswith("chatcmpl-" if chat else "cmpl-")
+    choice = ({"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "length",
+               "logprobs": None} if chat else {"index": 0, "text": "x", "finish_reason": "length", "logprobs": None})
+    assert got == {"object": "chat.completion" if chat else "text_completion", "model": "stand-in",
+                   "choices": [choice], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}
