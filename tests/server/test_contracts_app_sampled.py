@@ -7,7 +7,9 @@ prompt leaves (a request over it is refused with the exact arithmetic), the comp
 id, a stream the engine refuses to open is answered with the engine's refusal, a stream whose client leaves is
 counted and logged as cancelled, a stream without the optional `abort` hook is served, the access log counts a
 non-streaming answer's tokens (and a generation the engine cancelled as cancelled), a non-streaming answer has
-OpenAI's body shape, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
+OpenAI's body shape, the memory limit given to `create_app` is the one the preflight enforces (the engine's last
+memory sample as current use, 0 before any), the OpenAPI document names the service and every status the
+generation routes answer, counters start at zero, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
 decision lets the loop settle (a few iterations, so a dropped holder's disconnect can land first) only when the
 engine is busy and the early busy answer has not proved every peer quiet: a free engine, or quiet peers, are
 decided without yielding the loop.
@@ -28,7 +30,7 @@ import pytest
 
 from tripwire.engine.errors import EngineBusy, EngineStopped
 from tripwire.engine.server import create_app
-from tripwire.engine.server.app import ServerStats
+from tripwire.engine.server.app import ServerStats, engine_memory_probe
 from tripwire.engine.server.reqlog import RequestLog
 from tripwire.engine.types import Delta
 
@@ -384,3 +386,47 @@ def test_a_non_streaming_answer_has_openais_body_shape(chat):
                "logprobs": None} if chat else {"index": 0, "text": "x", "finish_reason": "length", "logprobs": None})
     assert got == {"object": "chat.completion" if chat else "text_completion", "model": "stand-in",
                    "choices": [choice], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}
+
+
+def test_counters_start_at_zero():
+    assert ServerStats().snapshot() == {"in_flight": 0, "requests": 0, "busy_503": 0, "cancelled": 0,
+                                        "by_status": {}}
+
+
+@pytest.mark.parametrize("status, used", [({"memory": {"active_bytes": 12345, "peak_bytes": 99999}}, 12345),
+                                          ({"memory": {}}, 0), ({}, 0)], ids=["sampled", "no-bytes", "no-sample"])
+def test_the_memory_probe_reads_the_engines_last_sample_and_counts_nothing_without_one(status, used):
+    engine = SimpleNamespace(status=lambda: status)
+    assert engine_memory_probe(engine)() == used
+
+
+class ShapedEngine(GeneratingEngine):
+    """A generating stand-in whose model_info also has the memory shape the preflight estimates from."""
+
+    model_info = {**CountingEngine.model_info, "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
+                  "vocab_size": 16}
+
+
+@pytest.mark.parametrize("max_memory, limit", [(1000, 1000), ("1 KiB", 1024), (None, None)],
+                         ids=["bytes", "size-string", "no-limit"])
+def test_the_memory_limit_given_is_shown_and_enforced_by_the_preflight(max_memory, limit):
+    app = create_app(ShapedEngine(tokens=2), manage_engine=False, max_memory=max_memory, memory_probe=lambda: 0)
+    assert call(app, "GET", "/v1/status").json()["limits"]["memory_limit_bytes"] == limit
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+    if limit is None:
+        assert r.status_code == 200, r.text
+    else:  # the KV cache alone (256 tokens at one step) needs 8 KiB
+        assert r.status_code == 413 and r.json()["error"]["code"] == "prefill_memory_exceeded", r.text
+        assert r.json()["error"]["param"] == "prompt"
+
+
+def test_the_openapi_document_names_the_service_and_every_status_of_the_generation_routes():
+    app = create_app(CountingEngine(), manage_engine=False, max_memory=None)
+    doc = call(app, "GET", "/openapi.json").json()
+    assert doc["info"] == {"title": "tripwire", "version": "0.1.0", "description":
+                           "OpenAI-compatible server with fail-fast admission (busy -> 503 + Retry-After)."}
+    for route in ("/v1/chat/completions", "/v1/completions"):
+        assert set(doc["paths"][route]) == {"post"}
+        assert set(doc["paths"][route]["post"]["responses"]) == {"200", "400", "401", "404", "413", "503"}
+    for route in ("/health", "/v1/status"):  # HEAD answers too, but one operation per route is documented
+        assert set(doc["paths"][route]) == {"get"}
