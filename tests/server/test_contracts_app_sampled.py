@@ -428,5 +428,11 @@ def test_the_openapi_document_names_the_service_and_every_status_of_the_generati
     for route in ("/v1/chat/completions", "/v1/completions"):
         assert set(doc["paths"][route]) == {"post"}
         assert set(doc["paths"][route]["post"]["responses"]) == {"200", "400", "401", "404", "413", "503"}
+    # the request bodies are described by the request models themselves (what schemathesis generates from)
+    for route, name in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):
+        assert doc["paths"][route]["post"]["requestBody"] == {
+            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+        assert doc["components"]["schemas"][name]["type"] == "object"
+    assert {"ErrorResponse", "Health", "ChatMessage"} <= set(doc["components"]["schemas"])
     for route in ("/health", "/v1/status"):  # HEAD answers too, but one operation per route is documented
         assert set(doc["paths"][route]) == {"get"}
