@@ -226,6 +226,14 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
         _ctx(request).cancelled = True
         return Response(status_code=499)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # Reached only by a request the busy fast path handed to the app (its request log, outside the framework,
+        # wraps it and the app's own steps aside): without this, Starlette's outermost error middleware would
+        # answer plain-text "Internal Server Error". Starlette re-raises after this answer; the fast path's request
+        # log then logs and counts the error once, as the app's own does everywhere else (it answers first there).
+        return error_response(ApiError(500, "internal_error", "internal server error"), request_id=_ctx(request).id)
+
     # -- routes -------------------------------------------------------------------------------------
     @app.get("/health", response_model=Health, response_model_exclude_none=True,
                    tags=["ops"], responses={503: {"model": Health, "description": "Unhealthy: the MLX worker "

@@ -1,0 +1,67 @@
+"""An unexpected error is answered alike whichever way the request entered the app (engine/server/fastpath.py and
+app.py, issue 13 item 6; found from the server group's random mutation sample).
+
+The busy fast path promises "the answer to any request is the one the app alone would give". A generation request
+that the fast path sees while the engine is busy, but whose own busy check then finds it free, is handed to the
+app under the fast path's request log (the app's own steps aside); an unexpected error in it must still be the
+JSON 500 naming the request id, logged once, not Starlette's plain-text "Internal Server Error".
+
+The engine is a duck-typed stand-in (no MLX) whose busy probe answers busy once, at the fast path's look: that
+window (the slot freed between the two checks) cannot be placed on cue with the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+
+from tripwire.engine.server import create_app
+
+
+class FailingEngine:
+    """Free (or busy only at the first look, `busy_first`); counting the prompt's tokens fails unexpectedly."""
+
+    model_info = {"name": "stand-in", "context_length": 64}
+
+    def __init__(self, busy_first: bool) -> None:
+        self.busy_first, self.looks = busy_first, 0
+
+    def is_busy(self) -> bool:
+        self.looks += 1
+        return self.busy_first and self.looks == 1
+
+    def reject_if_busy(self) -> None:
+        pass  # free by the route's own busy check
+
+    def count_prompt_tokens(self, **prompt: Any) -> int:
+        raise RuntimeError("the tokenizer failed")
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.parametrize("busy_first", [False, True], ids=["free", "busy-at-the-fast-paths-look"])
+def test_an_unexpected_error_is_a_json_500_naming_the_request_id_however_the_request_entered(busy_first, caplog):
+    caplog.set_level(logging.INFO, logger="tripwire.server")
+    engine = FailingEngine(busy_first)
+    app = create_app(engine, manage_engine=False, max_memory=None)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/v1/completions", json={"prompt": "hi"})
+
+    r = asyncio.run(asyncio.wait_for(post(), 10))
+    rid = r.headers["x-request-id"]
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json", r.text
+    assert r.json() == {"error": {"message": f"internal server error (request id {rid})", "type": "server_error",
+                                  "param": None, "code": "internal_error"}}
+    assert [h for h, _ in r.headers.multi_items()].count("x-request-id") == 1
+    errors = [rec for rec in caplog.records if rec.getMessage().startswith("unhandled error in request")]
+    assert [rec.getMessage() for rec in errors] == [f"unhandled error in request {rid} POST /v1/completions"]
+    access = [json.loads(rec.getMessage()) for rec in caplog.records if rec.name == "tripwire.server.access"]
+    assert [(a["id"], a["status"], a["error_code"]) for a in access] == [(rid, 500, "internal_error")]
