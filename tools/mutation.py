@@ -319,8 +319,12 @@ def plan_sample(prev: dict, size: int, seed: int) -> tuple[list[str], dict]:
     """(mutants to run, the group's sample record) for `--sample SIZE`: the sample grows to SIZE mutants drawn at
     random from the unreached ones; its draws a bounded run never checked run first (they are part of the random
     sample already), then new draws. The record keeps the first draw's seed and population."""
-    smp = prev.get("sample") or {"seed": seed, "names": [], "population": sum(
-        st == "not checked" for st in prev["statuses"].values())}
+    smp = prev.get("sample")
+    if smp is None or smp["seed"] != seed:  # a new seed: a fresh sample of what is unreached now
+        old = [*smp.pop("previous", []), smp] if smp else []
+        smp = {"seed": seed, "names": [], "population": sum(st == "not checked" for st in prev["statuses"].values())}
+        if old:
+            smp["previous"] = old
     drawn = set(smp["names"])
     pending = [n for n in smp["names"] if prev["statuses"].get(n) == "not checked"]
     rest = {n: st for n, st in prev["statuses"].items() if n not in drawn}
@@ -491,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="grow the group's random sample of unreached mutants to N and check it (after a bounded run; "
                          "a cut-short sample continues): the report estimates the kill rate of the ones still "
                          "unreached from it (95%% CI)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of --sample's draw (default 0); another seed starts a fresh sample of what is unreached")
     ap.add_argument("--fresh", action="store_true",
                     help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
     ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")

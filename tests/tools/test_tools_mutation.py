@@ -390,3 +390,17 @@ def test_rerun_survivors_skips_the_mutants_explained_as_equivalent(tmp_path, mon
     assert mutation.main(["--groups", "core", "--rerun-survivors", "--out", str(tmp_path)]) == 0
     assert asked == ["tripwire.engine.ids.x_a__mutmut_3"]
     assert "1 explained as equivalent, not rerun" in capsys.readouterr().out
+
+
+def test_a_new_seed_draws_a_fresh_sample_and_keeps_the_old_one_on_record():
+    """Tests written for a sample's survivors make that sample's rate an overestimate of the rest: a new seed
+    starts a fresh, independent sample of what is still unreached (the old one stays on record)."""
+    names = _ids(30)
+    statuses = {n: "not checked" for n in names}
+    first, smp = mutation.plan_sample({"statuses": statuses}, 5, seed=1)
+    for n in first:
+        statuses[n] = "survived"
+    again, smp2 = mutation.plan_sample({"statuses": statuses, "sample": smp}, 5, seed=2)
+    assert len(again) == 5 and set(again).isdisjoint(first)
+    assert smp2["seed"] == 2 and smp2["names"] == again and smp2["population"] == 25
+    assert smp2["previous"] == [smp]
