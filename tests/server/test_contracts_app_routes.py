@@ -281,5 +281,54 @@ def test_a_non_streaming_answer_is_logged_with_its_tokens_and_whether_the_engine
     with caplog.at_level(logging.INFO, logger="tripwire.server.access"):
         r = post(app, "/v1/completions", {"prompt": "x", "max_tokens": 3})
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == finish
-    [line] = [json.loads(x.getMessage()) for x in caplog.records if x.name == "tripwire.server.access"]
+    [raw] = [x.getMessage() for x in caplog.records if x.name == "tripwire.server.access"]
+    line = json.loads(raw)
     assert (line["prompt_tokens"], line["completion_tokens"], line["cancelled"]) == (PROMPT_TOKENS, 3, cancelled)
+    assert raw == json.dumps(line, separators=(",", ":"))  # one compact JSON line (grep-able: "status":200)
+
+
+def test_an_unexpected_error_in_any_route_is_a_json_500_naming_the_request_id():
+    class Broken(RecordingEngine):
+        def status(self) -> dict:
+            raise RuntimeError("secret detail")
+
+    app = create_app(Broken(), manage_engine=False, max_memory=None)
+
+    async def go():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.get("/v1/status", headers={"X-Request-Id": "req-boom"})
+
+    r = asyncio.run(asyncio.wait_for(go(), 10))
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == {"message": "internal server error (request id req-boom)", "type": "server_error",
+                                 "param": None, "code": "internal_error"}
+
+
+def test_once_the_body_is_complete_receive_has_no_deadline():
+    """The body deadline bounds the body only: the route's disconnect watch, which calls `receive()` again for as
+    long as the generation runs, is never cut by it."""
+    from tripwire.engine.server.framing import BodyDeadlineMiddleware
+
+    got = []
+
+    async def app(scope, receive, send):
+        got.append(await receive())      # the whole body, at once
+        got.append(await receive())      # then wait for the client, longer than the body deadline
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        left = asyncio.Event()
+        loop.call_later(0.2, left.set)   # the client leaves well after the 0.05 s body deadline
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        await BodyDeadlineMiddleware(app, body_timeout_s=0.05)({"type": "http"}, receive, None)
+
+    asyncio.run(asyncio.wait_for(main(), 5))
+    assert [m["type"] for m in got] == ["http.request", "http.disconnect"]
