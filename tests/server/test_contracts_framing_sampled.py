@@ -1,11 +1,15 @@
-"""The ambiguous-framing answer's exact body (engine/server/framing.py, issue 13 item 6; the server group's random
+"""Request framing at its exact contracts (engine/server/framing.py, issue 13 item 6; the server group's random
 mutation sample): a request with both Content-Length and Transfer-Encoding gets a 400 `invalid_request` whose
-message says what is wrong and what to send instead, in OpenAI's error shape."""
+message says what is wrong and what to send instead, in OpenAI's error shape; once a body is complete, a later
+`receive()` (the app waiting for the client to leave, e.g. under a long stream) has no deadline at all, even when
+it only completes after the body deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+
+import pytest
 
 from tripwire.engine.server import framing
 
@@ -30,3 +34,31 @@ def test_both_framing_headers_get_a_400_saying_what_to_send_instead():
     assert json.loads(b"".join(m.get("body", b"") for m in sent[1:])) == {"error": {
         "message": "a request must not carry both Content-Length and Transfer-Encoding (ambiguous framing); "
                    "send one of them", "type": "invalid_request_error", "param": None, "code": "invalid_request"}}
+
+
+@pytest.mark.parametrize("parts", [[b"{}"], [b"{", b"}"]], ids=["one-message", "streamed-body"])
+def test_a_receive_after_the_complete_body_is_not_cut_by_the_body_deadline(parts):
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        pending = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+        got: list[str] = []
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def app(scope, receive, send):
+            for _ in parts:
+                got.append((await receive())["type"])
+            # the client leaves well after the 10 ms body deadline (the loop's timers run in time order)
+            loop.call_at(loop.time() + 0.05, gone.set)
+            got.append((await receive())["type"])
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+        await framing.BodyDeadlineMiddleware(app, 0.01)(scope, receive, None)
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 5)) == ["http.request"] * len(parts) + ["http.disconnect"]
