@@ -436,3 +436,12 @@ def test_the_openapi_document_names_the_service_and_every_status_of_the_generati
     assert {"ErrorResponse", "Health", "ChatMessage"} <= set(doc["components"]["schemas"])
     for route in ("/health", "/v1/status"):  # HEAD answers too, but one operation per route is documented
         assert set(doc["paths"][route]) == {"get"}
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_no_interactive_api_pages_are_served(path):
+    """The server publishes its OpenAPI document only: FastAPI's interactive pages (which would load scripts from a
+    CDN) are off, so those paths are the JSON 404 of any unknown path (second random sample: `docs_url` survived)."""
+    app = create_app(CountingEngine(), manage_engine=False, max_memory=None)
+    r = call(app, "GET", path)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

@@ -60,3 +60,21 @@ def test_a_connection_resumed_by_its_timer_while_busy_is_no_contender():
             p._unset_keepalive_if_required()
 
     asyncio.run(main())
+
+
+def test_a_resumed_connection_idle_past_its_keep_alive_is_closed_by_its_own_handler():
+    """Resuming re-arms uvicorn's keep-alive with the connection's own handler: a retry that never comes is closed
+    after `timeout_keep_alive` as any idle connection (second random sample of the server mutants: the timer's
+    callback `None` survived; asyncio only logs the TypeError and the connection stays open for good)."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        slot, proto = _Slot(), _Proto(loop)
+        proto.timeout_keep_alive = 0.01
+        bo = _backoff(slot)
+        assert bo.pause(proto, 3.0) and proto.timeout_keep_alive_task is None
+        slot.free()
+        fired = await loop.run_in_executor(None, proto.keep_alive_fired.wait, 5)
+        assert fired, "the re-armed keep-alive never ran the connection's handler"
+        proto._unset_keepalive_if_required()
+
+    asyncio.run(main())

@@ -812,3 +812,17 @@ def test_valid_requests_parse_with_their_defaults_and_helpers():
     comp = schemas.validate_request(schemas.CompletionRequest, {"prompt": ["only"]})
     assert comp.prompt_text() == "only"
     assert schemas.validate_request(schemas.CompletionRequest, {"prompt": "hello"}).prompt_text() == "hello"
+
+
+def test_an_app_raising_before_it_answers_gets_the_json_500_naming_the_request_id():
+    """The request log's last line of defence (an app, or a layer, raising before its response started): OpenAI's
+    error shape with the fixed message and the request id, never a message of the exception (second random
+    sample: the message `None` survived)."""
+    async def app(scope, receive, send):
+        raise RuntimeError("secret detail")
+
+    sent = run(asgi_call(reqlog.RequestLogMiddleware(app), http_scope(headers=[(b"x-request-id", b"req-x1")]), []))
+    status, headers, body = response_of(sent)
+    assert status == 500 and headers[b"x-request-id"] == b"req-x1"
+    assert body == {"error": {"message": "internal server error (request id req-x1)", "type": "server_error",
+                              "param": None, "code": "internal_error"}}

@@ -433,3 +433,23 @@ def test_a_connection_lost_mid_response_is_noted_for_the_early_busy_answer(mid_r
         assert guard.inflight_lost_at is not None and guard.inflight_lost_at >= before
     else:
         assert guard.inflight_lost_at is None
+
+
+def test_a_lost_connection_is_forgotten_by_the_busy_back_off():
+    """A connection the client closed leaves the back-off's books at once (it is no longer paused, counted in
+    `busy_paused_now` or resumed later): the protocol tells the back-off to forget *itself* (second random sample
+    of the server mutants: `forget(None)` survived)."""
+    app = App()
+    config, guard, state = _protocol_of(app, serving.ClientLimits())
+    forgotten = []
+    guard.backoff = SimpleNamespace(after_response=lambda proto, **kw: None, forget=forgotten.append)
+
+    async def main():
+        proto = config.http_protocol_class(config=config, server_state=state, app_state={},
+                                           _loop=asyncio.get_running_loop())
+        proto.connection_made(_Transport())
+        proto.connection_lost(None)
+        return proto
+
+    proto = asyncio.run(main())
+    assert forgotten == [proto]
