@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -78,39 +79,33 @@ def stop_stray_worker_coverage(config) -> bool:
     return stray is not None and stray is not own
 
 
-def _paused_for(item):
-    """pytest-cov's controller when ``item`` runs with coverage paused (``no_cover``), else None."""
-    if not item.get_closest_marker("no_cover"):
-        return None
+@contextlib.contextmanager
+def _coverage_paused_for(item):
+    """Coverage paused while the block runs, when ``item`` is a `no_cover` test (pytest-cov's controller)."""
     plugin = item.config.pluginmanager.getplugin("_cov")
-    ctl = getattr(plugin, "cov_controller", None)
-    return ctl if ctl is not None and getattr(ctl, "started", True) else None
+    ctl = getattr(plugin, "cov_controller", None) if item.get_closest_marker("no_cover") else None
+    if ctl is None or not getattr(ctl, "started", True):
+        yield
+        return
+    ctl.pause()
+    try:
+        yield
+    finally:
+        ctl.resume()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     """pytest-cov pauses a `no_cover` test's call only; its fixtures' setup ran traced (a module-scoped search
     in tests/fuzz/test_exploration.py: 2.4x its CPU time), which measures no engine code either."""
-    ctl = _paused_for(item)
-    if ctl is not None:
-        ctl.pause()
-    try:
+    with _coverage_paused_for(item):
         yield
-    finally:
-        if ctl is not None:
-            ctl.resume()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item):
-    ctl = _paused_for(item)
-    if ctl is not None:
-        ctl.pause()
-    try:
+    with _coverage_paused_for(item):
         yield
-    finally:
-        if ctl is not None:
-            ctl.resume()
 
 
 def pytest_collection_modifyitems(session, config, items):
