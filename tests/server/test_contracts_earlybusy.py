@@ -15,7 +15,6 @@ import re
 import time
 from types import SimpleNamespace
 
-import h11
 import pytest
 
 from tripwire.engine.errors import EngineBusy
@@ -23,6 +22,7 @@ from tripwire.engine.server import create_app
 from tripwire.engine.server.app import ServerStats
 from tripwire.engine.server.earlybusy import RECENT_DISCONNECT_S, EarlyBusyAnswer, peers_quiet, response_bytes
 from tripwire.engine.server.errors import ApiError
+from test_server_earlybusy import FakeProto
 
 
 def raw_post(body: bytes = b'{"prompt": "x"}', *extra: bytes) -> bytes:
@@ -31,46 +31,7 @@ def raw_post(body: bytes = b'{"prompt": "x"}', *extra: bytes) -> bytes:
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-class Transport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-
-class Proto:
-    """What the early answer touches on `GuardedH11Protocol` (one server's connection), nothing more."""
-
-    def __init__(self, early: EarlyBusyAnswer, loop: asyncio.AbstractEventLoop) -> None:
-        self.early, self.loop = early, loop
-        self.conn, self.cycle, self.transport = h11.Connection(h11.SERVER), None, Transport()
-        self.server, self.client = ("127.0.0.1", 8000), ("127.0.0.1", 50000)
-        self.server_state = SimpleNamespace(default_headers=[(b"server", b"uvicorn")], total_requests=0)
-        self.guard = SimpleNamespace(inflight_lost_at=None, backoff=None)
-        self.connections = [self]
-        self.timeout_keep_alive, self.timeout_keep_alive_task, self.early_pending = 5.0, None, None
-        self.to_h11: list[bytes] = []
-
-    def data_received(self, data: bytes) -> None:
-        if not self.early.take(self, data):
-            self.to_h11.append(data)
-
-    def h11_data_received(self, data: bytes) -> None:
-        self.to_h11.append(data)
-
-    def timeout_keep_alive_handler(self) -> None:  # pragma: no cover - the test's loop ends first
-        pass
-
-    def _unset_keepalive_if_required(self) -> None:
-        pass
-
-    def _cancel_header_timer(self) -> None:
-        pass
+Proto = FakeProto  # what the early answer touches on `GuardedH11Protocol`, shared with test_server_earlybusy
 
 
 def answer_one(prechecks, data: bytes = raw_post(), *, stats=None, setup=None) -> tuple[Proto, EarlyBusyAnswer]:

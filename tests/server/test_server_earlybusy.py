@@ -264,16 +264,17 @@ def test_pipelined_requests_are_answered_in_order(srv):
 class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.closing = False
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
 
 
 class FakeProto:
-    """What EarlyBusyAnswer touches on uvicorn's h11 protocol (GuardedH11Protocol in the server)."""
+    """What EarlyBusyAnswer touches on uvicorn's h11 protocol (GuardedH11Protocol in the server), nothing more."""
 
     def __init__(self, early, loop) -> None:
         import h11
@@ -283,6 +284,8 @@ class FakeProto:
         self.conn, self.cycle, self.transport = h11.Connection(h11.SERVER), None, FakeTransport()
         self.server, self.client = ("127.0.0.1", 1), ("127.0.0.1", 2)
         self.server_state = SimpleNamespace(default_headers=[(b"server", b"uvicorn")], total_requests=0)
+        self.guard = SimpleNamespace(inflight_lost_at=None, backoff=None)
+        self.connections = [self]
         self.timeout_keep_alive, self.timeout_keep_alive_task, self.early_pending = 5.0, None, None
         self.to_h11: list[bytes] = []
 
@@ -297,6 +300,9 @@ class FakeProto:
         pass
 
     def _unset_keepalive_if_required(self) -> None:
+        pass
+
+    def _cancel_header_timer(self) -> None:
         pass
 
     def _cancel_header_timer(self) -> None:
