@@ -96,6 +96,9 @@ def model_config(size: str) -> dict:
 def build_model_files(out: Path, size: str) -> None:
     """Write tokenizer, weights and config.json of model `size` into `out` (created if needed).
 
+    Quiet: draws nothing on a terminal (no tokenizer-training progress bar), so CI logs and `make report`
+    output stay clean.
+
     Raises:
         OSError: `out` cannot be written.
     """

@@ -72,6 +72,12 @@ class BlockStore:
     Thread-safe: every public method may be called from any thread (the MLX worker saves and loads). Eviction
     runs inline on the saving thread and never enqueues work; the writer thread never touches MLX.
 
+    Back-pressure (`PrefixCache` runs with the defaults): at most `queue_size` (default 64) accepted blocks wait
+    for the writer. A save that finds them all waiting waits at most `put_timeout` (default 0.25 s) for a slot, so
+    a writer that is behind holds the MLX worker no longer than that; then the block is written inline on the
+    saving thread (full_policy="inline", counted in `inline_writes`) or dropped (full_policy="drop", counted in
+    `drops`).
+
     Raises (constructor):
         ValueError: `full_policy` not "inline"/"drop", or `put_timeout` <= 0.
         OSError: the cache directory cannot be created or scanned.

@@ -157,7 +157,16 @@ def read_header(path: str) -> tuple[dict, int, int]:
 
 
 def read_file(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Load every tensor (as numpy) plus the metadata; raises CorruptFile on any inconsistency."""
+    """Load every tensor (as numpy) plus the metadata; raises CorruptFile on any inconsistency.
+
+    Reads exactly the bytes `read_header` validated (the file size it checked): bytes a third party appends
+    after that check are never read, so a file growing under the reader loads as the file that was validated.
+
+    Raises:
+        CorruptFile: the header is malformed, the file is shorter than the size the header check validated,
+            or a tensor's byte size does not match its dtype and shape.
+        OSError: the file cannot be opened or read.
+    """
     header, start, size = read_header(path)
     fd = os.open(path, os.O_RDONLY)
     try:

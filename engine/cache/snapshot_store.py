@@ -80,6 +80,11 @@ class SnapshotStore:
     so no file of a cleaned request is recreated after it returns; counters are additive and never created
     for zero pending items. Disk errors are counted, never raised.
 
+    Back-pressure (`PrefixCache` runs with the defaults): at most `queue_size` (default 256) snapshots wait for
+    the writer. A save that finds them all waiting waits at most `put_timeout` (default 0.25 s) for a slot, then
+    at most another `put_timeout` for the writer barrier to write the snapshot inline on the saving thread
+    (counted in `inline_writes`); failing that it is dropped (counted in `drops`, `save` returns False).
+
     Raises (constructor):
         ValueError: `put_timeout` <= 0; InvalidRequestId: `session` is not a safe path component.
         OSError: the cache root or session directory cannot be created or listed.
@@ -317,7 +322,16 @@ class SnapshotStore:
         """Forget every snapshot of this session. Returns True if the writer barrier was acquired.
 
         Queued items are discarded; waits for the writer's item in flight at most `timeout` (default 5 s),
-        then clears anyway. Never raises for disk errors."""
+        then clears anyway. Never raises for disk errors.
+
+        A stop sentinel of a concurrent `shutdown()` drained with the queue is put back, waiting at most
+        `put_timeout` for a slot, never longer: saves that passed their closed check before that shutdown may
+        refill the queue right after the drain, and then only the writer (maybe stuck) could free a slot.
+
+        Raises:
+            queue.Full: that put-back found the queue full for `put_timeout`. The sentinel is then lost: the
+                writer keeps running and the concurrent `shutdown()` returns False at its bound.
+        """
         bound = self._CLEANUP_ALL_TIMEOUT_S if timeout is None else timeout
         with self._lock:
             if self._closed:

@@ -31,6 +31,7 @@ MLX or takes an engine lock.
 
 from __future__ import annotations
 
+import http
 import json
 import re
 import socket
@@ -49,8 +50,9 @@ from tripwire.engine.server.reqlog import _REQUEST_ID_RE, RequestLog, access_log
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
 _HANDED_OVER_HEADERS = {b"transfer-encoding", b"expect", b"connection", b"upgrade"}
-_REASONS = {400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 413: b"Request Entity Too Large",
-            500: b"Internal Server Error", 503: b"Service Unavailable"}
+# The reason phrase uvicorn writes for each status (the standard one; none for a status HTTP does not define), so an
+# early answer's status line is the app's for any status an ApiError may carry, not only today's.
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
 
 
 @dataclass
@@ -154,7 +156,8 @@ def peers_quiet(proto: Any) -> bool:
 
 
 def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    """An HTTP/1.1 response head + body in one buffer (header names as given)."""
+    """An HTTP/1.1 response head + body in one buffer (header names as given), with the status line uvicorn
+    writes: the standard reason phrase, none for a status HTTP does not define."""
     head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
     head.extend(b"%s: %s\r\n" % (k, v) for k, v in headers)
     head.append(b"\r\n")

@@ -206,9 +206,6 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not _is_tag(p)) or "body"
 
 
-_KIND = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number", bool: "a boolean"}
-
-
 def _branch_matches(payload: Any, loc: tuple[Any, ...]) -> bool:
     value: Any = payload
     for part in loc:
@@ -237,25 +234,17 @@ def validate_request(model: type[_Strict], payload: dict[str, Any]) -> Any:
     # Drop errors from union branches that do not match the JSON type the client sent
     # (a list sent for `str | list[...]` should be reported against the list branch only).
     kept = [e for e in errors if _branch_matches(payload, e["loc"])] or errors
-    groups: dict[str, list[dict[str, Any]]] = {}
+    # pydantic never raises an empty ValidationError, and with the branches of the other JSON type dropped each
+    # location holds exactly one error (every union of these models has one list and one non-list branch): the
+    # first location's error is THE error, no fallback and no chooser needed. Checked over ~19,500 invalid
+    # payloads of both request models by test_contracts_request_validation.py (tests/server).
+    groups: dict[str, dict[str, Any]] = {}
     for e in kept:
-        groups.setdefault(_loc(e["loc"]), []).append(e)
-    if not groups:
-        raise ApiError(400, "invalid_request", "invalid request body")
-    field, errs = next(iter(groups.items()))
-    chosen = errs[0]
-    if len(errs) > 1:  # a union: report the branch that matches the type the client actually sent
-        value = errs[0].get("input")
-        is_list_branch = [any(str(p).startswith("list") for p in e["loc"] if _is_tag(p)) for e in errs]
-        for e, lst in zip(errs, is_list_branch):
-            if isinstance(value, list) == lst:
-                chosen = e
-                break
+        groups.setdefault(_loc(e["loc"]), e)
+    field, chosen = next(iter(groups.items()))
     msg = "field required" if chosen["type"] == "missing" else chosen["msg"]
     if field == "stop":
         msg = "stop sequences are not supported by this server"
-    elif len(errs) > 1 and chosen["type"].endswith("_type"):
-        msg = f"Input should be a string or a list, got {_KIND.get(type(chosen.get('input')), 'null')}"
     more = len(groups) - 1
     extra = f" (and {more} more invalid field{'s' if more > 1 else ''})" if more else ""
     raise ApiError(400, "invalid_request", f"invalid '{field}': {msg}{extra}", param=field)

@@ -1,9 +1,13 @@
-"""The embedded model builds offline, deterministically, and loads through mlx_lm.load."""
+"""The embedded model builds offline, deterministically and quietly, and loads through mlx_lm.load."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pty
+import sys
+import threading
 
 import pytest
 
@@ -172,3 +176,48 @@ def test_build_model_files_creates_missing_parent_directories(tmp_path, monkeypa
     out = tmp_path / "x" / "y"
     tiny_model.build_model_files(out, "tiny")
     assert json.loads((out / "config.json").read_text()) == tiny_model.model_config("tiny")
+
+
+def test_a_build_draws_nothing_on_a_terminal(tmp_path, monkeypatch):
+    """stdout and stderr (the file descriptors, where the tokenizer trainer's native progress bar goes, and the
+    Python streams) are a real terminal during the build: nothing may be drawn on it."""
+    master, slave = pty.openpty()
+    drawn: list[bytes] = []
+
+    def drain():  # keeps the terminal's buffer from filling; ends with EIO once every slave fd is closed
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    saved = os.dup(1), os.dup(2)
+    tty_out, tty_err = open(os.dup(slave), "w"), open(os.dup(slave), "w")
+    monkeypatch.setattr(sys, "stdout", tty_out)
+    monkeypatch.setattr(sys, "stderr", tty_err)
+    try:
+        os.dup2(slave, 1)
+        os.dup2(slave, 2)
+        assert os.isatty(2) and sys.stderr.isatty()
+        tiny_model.build_model_files(tmp_path / "m", "tiny")
+    finally:
+        tty_out.flush()
+        tty_err.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        monkeypatch.undo()
+        tty_out.close()
+        tty_err.close()
+        os.close(slave)
+        reader.join(5)
+        os.close(master)
+    assert not reader.is_alive()
+    assert b"".join(drawn) == b""
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
