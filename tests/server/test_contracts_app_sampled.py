@@ -16,7 +16,7 @@ decided without yielding the loop. From the server group's full campaign: a body
 `create_app` itself (any positive one serves), a prompt that fills the whole context is told to shorten itself, the
 client's temperature reaches the engine (greedy by default), the request id travels in `X-Request-Id` only, a client
 leaving a non-streaming generation cancels it and is logged and counted as a 499, and the preflight estimates with
-the app's `prefill_chunk`.
+the app's `prefill_chunk` (one <= 0 is refused by `create_app`: it made every estimated request a 500).
 
 The engine is a duck-typed stand-in (no MLX): these contracts are about the app's own arithmetic and bookkeeping,
 decided before any generation starts; the live-server tests run the real engine."""
@@ -586,3 +586,12 @@ def test_the_preflight_estimates_with_the_prefill_chunk_the_app_was_given(prefil
                          memory_probe=lambda: used, prefill_chunk=prefill_chunk)
         r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "max_tokens": 1})
         assert r.status_code == status, (limit, r.text)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+@pytest.mark.parametrize("max_memory", [1 << 30, None], ids=["with-limit", "no-limit"])
+def test_a_prefill_chunk_that_is_not_positive_is_refused_when_the_app_is_built(bad, max_memory):
+    """A chunk <= 0 can never be estimated: refused by `create_app` (naming it), not answered as a 500 on every
+    generation request once a memory limit makes the preflight run."""
+    with pytest.raises(ValueError, match=f"prefill_chunk must be > 0, got {bad}"):
+        create_app(ShapedEngine(tokens=2), manage_engine=False, max_memory=max_memory, prefill_chunk=bad)
