@@ -16,7 +16,8 @@ decided without yielding the loop. From the server group's full campaign: a body
 `create_app` itself (any positive one serves), a prompt that fills the whole context is told to shorten itself, the
 client's temperature reaches the engine (greedy by default), the request id travels in `X-Request-Id` only, a client
 leaving a non-streaming generation cancels it and is logged and counted as a 499, and the preflight estimates with
-the app's `prefill_chunk` (one <= 0 is refused by `create_app`: it made every estimated request a 500).
+the app's `prefill_chunk` (one <= 0 is refused by `create_app`: it made every estimated request a 500);
+a request without the API key gets OpenAI's 401 saying which header to send.
 
 The engine is a duck-typed stand-in (no MLX): these contracts are about the app's own arithmetic and bookkeeping,
 decided before any generation starts; the live-server tests run the real engine."""
@@ -595,3 +596,17 @@ def test_a_prefill_chunk_that_is_not_positive_is_refused_when_the_app_is_built(b
     generation request once a memory limit makes the preflight run."""
     with pytest.raises(ValueError, match=f"prefill_chunk must be > 0, got {bad}"):
         create_app(ShapedEngine(tokens=2), manage_engine=False, max_memory=max_memory, prefill_chunk=bad)
+
+
+@pytest.mark.parametrize("path, method, kw", [
+    ("/v1/completions", "POST", {"json": {"prompt": "hi"}}), ("/v1/models", "GET", {}), ("/v1/status", "GET", {})])
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic k3y"], ids=["none", "wrong-key", "not-bearer"])
+def test_a_request_without_the_key_gets_openais_401_saying_what_to_send(path, method, kw, authorization):
+    """Every protected route answers the same 401 body (OpenAI's shape: `authentication_error`, `invalid_api_key`) whose
+    message tells the client which header to send, with `WWW-Authenticate: Bearer`."""
+    app = create_app(CountingEngine(), manage_engine=False, max_memory=None, api_key="k3y")
+    headers = {} if authorization is None else {"Authorization": authorization}
+    r = call(app, method, path, headers=headers, **kw)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+    assert r.json() == {"error": {"message": "missing or invalid API key (expected 'Authorization: Bearer <key>')",
+                                  "type": "authentication_error", "param": None, "code": "invalid_api_key"}}
