@@ -9,7 +9,8 @@ JSON 500 naming the request id, logged once, not Starlette's plain-text "Interna
 The engine is a duck-typed stand-in (no MLX) whose busy probe answers busy once, at the fast path's look: that
 window (the slot freed between the two checks) cannot be placed on cue with the real engine.
 
-An engine without the optional `is_busy` probe never takes the fast path (the server group's full campaign)."""
+An engine without the optional `is_busy` probe never takes the fast path, and a busy engine's generation POSTs
+do (the server group's full campaign)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,33 @@ def test_an_engine_without_a_busy_probe_never_takes_the_fast_path():
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json", bad.text
     assert app.busy_fast_path.answered == 0
     assert app.early_busy_answer.answered == 0
+
+
+class BusyEngine(ProbelessEngine):
+    """Busy by both its read-only probe and its admission check."""
+
+    def is_busy(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_a_busy_generation_post_is_answered_by_the_fast_path_and_the_rest_by_the_app(path):
+    """`FastPathApp`: while the engine is busy, a POST to a generation route is answered by the fast path (its
+    `answered` counter: one per busy 503), with the app's own answer; a GET of it, or a POST to another route, reaches
+    the app (the counter stays)."""
+    app = create_app(BusyEngine(), manage_engine=False, max_memory=None)
+    body = {"prompt": "hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+
+    async def go(method: str, url: str, **kw: Any) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.request(method, url, **kw)
+
+    r = asyncio.run(asyncio.wait_for(go("POST", path, json=body), 10))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "text_generation_busy", r.text
+    assert r.headers["retry-after"] == "1" and r.headers["x-request-id"].startswith("req-")
+    assert app.busy_fast_path.answered == 1
+    r = asyncio.run(asyncio.wait_for(go("GET", path), 10))
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", r.text
+    r = asyncio.run(asyncio.wait_for(go("POST", "/v1/models", json=body), 10))
+    assert r.status_code == 405, r.text
+    assert app.busy_fast_path.answered == 1
