@@ -163,11 +163,13 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
     """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``.
 
     Raises:
-        ValueError: an API key a client could never send (see ``validate_api_key``), a bad memory limit, or
-            ``body_timeout_s`` <= 0.
+        ValueError: an API key a client could never send (see ``validate_api_key``), a bad memory limit,
+            ``body_timeout_s`` <= 0, or ``prefill_chunk`` <= 0.
     """
     if not body_timeout_s > 0:
         raise ValueError(f"body_timeout_s must be > 0, got {body_timeout_s!r}")
+    if not prefill_chunk > 0:  # else every request the memory preflight estimates would be a 500
+        raise ValueError(f"prefill_chunk must be > 0, got {prefill_chunk!r}")
     st = ServerState(engine=engine, api_key=validate_api_key(api_key), memory_limit=resolve_memory_limit(max_memory),
                      max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
                      default_chat_max_tokens=default_chat_max_tokens, prefill_chunk=prefill_chunk,

@@ -12,7 +12,12 @@ memory sample as current use, 0 before any), the OpenAPI document names the serv
 generation routes answer, counters start at zero, and an engine without the optional `reject_if_busy`/`is_busy` hooks is served. The busy
 decision lets the loop settle (a few iterations, so a dropped holder's disconnect can land first) only when the
 engine is busy and the early busy answer has not proved every peer quiet: a free engine, or quiet peers, are
-decided without yielding the loop.
+decided without yielding the loop. From the server group's full campaign: a body deadline <= 0 is refused by
+`create_app` itself (any positive one serves), a prompt that fills the whole context is told to shorten itself, the
+client's temperature reaches the engine (greedy by default), the request id travels in `X-Request-Id` only, a client
+leaving a non-streaming generation cancels it and is logged and counted as a 499, and the preflight estimates with
+the app's `prefill_chunk` (one <= 0 is refused by `create_app`: it made every estimated request a 500);
+a request without the API key gets OpenAI's 401 saying which header to send.
 
 The engine is a duck-typed stand-in (no MLX): these contracts are about the app's own arithmetic and bookkeeping,
 decided before any generation starts; the live-server tests run the real engine."""
@@ -445,3 +450,163 @@ def test_no_interactive_api_pages_are_served(path):
     app = create_app(CountingEngine(), manage_engine=False, max_memory=None)
     r = call(app, "GET", path)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+# -- the server group's campaign survivors (helper srvA): exact boundaries and what reaches the engine -------------
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0], ids=["zero", "zero-float", "negative"])
+def test_a_body_deadline_that_is_not_positive_is_refused_when_the_app_is_built(bad):
+    """`create_app`'s documented `ValueError` for `body_timeout_s <= 0` is raised by `create_app` itself, not
+    later by the first request that reaches the body deadline."""
+    with pytest.raises(ValueError, match="body_timeout_s must be > 0"):
+        create_app(CountingEngine(), manage_engine=False, max_memory=None, body_timeout_s=bad)
+
+
+@pytest.mark.parametrize("deadline", [0.001, 0.5, 1.0], ids=["1ms", "half-second", "one-second"])
+def test_any_positive_body_deadline_is_accepted_and_serves(deadline):
+    app = create_app(GeneratingEngine(tokens=2), manage_engine=False, max_memory=None, body_timeout_s=deadline)
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi"})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1], ids=["default-max-tokens", "max-tokens-1"])
+@pytest.mark.parametrize("route, what", [("/v1/completions", "prompt"), ("/v1/chat/completions", "messages")])
+def test_a_prompt_that_fills_the_whole_context_is_refused_as_too_long_itself(route, what, max_tokens):
+    """A prompt of exactly the context length leaves no room for one token: the 400 tells the client to shorten the
+    prompt (naming it, not max_tokens), whatever max_tokens says. One token less is served (see the default
+    clipping test above)."""
+    body = {"prompt": "hi"} if what == "prompt" else {"messages": [{"role": "user", "content": "hi"}]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    engine = GeneratingEngine(tokens=CONTEXT)
+    app = create_app(engine, manage_engine=False, max_memory=None)
+    r = call(app, "POST", route, json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {
+        "message": f"This model's maximum context length is {CONTEXT} tokens, but the {what} has {CONTEXT} tokens. "
+                   f"Please shorten the {what}.",
+        "type": "invalid_request_error", "param": what, "code": "context_length_exceeded"}
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("sent, expected", [(None, 0.0), (0.7, 0.7), (0.0, 0.0), (2.0, 2.0)],
+                         ids=["greedy-by-default", "given", "zero", "maximum"])
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_the_clients_temperature_reaches_the_engine_and_greedy_is_the_default(route, sent, expected):
+    """README: sampling defaults to greedy (`temperature` 0); a request's own temperature is the one generated with."""
+    engine = GeneratingEngine(tokens=2)
+    app = create_app(engine, manage_engine=False, max_memory=None)
+    body = {"prompt": "hi"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    if sent is not None:
+        body["temperature"] = sent
+    r = call(app, "POST", route, json=body)
+    assert r.status_code == 200, r.text
+    [kw] = engine.calls
+    assert "temperature" in kw and kw["temperature"] == expected and isinstance(kw["temperature"], float)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+def test_a_generation_response_names_its_request_id_in_the_x_request_id_header_only(stream):
+    """The request id travels in one header, `X-Request-Id` (once), and in no header of another name."""
+    engine = StreamEngine() if stream else GeneratingEngine(tokens=2)
+    app = create_app(engine, manage_engine=False, max_memory=None)
+    r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "stream": stream},
+             headers={"X-Request-Id": "req-client42"})
+    assert r.status_code == 200, r.text
+    assert [k for k, v in r.headers.multi_items() if "req-client42" in v] == ["x-request-id"]
+    assert r.headers["x-request-id"] == "req-client42"
+
+
+class HoldingEngine(CountingEngine):
+    """A non-streaming generation that runs until it is cancelled; notes its start and its cancellation."""
+
+    def __init__(self) -> None:
+        super().__init__(tokens=2)
+        self.started = asyncio.Event()
+        self.cancelled = 0
+
+    async def generate(self, prompt: str, **kw: Any) -> SimpleNamespace:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+def test_a_client_leaving_a_non_streaming_generation_is_answered_499_logged_and_counted_cancelled(caplog):
+    """The generation is cancelled (the engine drains) and the request is logged and counted as a 499 the client
+    cancelled, in the access log and in /v1/status."""
+    caplog.set_level(logging.INFO, logger="tripwire.server.access")
+    engine = HoldingEngine()
+    app = create_app(engine, manage_engine=False, max_memory=None)
+
+    async def main() -> list[dict]:
+        body = json.dumps({"prompt": "hi"}).encode()
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict] = []
+
+        async def receive():
+            if pending:
+                return pending.pop(0)
+            await engine.started.wait()
+            return {"type": "http.disconnect"}  # the client leaves once the generation runs
+
+        async def send(msg):
+            sent.append(msg)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
+                 "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
+                 "client": ("c", 1), "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(asyncio.wait_for(main(), 10))
+    assert engine.cancelled == 1
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [499]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "tripwire.server.access"]
+    assert [(ln["status"], ln["stream"], ln["cancelled"]) for ln in lines] == [(499, False, True)]
+    snap = app.state.server.stats.snapshot()
+    assert (snap["cancelled"], snap["by_status"]) == (1, {"499": 1})
+
+
+@pytest.mark.parametrize("prefill_chunk", [4, 16])
+def test_the_preflight_estimates_with_the_prefill_chunk_the_app_was_given(prefill_chunk):
+    """The memory preflight's estimate is the one for the app's `prefill_chunk` (the largest chunk prefilled at
+    once): a request whose estimate at that chunk is exactly the memory left is served, one byte less is a 413."""
+    from tripwire.engine.server.preflight import ModelMemoryShape, estimate_prefill_peak_bytes
+
+    prompt_tokens = 32  # longer than the chunk: the chunk, not the prompt, bounds the per-chunk terms
+    est = estimate_prefill_peak_bytes(ModelMemoryShape.from_model_info(ShapedEngine.model_info), prompt_tokens,
+                                      max_tokens=1, prefill_chunk=prefill_chunk).total_bytes
+    used = 1000
+    for limit, status in ((used + est, 200), (used + est - 1, 413)):
+        app = create_app(ShapedEngine(tokens=prompt_tokens), manage_engine=False, max_memory=limit,
+                         memory_probe=lambda: used, prefill_chunk=prefill_chunk)
+        r = call(app, "POST", "/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+        assert r.status_code == status, (limit, r.text)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+@pytest.mark.parametrize("max_memory", [1 << 30, None], ids=["with-limit", "no-limit"])
+def test_a_prefill_chunk_that_is_not_positive_is_refused_when_the_app_is_built(bad, max_memory):
+    """A chunk <= 0 can never be estimated: refused by `create_app` (naming it), not answered as a 500 on every
+    generation request once a memory limit makes the preflight run."""
+    with pytest.raises(ValueError, match=f"prefill_chunk must be > 0, got {bad}"):
+        create_app(ShapedEngine(tokens=2), manage_engine=False, max_memory=max_memory, prefill_chunk=bad)
+
+
+@pytest.mark.parametrize("path, method, kw", [
+    ("/v1/completions", "POST", {"json": {"prompt": "hi"}}), ("/v1/models", "GET", {}), ("/v1/status", "GET", {})])
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic k3y"], ids=["none", "wrong-key", "not-bearer"])
+def test_a_request_without_the_key_gets_openais_401_saying_what_to_send(path, method, kw, authorization):
+    """Every protected route answers the same 401 body (OpenAI's shape: `authentication_error`, `invalid_api_key`) whose
+    message tells the client which header to send, with `WWW-Authenticate: Bearer`."""
+    app = create_app(CountingEngine(), manage_engine=False, max_memory=None, api_key="k3y")
+    headers = {} if authorization is None else {"Authorization": authorization}
+    r = call(app, method, path, headers=headers, **kw)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+    assert r.json() == {"error": {"message": "missing or invalid API key (expected 'Authorization: Bearer <key>')",
+                                  "type": "authentication_error", "param": None, "code": "invalid_api_key"}}

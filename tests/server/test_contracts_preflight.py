@@ -31,3 +31,12 @@ def test_a_one_token_chunk_computes_one_row_of_logits(prompt_tokens, prefill_chu
 def test_an_empty_prompt_computes_no_logits():
     e = preflight.estimate_prefill_peak_bytes(SHAPE, 0, max_tokens=4)
     assert (e.chunk, e.logits_bytes, e.attention_bytes, e.activation_bytes) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("counts", [{"prompt_tokens": -1}, {"max_tokens": -1}], ids=["prompt", "max-tokens"])
+def test_negative_token_counts_are_refused_naming_both_counts_and_zero_is_valid(counts):
+    """Docstring: `ValueError` on negative token counts (the message says which arguments and the rule); 0 is valid."""
+    args = {"prompt_tokens": 0, "max_tokens": 0, **counts}
+    with pytest.raises(ValueError, match=r"prompt_tokens and max_tokens must be >= 0"):
+        preflight.estimate_prefill_peak_bytes(SHAPE, args["prompt_tokens"], max_tokens=args["max_tokens"])
+    assert preflight.estimate_prefill_peak_bytes(SHAPE, 0, max_tokens=0).total_bytes == 0

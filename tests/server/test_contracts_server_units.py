@@ -215,6 +215,20 @@ def test_a_non_ascii_key_matches_its_utf8_bytes_as_starlette_decodes_them():
     auth.authorize(_Req(sent), "ключ")
 
 
+@pytest.mark.parametrize("key", ["XkeyX", "k3y-à", "k3y-Å", "àk3y"],
+                         ids=["x-at-both-ends", "utf8-ends-in-a0", "utf8-ends-in-85", "non-ascii-first"])
+def test_a_valid_key_matches_itself_whatever_characters_it_starts_or_ends_with(key):
+    """Only the header's own padding (spaces, tabs) is ignored: a key accepted at start matches its exact UTF-8 bytes
+    as Starlette decodes them (latin-1), even when those bytes end in 0xA0 or 0x85 (`à`, `Å`), which `str.strip()`
+    would take for Unicode whitespace, or when the key starts or ends with any other character."""
+    assert auth.validate_api_key(key) == key
+    sent = key.encode("utf-8").decode("latin-1")
+    auth.authorize(_Req(f"Bearer {sent}"), key)
+    auth.authorize(_Req(f"Bearer \t{sent} "), key)
+    with pytest.raises(ApiError):
+        auth.authorize(_Req(f"Bearer {sent[:-1]}"), key)
+
+
 # -- framing and the body deadline ---------------------------------------------------------------------------------
 async def _echo_app(scope, receive, send):
     body = b""
