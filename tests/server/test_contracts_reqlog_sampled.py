@@ -48,8 +48,9 @@ def test_the_added_headers_are_lower_case_and_server_timing_and_latency_run_from
     """The middleware adds X-Request-Id and Server-Timing as ASGI response headers, whose names ASGI requires in
     lower case (the same bytes the early busy answer writes); Server-Timing is the time from the request's arrival
     to its response start in ms (README), and the access line's latency runs from the same instant, both to the
-    microsecond (a busy answer takes a few ms: whole ms would log most as 0 or 1). The app takes exactly 12.5 ms on a
-    scripted clock."""
+    microsecond (a busy answer takes a few ms: whole ms would log most as 0 or 1): a response that ends the instant
+    it starts is logged with the very duration its Server-Timing shows. The app takes 12.50043 ms on a scripted
+    clock."""
     clock = {"now": 100.0}  # also the start, should the record read the clock through `time` too
     monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
     seen: dict[str, str] = {}
@@ -57,7 +58,7 @@ def test_the_added_headers_are_lower_case_and_server_timing_and_latency_run_from
     async def app(scope, receive, send):
         ctx = scope["state"]["reqlog"]  # the record handlers fill in (module docstring)
         seen["id"] = ctx.id
-        clock["now"] = ctx.started + 0.0125
+        clock["now"] = ctx.started + 0.01250043
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -68,7 +69,8 @@ def test_the_added_headers_are_lower_case_and_server_timing_and_latency_run_from
     assert dict(headers)[b"x-request-id"] == seen["id"].encode()
     assert dict(headers)[b"server-timing"] == b"app;dur=12.500"
     [record] = [r for r in caplog.records if r.name == "tripwire.server.access"]
-    assert json.loads(record.getMessage())["latency_ms"] == 12.5
+    timing = float(dict(headers)[b"server-timing"].removeprefix(b"app;dur="))
+    assert json.loads(record.getMessage())["latency_ms"] == timing == 12.5
 
 
 def test_a_response_start_without_headers_still_gets_the_request_id_and_server_timing():
