@@ -283,3 +283,45 @@ def test_a_status_line_carries_the_reason_phrase_the_app_would_send(status):
     assert line == b"HTTP/1.1 %d %s" % (status, UVICORN_STATUS_PHRASES[status])
     if status in http.HTTPStatus._value2member_map_:
         assert line.endswith(b" " + http.HTTPStatus(status).phrase.encode())
+
+
+# -- only a connection between requests is answered early (issue 13 item 6, the full server campaign) -------------
+def _connection_state(their=None, ours=None, buffered=b"", cycle_complete=None, closing=False):
+    """A setup giving the protocol exactly one state: h11's two sides, its buffered bytes, the last request's
+    response (None: no request yet on this connection) and the transport."""
+    import h11
+
+    def setup(proto):
+        proto.conn = SimpleNamespace(their_state=their or h11.IDLE, our_state=ours or h11.IDLE,
+                                     trailing_data=(buffered, False))
+        if cycle_complete is not None:
+            proto.cycle = SimpleNamespace(response_complete=cycle_complete, disconnected=False)
+        proto.transport.closing = closing
+
+    return setup
+
+
+@pytest.mark.parametrize("state, taken", [
+    (dict(), True),
+    (dict(cycle_complete=True), True),  # a kept-alive connection after a complete response
+    (dict(their="SEND_BODY"), False),  # the client is still sending a request h11 is reading
+    (dict(ours="SEND_RESPONSE"), False),  # our side of h11 is not between responses
+    (dict(buffered=b"POST /v1/comp"), False),  # part of a request already sits in h11's buffer
+    (dict(cycle_complete=False), False),  # a response is still being sent on this connection
+    (dict(closing=True), False),
+], ids=["fresh", "after-a-complete-response", "client-mid-request", "server-mid-response", "bytes-buffered",
+        "response-in-progress", "closing"])
+def test_only_a_connection_between_requests_is_answered_early(state, taken):
+    """The module docstring's first condition: the chunk is taken only when the connection is between requests (h11
+    idle on both sides, nothing buffered, no response in progress) and open; otherwise it goes to h11 untouched
+    and nothing is written, whatever the engine's busy state."""
+    import h11
+
+    state = {k: getattr(h11, v) if k in ("their", "ours") else v for k, v in state.items()}
+    data = raw_post()
+    proto, early = answer_one(busy_checks, data, setup=_connection_state(**state))
+    if taken:
+        assert proto.to_h11 == [] and early.answered == 1
+        assert [split(w)[0] for w in proto.transport.written] == [b"HTTP/1.1 503 Service Unavailable"]
+    else:
+        assert proto.to_h11 == [data] and proto.transport.written == [] and early.answered == 0

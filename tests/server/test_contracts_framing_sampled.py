@@ -36,12 +36,16 @@ def test_both_framing_headers_get_a_400_saying_what_to_send_instead():
                    "send one of them", "type": "invalid_request_error", "param": None, "code": "invalid_request"}}
 
 
-@pytest.mark.parametrize("parts", [[b"{}"], [b"{", b"}"]], ids=["one-message", "streamed-body"])
-def test_a_receive_after_the_complete_body_is_not_cut_by_the_body_deadline(parts):
+@pytest.mark.parametrize("parts, last_says_more_body", [([b"{}"], True), ([b"{", b"}"], True), ([b"{}"], False)],
+                         ids=["one-message", "streamed-body", "more-body-left-to-its-asgi-default"])
+def test_a_receive_after_the_complete_body_is_not_cut_by_the_body_deadline(parts, last_says_more_body):
+    """ASGI: `more_body` is optional, False when missing; a last body message without it completes the body too."""
     async def main() -> list[str]:
         loop = asyncio.get_running_loop()
         gone = asyncio.Event()
         pending = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+        if not last_says_more_body:
+            del pending[-1]["more_body"]
         got: list[str] = []
 
         async def receive():

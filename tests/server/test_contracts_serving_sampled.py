@@ -6,8 +6,9 @@ group's random mutation sample):
   answer waits for), and only then: a connection closed after its complete response is not a dropped stream;
 - a connection whose generation response (POST to a generation route) completes while the freed slot's
   contender is on its way to admission, and that now waits idle for its next request, is paused like one answered
-  busy; no other is: not a GET, not another route, not a connection still sending its request body, not one that
-  closes, and not when no contender is pending.
+  busy; no other is: not a GET, not another route, not a connection still sending its request body, not one whose
+  next request has partly arrived (pipelined: h11 holds its first bytes), not one that closes, and not when no
+  contender is pending.
 
 uvicorn's real protocol class (as `server_config` builds it) runs in-process on a real event loop over a stand-in
 transport (what asyncio's socket transport gives it: write, close, flow control), so that each state is reached
@@ -174,7 +175,10 @@ POST_CHAT = b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2
     (POST_CHAT.removesuffix(b"{}"), True, False),  # answered before its body arrived: still sending it
     (POST_CHAT.replace(b"Host: t\r\n", b"Host: t\r\nConnection: close\r\n"), True, False),
     (POST_CHAT, False, False),
-], ids=["chat", "completion", "get", "other-route", "body-still-coming", "connection-close", "no-contender"])
+    # the next request's first bytes already sit in h11's buffer: not waiting for it, reading it
+    (POST_CHAT + POST_CHAT[:20], True, False),
+], ids=["chat", "completion", "get", "other-route", "body-still-coming", "connection-close", "no-contender",
+        "next-request-partly-read"])
 def test_a_generation_client_finishing_while_the_contender_is_pending_is_paused_and_no_other(
         request_bytes, contender, paused):
     async def main() -> tuple[bool, int]:
