@@ -162,6 +162,9 @@ def create_app(engine: Any, *, api_key: str | None = None, max_memory: int | str
                health_stall_s: float = DEFAULT_HEALTH_STALL_S, body_timeout_s: float = 30.0) -> FastAPI:
     """Build the FastAPI app. With ``manage_engine`` the app's lifespan starts and stops ``engine``.
 
+    ``body_timeout_s`` defaults to `serve --body-timeout`'s 30 s: an app embedded in another program gets the
+    same request-body deadline as the command with no flags.
+
     Raises:
         ValueError: an API key a client could never send (see ``validate_api_key``), a bad memory limit,
             ``body_timeout_s`` <= 0, or ``prefill_chunk`` <= 0.

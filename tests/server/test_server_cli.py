@@ -386,3 +386,14 @@ def test_engine_kwargs_of_a_namespace_without_no_cache_keeps_the_cache_on():
 
     ns = argparse.Namespace(admission="fail_fast", max_wait_s=1.0, cache_dir=None)
     assert engine_kwargs(ns, WithCache) == {"admission": "fail_fast", "cache_dir": str(default_cache_dir())}
+
+
+def test_an_embedded_app_has_the_body_deadline_serve_has_with_no_flags():
+    """create_app's body deadline defaults to `--body-timeout`'s: an embedding program gets the same bound."""
+    import inspect
+
+    from tripwire.engine.server.app import create_app
+
+    a = build_parser().parse_args(["serve"])
+    params = inspect.signature(create_app).parameters
+    assert params["body_timeout_s"].default == a.body_timeout
