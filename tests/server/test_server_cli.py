@@ -388,12 +388,14 @@ def test_engine_kwargs_of_a_namespace_without_no_cache_keeps_the_cache_on():
     assert engine_kwargs(ns, WithCache) == {"admission": "fail_fast", "cache_dir": str(default_cache_dir())}
 
 
-def test_an_embedded_app_has_the_body_deadline_serve_has_with_no_flags():
+def test_an_embedded_app_gets_the_body_deadline_of_serve_with_no_flags():
     """create_app's body deadline defaults to `--body-timeout`'s: an embedding program gets the same bound."""
-    import inspect
+    from types import SimpleNamespace
 
     from tripwire.engine.server.app import create_app
+    from tripwire.engine.server.framing import BodyDeadlineMiddleware
 
     a = build_parser().parse_args(["serve"])
-    params = inspect.signature(create_app).parameters
-    assert params["body_timeout_s"].default == a.body_timeout
+    app = create_app(SimpleNamespace(), manage_engine=False)  # built, never started: no engine needed
+    (deadline,) = [m for m in app.user_middleware if m.cls is BodyDeadlineMiddleware]
+    assert deadline.kwargs["body_timeout_s"] == a.body_timeout
