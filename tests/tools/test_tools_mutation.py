@@ -275,11 +275,18 @@ def test_ctrl_c_or_sigterm_stops_mutmut_and_keeps_the_run(tmp_path, how):
     before = signal.getsignal(signal.SIGTERM)
     t = threading.Thread(target=interrupt_once_up, daemon=True)
     t.start()
-    assert mutation._mutmut(tmp_path, env, ["run"], minutes=5) is True
-    t.join(5)
-    assert pid, "the stub never ran"
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid[0], 0)
+    try:
+        assert mutation._mutmut(tmp_path, env, ["run"], minutes=5) is True
+        t.join(5)
+        assert pid, "the stub never ran"
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid[0], 0)
+    finally:  # a failed run must not leave the stub (it waits in signal.pause() forever) behind
+        for p in pid:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert sys.exc_info() == (None, None, None)
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the caller's again
 
