@@ -155,12 +155,18 @@ class BusyProbeEngine(CountingEngine):
             raise EngineBusy("the slot is held", retry_after_s=1.0, holder=None)
 
 
+def completions_scope(body: bytes, **extra: Any) -> dict[str, Any]:
+    """The ASGI scope of one JSON POST /v1/completions of `body` (plus `extra` keys, e.g. `state`)."""
+    return {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
+            "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
+            "client": ("c", 1), "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            **extra}
+
+
 async def raw_post(app, body: bytes, state: dict[str, Any]) -> int:
     """One POST /v1/completions through the ASGI app with `state` as the scope's state; returns the status."""
-    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
-             "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
-             "client": ("c", 1), "root_path": "", "state": state,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    scope = completions_scope(body, state=state)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     statuses: list[int] = []
 
@@ -332,11 +338,7 @@ def test_a_stream_whose_client_leaves_is_aborted_closed_and_counted_cancelled(ca
             if msg["type"] == "http.response.body" and b'"text":"a"' in msg.get("body", b""):
                 first_token.set()
 
-        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
-                 "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
-                 "client": ("c", 1), "root_path": "",
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-        await app(scope, receive, send)
+        await app(completions_scope(body), receive, send)
         return sent
 
     sent = asyncio.run(asyncio.wait_for(main(), 10))
@@ -556,11 +558,7 @@ def test_a_client_leaving_a_non_streaming_generation_is_answered_499_logged_and_
         async def send(msg):
             sent.append(msg)
 
-        scope = {"type": "http", "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions",
-                 "query_string": b"", "http_version": "1.1", "scheme": "http", "server": ("t", 80),
-                 "client": ("c", 1), "root_path": "",
-                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-        await app(scope, receive, send)
+        await app(completions_scope(body), receive, send)
         return sent
 
     sent = asyncio.run(asyncio.wait_for(main(), 10))
