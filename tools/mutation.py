@@ -596,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of --sample's draw (default 0); another seed starts a fresh sample of what is unreached")
     ap.add_argument("--fresh", action="store_true",
-                    help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
+                    help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over (the "
+                         "saved results stay, carried over, until a run of the group completes)")
     ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")
     ap.add_argument("--minutes", type=float, default=60.0, help="bound per group (default 60)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))

@@ -76,9 +76,9 @@ def campaign(tmp_path, monkeypatch):
     monkeypatch.setenv("STUB_MUTMUT_PLAN", str(plan))
     out = tmp_path / "reports"
 
-    def run(statuses: dict[str, str], bounded: bool) -> dict:
+    def run(statuses: dict[str, str], bounded: bool, extra: tuple[str, ...] = ()) -> dict:
         plan.write_text(json.dumps({"bounded": bounded, "statuses": statuses}))
-        argv = ["--groups", "ids", "--out", str(out), "--minutes", BOUND if bounded else "5"]
+        argv = ["--groups", "ids", "--out", str(out), "--minutes", BOUND if bounded else "5", *extra]
         assert mutation.main(argv) == 0
         return json.loads((out / "mutation" / "ids.json").read_text())
 
@@ -156,7 +156,7 @@ def test_a_complete_rerun_replaces_the_record(campaign):
 def test_carried_results_are_not_stale_when_the_inputs_did_not_change(campaign):
     """E.g. the kept mutmut state was lost (`--fresh`, a new checkout): the earlier results are still current."""
     campaign({IDS[0]: "killed", IDS[1]: "survived"}, bounded=False)
-    campaign({IDS[0]: "not checked", IDS[1]: "not checked"}, bounded=True)
+    campaign({IDS[0]: "not checked", IDS[1]: "not checked"}, bounded=True, extra=("--fresh",))
     g = json.loads((campaign.out / "mutation.json").read_text())["groups"]["ids"]
     assert (g["fresh"], g["carried_over_results"], g["carried_over_stale"]) == (0, 2, 0)
     assert "0 fresh, 2 carried over" in (campaign.out / "mutation.md").read_text()
