@@ -10,6 +10,12 @@ Each group's result lands in reports/mutation/<group>.json, stamped with the con
 tests; reports/mutation.{json,md} combine every group's latest result and mark a group whose inputs changed
 since it ran as stale.
 
+A complete run of a group replaces its saved result. A run cut short (its --minutes bound, Ctrl-C, SIGTERM) is
+laid over it instead (`carry_over`): the mutants it checked get its results, the ones it did not check again keep
+their earlier results, carried over (and stale when the group's modules or tests changed since they were
+checked): a short rerun after a change never loses hours of results. The combined report gives, per group, how
+many results are fresh (checked by its latest run) and how many are carried over (and stale).
+
     python -m tripwire.tools.mutation                          # every group, in turn
     python -m tripwire.tools.mutation --groups cache server    # some groups
     python -m tripwire.tools.mutation --groups cache --rerun-survivors   # only last run's survivors (after new tests)
@@ -294,16 +300,74 @@ def summarize(modules, tests, statuses: dict[str, str], diffs: dict[str, str], t
 
 
 def merge_rerun(previous: dict, rerun: dict) -> dict:
-    """The previous full result with the rerun mutants' new statuses (and diffs) laid over it."""
-    statuses = dict(previous["statuses"], **rerun["statuses"])
+    """The previous full result with the rerun mutants' new statuses (and diffs) laid over it.
+
+    A mutant the rerun did not reach (cut short: "not checked") keeps its previous status, and stays carried over
+    if it was (see `carry_over`); one the rerun checked is no longer carried over.
+    """
+    laid = {n: st for n, st in rerun["statuses"].items()
+            if st != "not checked" or previous["statuses"].get(n, "not checked") == "not checked"}
+    statuses = dict(previous["statuses"], **laid)
     diffs = {**previous.get("survivor_diffs", {}), **rerun["survivor_diffs"]}
     diffs = {n: d for n, d in diffs.items() if statuses.get(n) not in KILLED}
     merged = summarize(previous["modules"], previous["tests"], statuses, diffs, previous["bounded_out"],
                        previous["wall_s"] + rerun["wall_s"])
     merged["reruns"] = previous.get("reruns", 0) + 1
+    carried = {n: o for n, o in carried_over(previous).items() if n not in laid}
+    if carried:
+        merged["carried_over"] = _origins(carried)
     if "sample" in previous:
         merged["sample"] = previous["sample"]
     return merged
+
+
+def carry_over(previous: dict, bounded: dict) -> dict:
+    """The group record after BOUNDED, a run cut short (its bound, Ctrl-C, SIGTERM), over PREVIOUS, the group's
+    saved record: a short rerun (e.g. after the group's modules changed, when mutmut re-tests them from scratch)
+    must not replace hours of results with the few it checked.
+
+    Per mutant: a status BOUNDED checked wins; one it did not check keeps its PREVIOUS checked status, carried over
+    (`carried_over` names the run it comes from: its `when` and `inputs` hash; stale when the group's inputs hash
+    differently now). A mutant BOUNDED no longer lists (its function changed or went) is dropped, unless BOUNDED
+    listed no mutant of that file at all (cut short before mutmut generated them); so is one of a module no longer
+    in the group. A mutant only BOUNDED lists stays as BOUNDED says (e.g. not checked). A complete run is not passed
+    here: it replaces the record.
+    """
+    new = bounded["statuses"]
+    listed = {_module_of(n) for n in new}
+    modules = set(bounded["modules"])
+    origin = carried_over(previous)
+    statuses = dict(new)
+    carried: dict[str, tuple[str, str]] = {}
+    for name, st in previous["statuses"].items():
+        if st == "not checked" or new.get(name, "not checked") != "not checked":
+            continue
+        module = _module_of(name)
+        if module not in modules or (name not in new and module in listed):
+            continue
+        statuses[name] = st
+        carried[name] = origin.get(name, (previous["when"], previous["inputs"]))
+    diffs = {n: d for n, d in previous.get("survivor_diffs", {}).items() if n in carried}
+    merged = summarize(bounded["modules"], bounded["tests"], statuses, {**diffs, **bounded["survivor_diffs"]},
+                       True, bounded["wall_s"])
+    merged.update(when=bounded["when"], inputs=bounded["inputs"])
+    if carried:
+        merged["carried_over"] = _origins(carried)
+    return merged
+
+
+def carried_over(g: dict) -> dict[str, tuple[str, str]]:
+    """Mutant -> (when, inputs hash) of the earlier run whose result the record G carries over for it (see
+    `carry_over`); empty when G's own run checked every result in it."""
+    return {n: (o["when"], o["inputs"]) for o in g.get("carried_over", []) for n in o["mutants"]}
+
+
+def _origins(carried: dict[str, tuple[str, str]]) -> list[dict]:
+    # saved by origin run (a few), not per mutant (thousands)
+    by_run: dict[tuple[str, str], list[str]] = {}
+    for name, run_id in sorted(carried.items()):
+        by_run.setdefault(run_id, []).append(name)
+    return [{"when": w, "inputs": h, "mutants": names} for (w, h), names in by_run.items()]
 
 
 def draw_sample(statuses: dict[str, str], n: int, seed: int) -> list[str]:
@@ -388,13 +452,24 @@ def _equivalent(name: str, equiv: set[tuple[str, str]]) -> bool:
 
 
 def combine(out: Path, equiv_file: Path | None = None) -> dict:
-    """Every group's latest result -> reports/mutation.{json,md}; a group whose inputs changed is marked stale."""
+    """Every group's latest result -> reports/mutation.{json,md}; a group whose inputs changed is marked stale.
+
+    Per group: `fresh` results (checked by the group's latest run), `carried_over_results` (kept from an earlier
+    run that a later bounded one did not check again) and `carried_over_stale` (those of them checked against
+    inputs that hash differently now).
+    """
     groups: dict[str, dict] = {}
     for name, (mods, tests) in GROUPS.items():
         f = out / "mutation" / f"{name}.json"
         if f.is_file():
             g = json.loads(f.read_text())
-            g["stale"] = g["inputs"] != inputs_hash(g["modules"], g["tests"])
+            now = inputs_hash(g["modules"], g["tests"])
+            g["stale"] = g["inputs"] != now
+            g["inputs_now"] = now
+            carried = carried_over(g)
+            g["fresh"] = sum(st != "not checked" for n, st in g["statuses"].items() if n not in carried)
+            g["carried_over_results"] = len(carried)
+            g["carried_over_stale"] = sum(h != now for _when, h in carried.values())
             groups[name] = g
     equiv = equivalents(equiv_file)
     for g in groups.values():
@@ -417,6 +492,8 @@ def combine(out: Path, equiv_file: Path | None = None) -> dict:
                 tot["other"] += 1
     checked = tot["mutants"] - tot["not_checked"]
     tot["checked"] = checked
+    tot["carried_over"] = sum(g["carried_over_results"] for g in groups.values())
+    tot["carried_over_stale"] = sum(g["carried_over_stale"] for g in groups.values())
     tot["kill_rate_pct"] = round(100.0 * tot["killed"] / checked, 1) if checked else None
     non_eq = checked - tot["equivalent"]
     tot["kill_rate_non_equivalent_pct"] = round(100.0 * tot["killed"] / non_eq, 1) if non_eq else None
@@ -438,13 +515,20 @@ def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
              f"({t['kill_rate_pct']}% of all checked): {t['killed']} killed of {t['checked']} checked; "
              f"{t['equivalent']} equivalent (tools/mutation_equivalents.md), {t['survived']} survived, "
              f"{t['no_tests']} reached by no test, {t['other']} other, {t['not_checked']} not reached.", ""]
+    if t["carried_over"]:
+        stale = (f" ({t['carried_over_stale']} stale: checked before the group's modules or tests changed)"
+                 if t["carried_over_stale"] else "")
+        lines += [f"{t['carried_over']} of the checked results are carried over{stale} from an earlier run that a "
+                  f"later one, cut short by its bound, did not check again; a complete run of the group replaces "
+                  f"them.", ""]
     if s["missing_groups"]:
         lines += [f"Groups never run: {', '.join(s['missing_groups'])} (`--groups NAME`).", ""]
-    lines += ["| Group | Run | Inputs | Mutants | Killed | Survived | No tests | Not checked | Wall |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| Group | Run | Inputs | Results | Mutants | Killed | Survived | No tests | Not checked | Wall |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, g in s["groups"].items():
         st = list(g["statuses"].values())
-        lines.append(f"| {name} | {g['when']} | {'**stale**' if g['stale'] else 'current'} | {len(st)} | "
+        lines.append(f"| {name} | {g['when']} | {'**stale**' if g['stale'] else 'current'} | {_results(g)} | "
+                     f"{len(st)} | "
                      f"{sum(x in KILLED for x in st)} | {st.count('survived')} | {st.count('no tests')} | "
                      f"{st.count('not checked')} | {g['wall_s']:.0f}s{' (bounded)' if g['bounded_out'] else ''} |")
     for name, g in s["groups"].items():
@@ -462,6 +546,7 @@ def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
                          f"{d['not_checked']} |")
     lines += ["", "## Mutants not killed", ""]
     for g in s["groups"].values():
+        carried = carried_over(g)
         for f, d in sorted(g["by_file"].items()):
             names = d["survived"] + d["no_tests"] + [o.split(":")[0] for o in d["other"]]
             if not names:
@@ -469,6 +554,9 @@ def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
             lines.append(f"### {f} ({len(names)})")
             for name in names:
                 tag = " (equivalent)" if _equivalent(name, equiv) else f" ({g['statuses'][name]})"
+                if name in carried:
+                    stale = ", stale" if carried[name][1] != g["inputs_now"] else ""
+                    tag += f" (carried over from {carried[name][0]}{stale})"
                 lines.append(f"- `{name}`{tag}")
                 diff = g["survivor_diffs"].get(name)
                 if diff:
@@ -476,6 +564,16 @@ def markdown(s: dict, equiv: set[tuple[str, str]]) -> str:
                     lines += ["  ```diff", *[f"  {ln}" for ln in body[:8]], "  ```"]
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _results(g: dict) -> str:
+    """"N fresh, M carried over (K stale)": how many of a group's results its latest run checked."""
+    text = f"{g['fresh']} fresh"
+    if g["carried_over_results"]:
+        text += f", {g['carried_over_results']} carried over"
+        if g["carried_over_stale"]:
+            text += f" ({g['carried_over_stale']} stale)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of --sample's draw (default 0); another seed starts a fresh sample of what is unreached")
     ap.add_argument("--fresh", action="store_true",
-                    help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over")
+                    help="forget the groups' kept mutmut state (.tripwire_cache/mutation/GROUP) and start over (the "
+                         "saved results stay, carried over, until a run of the group completes)")
     ap.add_argument("--combine", action="store_true", help="only rewrite reports/mutation.{json,md} from saved groups")
     ap.add_argument("--minutes", type=float, default=60.0, help="bound per group (default 60)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
@@ -561,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.fresh:
                     shutil.rmtree(WORK / name, ignore_errors=True)
                 g = run(expand(mods), list(tests), args.minutes, args.jobs, workdir=WORK / name)
+                if prev is not None and g["bounded_out"]:   # cut short: keep what it did not check again
+                    g = carry_over(prev, g)
                 if prev is not None and "sample" in prev and not args.fresh:
                     g["sample"] = prev["sample"]
         except MutmutFailed as exc:
@@ -586,6 +687,9 @@ def _print_group(name: str, g: dict) -> None:
     print(f"group {name}: {sum(x in KILLED for x in st)} killed, {st.count('survived')} survived, "
           f"{st.count('no tests')} without tests, {st.count('not checked')} not reached of {len(st)} "
           f"({g['wall_s']:.0f}s{', bounded' if g['bounded_out'] else ''})")
+    carried = carried_over(g)
+    if carried:
+        print(f"  {len(carried)} carried over from an earlier run (this run, cut short, did not check them again)")
     for f, d in sorted(g["by_file"].items()):
         print(f"  {f:<32} {d['killed']:>4} killed  {len(d['survived']):>4} survived  {len(d['no_tests']):>4} no tests"
               f"  of {d['total']}")
@@ -606,6 +710,9 @@ def _print_totals(s: dict, out: Path) -> None:
             print(f"group {name}: {e['unreached']} mutants still unreached; a random sample of {e['checked']} of them "
                   f"was killed at {e['kill_rate_pct']}% of non-equivalent ones (95% CI {e['ci95_pct'][0]}-"
                   f"{e['ci95_pct'][1]}%)")
+    if t["carried_over"]:
+        print(f"{t['carried_over']} results carried over from earlier runs ({t['carried_over_stale']} stale): a "
+              f"complete run of their group replaces them")
     stale = [n for n, g in s["groups"].items() if g["stale"]]
     if stale:
         print(f"stale (inputs changed since the run): {', '.join(stale)}")
