@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .baton import LockBaton, make_baton
+
+_get_ident = _rt.get_ident  # bound once: me() runs at every switch point
 from .hb import HappensBefore
 
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -98,6 +100,23 @@ def _code_info(code) -> tuple:
     return info
 
 
+# Per (code id, instruction offset): the ``file:line (function)`` string a location there reads. Switch points recur
+# at the same few call sites thousands of times per run; computing the line (a line-table scan) and formatting it
+# each time was most of a location's cost. Only code objects kept alive by ``_CODE_INFO`` get entries, so the ids
+# are never reused while an entry exists.
+_LOCATIONS: dict = {}
+
+
+def _frame_location(f, code, info) -> str:
+    """``file:line (function)`` of frame ``f`` running ``code`` (``info``: its ``_code_info``), cached per offset.
+    The line is the frame's own ``f_lineno`` the first time: what every later visit at that offset reads too."""
+    key = (id(code), f.f_lasti)
+    loc = _LOCATIONS.get(key)
+    if loc is None:
+        loc = _LOCATIONS[key] = f"{info[2]}:{f.f_lineno} ({info[3]})"
+    return loc
+
+
 def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
     """file:line (function) of the first frame outside fuzz/ and the stdlib threading/asyncio code."""
     f = sys._getframe(depth)
@@ -113,7 +132,7 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
         code = f.f_code
         info = cache.get(id(code)) or _code_info(code)
         if not info[0]:
-            return f"{info[2]}:{f.f_lineno} ({info[3]})"
+            return _frame_location(f, code, info)
         f = f.f_back
     return "?"
 
@@ -349,7 +368,7 @@ class Scheduler:
         return t
 
     def me(self) -> Task:
-        t = self.by_ident.get(_rt.get_ident())
+        t = self.by_ident.get(_get_ident())
         if t is None:
             raise RuntimeError("fuzz primitive used from a thread the scheduler does not manage "
                                f"({_rt.current_thread().name}); start threads through the instrumented module")
@@ -520,7 +539,7 @@ class Scheduler:
             default = me if me in options else options[0]
             chosen = self.strategy.choose(options, default, me, self)
             self.choices.append(chosen.id)
-            self.decisions.append((tuple(o.id for o in options), default.id, chosen.id, me.id))
+            self.decisions.append((tuple([o.id for o in options]), default.id, chosen.id, me.id))
             if chosen is CLOCK:
                 self._advance(self.next_deadline())
                 continue
@@ -559,7 +578,8 @@ class Scheduler:
             return
         self.current = nxt
         self.switches += 1
-        _pass(nxt.sem)
+        # Held: nxt is waiting (or about to wait) for it; only the abort paths hand a baton twice, and they use _pass.
+        nxt.sem.post()
         me.sem.acquire()
         if self.aborting:
             raise FuzzAbort()
@@ -607,7 +627,7 @@ class Scheduler:
             nxt = self.loop_task
         self.current = nxt
         self.switches += 1
-        _pass(nxt.sem)
+        nxt.sem.post()  # held, as in _transfer
 
     def choose_callback(self, ready) -> int:
         """Index in ``ready`` (the loop's deque, cancelled handles already dropped) of the callback to run.
@@ -775,7 +795,7 @@ class FuzzLoop(asyncio.SelectorEventLoop):
                     fr = aw.cr_frame
                     continue
                 break
-            where = f"{_code_info(fr.f_code)[2]}:{fr.f_lineno} ({fr.f_code.co_name})" if fr else "start"
+            where = _frame_location(fr, fr.f_code, _code_info(fr.f_code)) if fr else "start"
             return f"step {s.task_label(owner)}", where
         name = getattr(cb, "__qualname__", type(cb).__name__)
         return f"cb {name}", "-"
