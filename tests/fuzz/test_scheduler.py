@@ -267,3 +267,24 @@ def test_the_random_strategy_draws_what_randrange_draws():
     chooser, ref = RandomChooser(random.Random(42)), random.Random(42)
     for n in [2, 5, 3, 2, 4, 5, 1, 2] * 25:
         assert chooser.choose(options[:n], None, None, None) is options[ref.randrange(n)]
+
+
+def test_a_step_location_has_no_line_in_the_schedulers_own_code_and_keeps_it_in_the_code_under_test():
+    """Trace hashes must not move with tripwire's own edits (or Python's patch releases): a saved failure's hash
+    still matches after an upgrade. Lines in the code under test stay: they tell its steps apart."""
+    import os
+
+    from tripwire.fuzz import sched
+    src = "async def step():\n    await other()\n\nasync def other():\n    pass\n"
+    frames = {}
+    for name, path in [("own", os.path.join(sched._FUZZ_DIR, "machinery_copy.py")),
+                       ("user", "/elsewhere/app/handlers.py")]:
+        ns = {}
+        exec(compile(src, path, "exec"), ns)
+        frames[name] = ns["step"]()  # never started: the frame sits at its first line
+    try:
+        assert sched.coroutine_location(frames["own"].cr_frame) == "fuzz/machinery_copy.py (step)"
+        assert sched.coroutine_location(frames["user"].cr_frame) == "handlers.py:1 (step)"
+    finally:
+        for c in frames.values():
+            c.close()
