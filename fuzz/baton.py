@@ -2,7 +2,8 @@
 
 A baton is held while its task must wait: ``acquire()`` waits until someone ``release()``s it, ``release()`` lets the
 task run. Both implementations are binary: releasing a baton that is already released (and not waited on since) is
-a no-op; only the scheduler's abort paths do that.
+a no-op; only the scheduler's abort paths do that. ``post()`` is ``release()`` for a baton known to be held: the
+scheduler's ordinary hand-offs, where it saves a foreign call per switch.
 
 ``make_baton()`` gives a ``SemBaton`` where unnamed POSIX semaphores work (Linux), else a ``LockBaton``.
 
@@ -83,6 +84,11 @@ class SemBaton:
         if self._value.value == 0:
             _SEM[1](self._addr)
 
+    def post(self) -> None:
+        """Let the waiting task run, for a baton known to be held (the scheduler's hand-offs outside its abort
+        paths): one foreign call instead of ``release``'s two. On a released baton it would let two waits through."""
+        _SEM[1](self._addr)
+
     def locked(self) -> bool:
         _SEM[3](self._addr, self._value_addr)
         return self._value.value == 0
@@ -106,6 +112,8 @@ class LockBaton:
             self._lock.release()
         except RuntimeError:  # already released and not yet waited on
             pass
+
+    post = release  # nothing to save on a lock: the check is the release itself
 
     def locked(self) -> bool:
         return self._lock.locked()

@@ -9,6 +9,7 @@ import threading as _rt
 import time as _rtime
 import traceback
 
+from . import affinity
 from . import sched as _s
 from .context import Context
 from .sched import Failure, FuzzAbort, FuzzLoop, Scheduler
@@ -42,12 +43,15 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
     reuse = tgt.uses in REUSE_THREADS
     sched = Scheduler(chooser, timers=tgt.timers, max_steps=tgt.max_steps, record_trace=record_trace,
                       callbacks=tgt.callbacks, reuse_threads=reuse)
+    sched.cpus = affinity.choose(tgt.uses)  # one core for this schedule's threads (they run one at a time)
     ctx = Context(sched, run_seed, variant)
     done = _rt.Event()
     wd = tgt.watchdog_s if watchdog_s is None else watchdog_s
 
     def runner():
         loop = None
+        if not reuse and sched.cpus is not None:  # a fresh thread: pinned here, the threads it starts inherit it
+            affinity.pin_current_thread(sched.cpus)
         try:
             sched.adopt_loop_thread("loop")
             loop = FuzzLoop(sched)
@@ -97,7 +101,7 @@ def execute(tgt: Target, chooser, run_seed: int, *, variant: str | None = None,
     _s.ACTIVE = sched
     try:
         if reuse:
-            _s._Worker.take().start(runner, "fuzz-loop")
+            _s._Worker.take().start(runner, "fuzz-loop", sched.cpus)
         else:
             _rt.Thread(target=runner, name="fuzz-loop", daemon=True).start()
         last = -1

@@ -30,7 +30,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import affinity
 from .baton import LockBaton, make_baton
+
+_get_ident = _rt.get_ident  # bound once: me() runs at every switch point
 from .hb import HappensBefore
 
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -79,7 +82,8 @@ def _short(path: str) -> str:
 
 
 # Per code object, keyed by its id: (skipped by user_location, skipped by light_stack, short file name, function
-# name, the code object). Computed once per code object: the path tests ran on every switch point and frame.
+# name, the code object, its location without a line). Computed once per code object: the path tests ran on every
+# switch point and frame.
 # Keyed by identity, not equality: code objects compare (and hash) equal across files - a shaped engine copy's
 # unchanged functions equal the real engine's - so an equality key reported whichever file the process saw first
 # (and hashing a code object on every frame was the slower lookup). The entry keeps its code object alive, so the
@@ -92,10 +96,38 @@ def _code_info(code) -> tuple:
     if info is None:
         fn = code.co_filename
         fuzz_own = fn.startswith(_FUZZ_DIR) and "/targets/" not in fn
+        short = _short(fn)
         info = _CODE_INFO[id(code)] = (
             (fuzz_own and not fn.endswith("fake_backend.py")) or fn.startswith(_STDLIB_DIRS),
-            fuzz_own, _short(fn), code.co_name, code)
+            fuzz_own, short, code.co_name, code, f"{short} ({code.co_name})")
     return info
+
+
+def coroutine_location(fr) -> str:
+    """Where a task's step resumes: ``file:line (function)`` of its innermost coroutine frame ``fr``, without the
+    line in the scheduler's own code and the stdlib's (``file (function)``): those lines change with tripwire's
+    edits and Python's patch releases, and a trace hash that moved with them would not match its saved failure
+    after an upgrade. The code under test keeps its lines."""
+    code = fr.f_code
+    info = _CODE_INFO.get(id(code)) or _code_info(code)
+    return info[5] if info[0] else _frame_location(fr, code, info)
+
+
+# Per (code id, instruction offset): the ``file:line (function)`` string a location there reads. Switch points recur
+# at the same few call sites thousands of times per run; computing the line (a line-table scan) and formatting it
+# each time was most of a location's cost. Only code objects kept alive by ``_CODE_INFO`` get entries, so the ids
+# are never reused while an entry exists.
+_LOCATIONS: dict = {}
+
+
+def _frame_location(f, code, info) -> str:
+    """``file:line (function)`` of frame ``f`` running ``code`` (``info``: its ``_code_info``), cached per offset.
+    The line is the frame's own ``f_lineno`` the first time: what every later visit at that offset reads too."""
+    key = (id(code), f.f_lasti)
+    loc = _LOCATIONS.get(key)
+    if loc is None:
+        loc = _LOCATIONS[key] = f"{info[2]}:{f.f_lineno} ({info[3]})"
+    return loc
 
 
 def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
@@ -113,7 +145,7 @@ def user_location(skip_fuzz: bool = True, depth: int = 2) -> str:
         code = f.f_code
         info = cache.get(id(code)) or _code_info(code)
         if not info[0]:
-            return f"{info[2]}:{f.f_lineno} ({info[3]})"
+            return _frame_location(f, code, info)
         f = f.f_back
     return "?"
 
@@ -164,6 +196,9 @@ def _pass(baton) -> None:
     baton.release()
 
 
+_MASK_UNKNOWN = frozenset((-1,))  # equal to no CPU set affinity.choose() gives, nor to None
+
+
 class _Worker:
     """A reusable daemon OS thread that runs jobs one after another, each in a fresh ``contextvars.Context``.
 
@@ -173,7 +208,7 @@ class _Worker:
     and real-MLX targets (MLX streams are thread-local) get a fresh thread per task.
     """
 
-    __slots__ = ("go", "job", "thread", "ident")
+    __slots__ = ("go", "job", "thread", "ident", "cpus", "pinned")
     IDLE_NAME = "fuzz-pool:idle"  # a parked worker is no task's thread (jobs rename it before signalling the end)
     IDLE: list["_Worker"] = []  # idle workers of the process (one execution is active at a time)
     MAX_IDLE = 16
@@ -181,6 +216,10 @@ class _Worker:
     def __init__(self):
         self.go = _baton()
         self.job: Callable[[], None] | None = None
+        self.cpus: frozenset[int] | None = None  # the CPU set the next job runs on (affinity.choose)
+        # The set this thread is restricted to now (None: all allowed). Unknown at first: a new thread inherits the
+        # mask of the thread that started it, so the first job always sets its own.
+        self.pinned: frozenset[int] | None = _MASK_UNKNOWN
         self.thread = _rt.Thread(target=self._main, name=self.IDLE_NAME, daemon=True)
         self.thread.start()
         self.ident = self.thread.ident
@@ -189,6 +228,9 @@ class _Worker:
         while True:
             self.go.acquire()
             job, self.job = self.job, None
+            if self.cpus != self.pinned:  # a syscall only when this job's execution runs elsewhere
+                affinity.pin_current_thread(self.cpus)
+                self.pinned = self.cpus
             try:
                 contextvars.Context().run(job)
             except BaseException:  # noqa: BLE001 - jobs report their own failures; the worker must survive
@@ -206,9 +248,11 @@ class _Worker:
         except IndexError:
             return cls()
 
-    def start(self, job: Callable[[], None], name: str) -> None:
+    def start(self, job: Callable[[], None], name: str, cpus: frozenset[int] | None = None) -> None:
+        """Run ``job`` on this worker, restricted to ``cpus`` (None: every allowed CPU)."""
         self.thread.name = f"fuzz:{name}"
         self.job = job
+        self.cpus = cpus
         self.go.release()
 
 
@@ -268,6 +312,9 @@ class Scheduler:
                  callbacks: str = "fifo", reuse_threads: bool = False):
         self.strategy = strategy
         self.reuse_threads = reuse_threads  # managed threads on reused workers (``_Worker``) instead of new ones
+        # The CPU set of this execution's threads (fuzz.affinity; None: unpinned). Fresh threads inherit it from the
+        # thread that starts them; reused workers are given it.
+        self.cpus: frozenset[int] | None = None
         self.timers = timers
         self.callbacks = callbacks  # "fifo" | "explore": the strategy picks which ready task step runs next
         self._callback_ids: dict[str, int] = {}
@@ -349,7 +396,7 @@ class Scheduler:
         return t
 
     def me(self) -> Task:
-        t = self.by_ident.get(_rt.get_ident())
+        t = self.by_ident.get(_get_ident())
         if t is None:
             raise RuntimeError("fuzz primitive used from a thread the scheduler does not manage "
                                f"({_rt.current_thread().name}); start threads through the instrumented module")
@@ -401,7 +448,7 @@ class Scheduler:
             w = _Worker.take()
             t.ident, t.thread = w.ident, w.thread
             self.by_ident[w.ident] = t  # before the job starts: the worker may run it at once
-            w.start(job, name)
+            w.start(job, name, self.cpus)
             return t
         started = _rt.Event()
 
@@ -520,7 +567,7 @@ class Scheduler:
             default = me if me in options else options[0]
             chosen = self.strategy.choose(options, default, me, self)
             self.choices.append(chosen.id)
-            self.decisions.append((tuple(o.id for o in options), default.id, chosen.id, me.id))
+            self.decisions.append((tuple([o.id for o in options]), default.id, chosen.id, me.id))
             if chosen is CLOCK:
                 self._advance(self.next_deadline())
                 continue
@@ -559,7 +606,8 @@ class Scheduler:
             return
         self.current = nxt
         self.switches += 1
-        _pass(nxt.sem)
+        # Held: nxt is waiting (or about to wait) for it; only the abort paths hand a baton twice, and they use _pass.
+        nxt.sem.post()
         me.sem.acquire()
         if self.aborting:
             raise FuzzAbort()
@@ -607,7 +655,7 @@ class Scheduler:
             nxt = self.loop_task
         self.current = nxt
         self.switches += 1
-        _pass(nxt.sem)
+        nxt.sem.post()  # held, as in _transfer
 
     def choose_callback(self, ready) -> int:
         """Index in ``ready`` (the loop's deque, cancelled handles already dropped) of the callback to run.
@@ -775,7 +823,7 @@ class FuzzLoop(asyncio.SelectorEventLoop):
                     fr = aw.cr_frame
                     continue
                 break
-            where = f"{_code_info(fr.f_code)[2]}:{fr.f_lineno} ({fr.f_code.co_name})" if fr else "start"
+            where = coroutine_location(fr) if fr else "start"
             return f"step {s.task_label(owner)}", where
         name = getattr(cb, "__qualname__", type(cb).__name__)
         return f"cb {name}", "-"

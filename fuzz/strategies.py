@@ -22,9 +22,12 @@ class RandomChooser:
 
     def __init__(self, rng: random.Random):
         self.rng = rng
+        # randrange(n) is _randbelow(n) behind argument checks (CPython 3.8-3.13): the same numbers from the same
+        # seed, so printed seeds still replay, without the checks at every decision.
+        self._below = getattr(rng, "_randbelow", None) or rng.randrange
 
     def choose(self, options, default, current, sched):
-        return options[self.rng.randrange(len(options))]
+        return options[self._below(len(options))]
 
 
 class PCTChooser:

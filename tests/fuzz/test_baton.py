@@ -45,6 +45,23 @@ def test_a_baton_hands_the_turn_to_a_waiting_thread(kind):
     t.join(5)
 
 
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
+def test_post_hands_a_held_baton_to_one_wait(kind):
+    """``post`` is the scheduler's hand-off for a baton it knows is held: one turn, like ``release``."""
+    b, ran = kind(), threading.Event()
+
+    def waiter():
+        b.acquire()
+        ran.set()
+
+    t = threading.Thread(target=waiter, daemon=True)
+    t.start()
+    b.post()
+    assert ran.wait(5)
+    t.join(5)
+    assert b.locked()  # the waiter took the only turn
+
+
 def test_linux_uses_the_semaphore_baton():
     if not sys.platform.startswith("linux"):
         pytest.skip("unnamed POSIX semaphores are a Linux fact here (macOS: sem_init is ENOSYS)")

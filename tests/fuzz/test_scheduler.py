@@ -246,3 +246,45 @@ def test_locations_of_equal_code_in_two_files_name_each_file():
     assert b["where"](user_location) == "worker_copy.py:2 (where)"
     assert format_stack(a["where"](raw_stack))[0] == "worker.py:2 in where"
     assert format_stack(b["where"](raw_stack))[0] == "worker_copy.py:2 in where"
+
+
+def test_a_location_names_the_line_of_each_call_site_in_one_function():
+    """Locations are cached per instruction offset: two call sites of one function on different lines keep their
+    own lines, and a site visited again reads what it read the first time."""
+    from tripwire.fuzz.sched import user_location
+    src = "def where(fn):\n    a = fn(depth=1)\n    b = fn(depth=1)\n    return a, b\n"
+    ns = {}
+    exec(compile(src, "/elsewhere/sites.py", "exec"), ns)
+    first = ns["where"](user_location)
+    assert first == ("sites.py:2 (where)", "sites.py:3 (where)")
+    assert ns["where"](user_location) == first
+
+
+def test_the_random_strategy_draws_what_randrange_draws():
+    """Printed seeds replay: the random strategy's picks are ``Random(seed).randrange(len(options))``, whatever
+    faster call makes them."""
+    options = [object() for _ in range(5)]
+    chooser, ref = RandomChooser(random.Random(42)), random.Random(42)
+    for n in [2, 5, 3, 2, 4, 5, 1, 2] * 25:
+        assert chooser.choose(options[:n], None, None, None) is options[ref.randrange(n)]
+
+
+def test_a_step_location_has_no_line_in_the_schedulers_own_code_and_keeps_it_in_the_code_under_test():
+    """Trace hashes must not move with tripwire's own edits (or Python's patch releases): a saved failure's hash
+    still matches after an upgrade. Lines in the code under test stay: they tell its steps apart."""
+    import os
+
+    from tripwire.fuzz import sched
+    src = "async def step():\n    await other()\n\nasync def other():\n    pass\n"
+    frames = {}
+    for name, path in [("own", os.path.join(sched._FUZZ_DIR, "machinery_copy.py")),
+                       ("user", "/elsewhere/app/handlers.py")]:
+        ns = {}
+        exec(compile(src, path, "exec"), ns)
+        frames[name] = ns["step"]()  # never started: the frame sits at its first line
+    try:
+        assert sched.coroutine_location(frames["own"].cr_frame) == "fuzz/machinery_copy.py (step)"
+        assert sched.coroutine_location(frames["user"].cr_frame) == "handlers.py:1 (step)"
+    finally:
+        for c in frames.values():
+            c.close()
