@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -65,6 +64,7 @@ def write_baseline(path: str | os.PathLike, findings) -> int:
             "fingerprints": dict(sorted(entries.items()))}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # only writes need it (it imports shutil and random): not at start-up
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".baseline-")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2)

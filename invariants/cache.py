@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 from . import __version__
@@ -62,6 +61,7 @@ class Cache:
             gi = self.dir / ".gitignore"
             if not gi.exists():
                 gi.write_text("*\n")
+            import tempfile  # only writes need it (it imports shutil and random): not at start-up
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".pickle")
             with os.fdopen(fd, "wb") as fh:
                 pickle.dump(self.entries, fh, protocol=pickle.HIGHEST_PROTOCOL)

@@ -6,7 +6,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +201,8 @@ class Discovery:
 
 
 def _read_toml(path: Path) -> dict:
+    import tomllib  # here: a run that finds no TOML file (no config) never pays for the parser's import
+
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

@@ -10,7 +10,6 @@ from urllib.parse import quote
 
 from . import __version__
 from .checker import CheckResult
-from .docs import help_uri, information_uri
 
 _SARIF_LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 SRCROOT = "%SRCROOT%"
@@ -69,7 +68,14 @@ def _mask_code(text: str) -> str:
     return re.sub(r"`[^`]*`", lambda m: "`" + "x" * (len(m.group()) - 2) + "`", text)
 
 
+def _information_uri() -> str:
+    from .docs import information_uri
+    return information_uri()
+
+
 def sarif_rule(rule) -> dict[str, Any]:
+    from .docs import help_uri  # SARIF only: docs pulls in argparse and subprocess, a text run's start-up needs neither
+
     opts = ", ".join(f"`{k}` (default `{o.default!r}`): {o.help}" for k, o in rule.options.items())
     doc = help_uri(rule)
     md = f"**{rule.name}** ({rule.code})\n\n{rule.rationale}\n"
@@ -129,7 +135,7 @@ def to_sarif_obj(res: CheckResult, all_rules: list | None = None) -> dict[str, A
         "version": "2.1.0",
         "runs": [{
             "tool": {"driver": {"name": "tripwire", "version": __version__, "semanticVersion": __version__,
-                                "informationUri": information_uri(), "rules": [sarif_rule(r) for r in rules]}},
+                                "informationUri": _information_uri(), "rules": [sarif_rule(r) for r in rules]}},
             "originalUriBaseIds": {SRCROOT: {"uri": Path(res.root).resolve().as_uri() + "/"}},
             "columnKind": "unicodeCodePoints",
             "results": results,

@@ -102,7 +102,7 @@ class UndocumentedLock(Rule):
                 self._check_one(ctx, n, d, factory)
 
     def _comment(self, ctx, node):
-        comments = ctx.comments
+        comments = ctx.statement_comments(node)
         parts = []
         line = node.lineno - 1
         above = []
