@@ -8,6 +8,9 @@
 
 Exit codes: 0 no failure found, 1 failure found (or reproduced), 2 usage or configuration error
 (including a target that offered no interleaving to explore).
+
+Environment: FUZZ_PIN_CPU=0 lets a schedule's threads use every core (by default, on Linux, they share one
+core: the scheduler runs one of them at a time, and cross-core hand-offs cost more than the work).
 """
 
 from __future__ import annotations

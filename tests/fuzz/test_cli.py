@@ -85,3 +85,11 @@ def test_no_artifacts_reports_the_failure_and_writes_nothing(capsys, tmp_path, m
     assert code == 1 and len(runs) == found + 1  # with artifacts: the failing schedule once more, traced
     code, _, err = _main(capsys, "run", "toy-cancel-drain", "--no-artifacts", "--artifacts", str(tmp_path))
     assert code == 2 and "--no-artifacts" in err
+
+
+def test_help_names_the_environment_that_changes_a_run(capsys):
+    """FUZZ_PIN_CPU (one core per schedule, on by default on Linux) must be findable from --help."""
+    code, out, _ = _main(capsys, "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "FUZZ_PIN_CPU=0" in text and "share one core" in text
