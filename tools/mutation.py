@@ -126,13 +126,17 @@ def _mutmut(copy: Path, env: dict, args: list[str], minutes: float) -> bool:
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm) if in_main else None
-    proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=copy, env=env, start_new_session=True)
-    try:
+    proc = None
+    try:  # from before the start: a signal right after Popen returns still stops mutmut (its own session ignores
+        # the terminal's Ctrl-C, so nothing else would)
+        proc = subprocess.Popen([sys.executable, "-m", "mutmut", *args], cwd=copy, env=env, start_new_session=True)
         rc = proc.wait(timeout=minutes * 60)
         if rc != 0:
             raise MutmutFailed(f"mutmut exited with {rc} before testing every mutant")
         return False
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as stop:
+        if proc is None:  # interrupted before mutmut started: nothing ran, nothing to report
+            raise
         if isinstance(stop, KeyboardInterrupt):
             print("\ninterrupted: stopping mutmut, then reporting what it checked so far", flush=True)
         os.killpg(proc.pid, signal.SIGTERM)
