@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev]'
 	$(VPY) -m tripwire.sanitizer install  # TRIPWIRE_MLX_SANITIZER=1 then enables the MLX thread sanitizer in any process
+	-$(VPY) -m tripwire.tools.run_tests --warm  # best effort: pytest's rewrite cache, so test workers need not rewrite every module
 	@touch $(STAMP)
 
 setup: $(STAMP)
