@@ -55,14 +55,20 @@ def test_targets_on_the_real_model_keep_every_cpu(monkeypatch):
     assert seen["loop"] == seen["thread"] == affinity.ALLOWED
 
 
-def test_fuzz_pin_cpu_0_turns_pinning_off_even_on_a_worker_an_earlier_execution_pinned(monkeypatch):
+@pytest.mark.parametrize("fresh_workers", [False, True], ids=["reused-worker", "worker-started-by-a-pinned-thread"])
+def test_fuzz_pin_cpu_0_turns_pinning_off_even_on_a_worker_an_earlier_execution_pinned(monkeypatch, fresh_workers):
+    """Toy targets reuse worker threads. With no idle worker, the spawned thread's worker is started by the pinned
+    loop thread and inherits its mask: it must not pass for unpinned when the next, unpinned, execution reuses it."""
+    if fresh_workers:
+        from tripwire.fuzz import sched
+        monkeypatch.setattr(sched._Worker, "IDLE", [])
     monkeypatch.delenv(affinity.ENV, raising=False)
     pinned: dict = {}
     assert _once(_masks_target("toy", pinned)).failure is None
-    assert len(pinned["loop"]) == 1
+    assert len(pinned["loop"]) == 1 and pinned["thread"] == pinned["loop"]
     monkeypatch.setenv(affinity.ENV, "0")
     free: dict = {}
-    assert _once(_masks_target("toy", free)).failure is None  # toy targets reuse worker threads
+    assert _once(_masks_target("toy", free)).failure is None
     assert free["loop"] == free["thread"] == affinity.ALLOWED
 
 
@@ -74,18 +80,3 @@ def test_pinning_changes_no_schedule(monkeypatch, name):
         monkeypatch.setenv(affinity.ENV, mode)
         runs[mode] = [(r.trace_hash, r.choices) for r in (_once(tgt, seed) for seed in range(4))]
     assert runs["0"] == runs["1"]
-
-
-def test_a_worker_started_by_a_pinned_thread_is_given_every_cpu_back(monkeypatch):
-    """A new worker thread inherits the mask of the thread that starts it (here the pinned loop thread): it must not
-    pass for unpinned when the next execution, unpinned, reuses it."""
-    from tripwire.fuzz import sched
-    monkeypatch.setattr(sched._Worker, "IDLE", [])  # fresh workers: the spawned one is started by the loop thread
-    monkeypatch.delenv(affinity.ENV, raising=False)
-    pinned: dict = {}
-    assert _once(_masks_target("toy", pinned)).failure is None
-    assert len(pinned["thread"]) == 1
-    monkeypatch.setenv(affinity.ENV, "0")
-    free: dict = {}
-    assert _once(_masks_target("toy", free)).failure is None
-    assert free["loop"] == free["thread"] == affinity.ALLOWED

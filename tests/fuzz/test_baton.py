@@ -30,7 +30,9 @@ def test_a_baton_is_binary(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
-def test_a_baton_hands_the_turn_to_a_waiting_thread(kind):
+@pytest.mark.parametrize("hand", ["release", "post"])
+def test_a_baton_hands_the_turn_to_a_waiting_thread(kind, hand):
+    """``release``, and ``post`` (the scheduler's hand-off for a baton it knows is held), give one turn."""
     b, ran = kind(), threading.Event()
 
     def waiter():
@@ -40,23 +42,7 @@ def test_a_baton_hands_the_turn_to_a_waiting_thread(kind):
     t = threading.Thread(target=waiter, daemon=True)
     t.start()
     assert not ran.wait(0.05)  # still held: the waiter must not run
-    b.release()
-    assert ran.wait(5)
-    t.join(5)
-
-
-@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.__name__)
-def test_post_hands_a_held_baton_to_one_wait(kind):
-    """``post`` is the scheduler's hand-off for a baton it knows is held: one turn, like ``release``."""
-    b, ran = kind(), threading.Event()
-
-    def waiter():
-        b.acquire()
-        ran.set()
-
-    t = threading.Thread(target=waiter, daemon=True)
-    t.start()
-    b.post()
+    getattr(b, hand)()
     assert ran.wait(5)
     t.join(5)
     assert b.locked()  # the waiter took the only turn
